@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for development and tests: a virtual environment in .venv with
+# the CPU torch wheel, Blender as a Python module, dlib's landmark predictor and the project.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+# torch==2.13.0 first and pinned: anything unpinned would pull the CUDA build.
+.venv/bin/python -m pip install -q --disable-pip-version-check torch==2.13.0
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dlib,train,blender,test]"
+.venv/bin/python -c "import torch, bpy, dlib; print('setup ok: torch', torch.__version__, '| bpy', bpy.app.version_string, '| dlib', dlib.__version__)"
