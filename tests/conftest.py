@@ -38,3 +38,30 @@ def photos_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def manifest_path(shared_dir: Path) -> Path:
     return shared_dir / "assets" / "deca" / "state_dict_manifest.json"
+
+
+@pytest.fixture(scope="session")
+def joint_regressor_path(shared_dir: Path) -> Path:
+    return shared_dir / "assets" / "flame" / "flame2020_joint_regressor.npz"
+
+
+@pytest.fixture(scope="session")
+def test_flame_pkl(tmp_path_factory, deca_data_dir: Path, joint_regressor_path: Path) -> Path:
+    """The generated FLAME-format **test model** (official pickle form), written once per session."""
+    from core.testmodels.synthetic_flame import write_test_flame
+
+    return write_test_flame(tmp_path_factory.mktemp("flame") / "test_flame.pkl", deca_data_dir, joint_regressor_path)
+
+
+@pytest.fixture(scope="session")
+def test_flame(test_flame_pkl: Path):
+    from core.flame import load_flame_model
+
+    return load_flame_model(test_flame_pkl)
+
+
+@pytest.fixture(scope="session")
+def embedding(deca_data_dir: Path):
+    from core.flame import read_official_embedding
+
+    return read_official_embedding(deca_data_dir / "landmark_embedding.npy")
