@@ -7,14 +7,13 @@ file and what is wrong with it, because users download these by hand and mix the
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
+from core.atomic import atomic_write_bytes
 from core.safe_pickle import UnsafePickleError, load_restricted, to_array
 
 N_VERTICES = 5023
@@ -250,21 +249,6 @@ def load_flame_model(path: str | Path, require_flame_topology: bool = True) -> F
     if head.startswith(b"PK"):
         return load_flame_npz(path, require_flame_topology)
     return load_flame_pickle(path, require_flame_topology)
-
-
-def atomic_write_bytes(path: Path, writer) -> None:
-    """Write through a temporary file in the same folder, then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            writer(f)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_flame_npz(data: FlameModelData, path: str | Path) -> None:

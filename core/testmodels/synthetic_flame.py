@@ -21,7 +21,8 @@ import numpy as np
 import scipy.sparse as sp
 
 from core.flame.landmarks import LandmarkEmbedding, read_official_embedding
-from core.flame.model_file import FLAME_PARENTS, FlameModelData, atomic_write_bytes
+from core.atomic import atomic_write_bytes
+from core.flame.model_file import FLAME_PARENTS, FlameModelData
 from core.flame.template import read_template_obj
 
 N_SHAPE, N_EXPR, N_POSE_FEATURES = 300, 100, 36

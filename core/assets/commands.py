@@ -1,0 +1,77 @@
+"""`deca-blender assets status|install|verify`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from core.assets.manager import AssetError, AssetManager, describe_missing, status_as_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("assets", help="show, install and verify the downloaded model files")
+    p.add_argument("--home", help="asset folder (default: $DECA_BLENDER_HOME or the user data folder)")
+    asub = p.add_subparsers(dest="assets_command", required=True)
+    s = asub.add_parser("status", help="what is installed and what is missing")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_status)
+    i = asub.add_parser("install", help="check and install downloaded files")
+    i.add_argument("--flame", metavar="PATH", help="FLAME model: generic_model.pkl (2020), flame2023_Open.pkl, or .npz")
+    i.add_argument("--deca", metavar="PATH", help="DECA checkpoint deca_model.tar")
+    i.add_argument("--data", metavar="DIR", help="DECA's release data folder (template, embedding, masks, ...)")
+    i.add_argument("--texture", metavar="PATH", help="optional FLAME albedo space (.npz)")
+    i.add_argument("--force", action="store_true", help="replace an installed asset with a different file")
+    i.set_defaults(func=cmd_install)
+    v = asub.add_parser("verify", help="re-check installed files against their sha256 and content")
+    v.set_defaults(func=cmd_verify)
+
+
+def _manager(args: argparse.Namespace) -> AssetManager:
+    return AssetManager(args.home) if args.home else AssetManager()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    m = _manager(args)
+    info = status_as_json(m)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"asset folder: {m.home}")
+    for st in m.status():
+        mark = "ok " if st.present else ("-- " if st.required else "(optional) ")
+        line = f"  {mark}{st.name:20s} {st.path if st.present else st.file}"
+        if st.note:
+            line += f"   [{st.note}]"
+        print(line)
+    missing = m.missing()
+    if missing:
+        print()
+        print(describe_missing(missing, m.home))
+    else:
+        print("\nall required assets are installed")
+    return 0
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    if not any((args.flame, args.deca, args.data, args.texture)):
+        print("nothing to install: give --flame, --deca, --data and/or --texture", file=sys.stderr)
+        return 2
+    m = _manager(args)
+    try:
+        notes = m.install(flame=args.flame, deca=args.deca, data=args.data, texture=args.texture, force=args.force)
+    except (AssetError, ValueError) as exc:  # FlameModelError, CheckpointError... are ValueErrors
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for n in notes:
+        print(f"note: {n}")
+    missing = m.missing()
+    if missing:
+        print("still missing: " + ", ".join(s.file for s in missing))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    problems = _manager(args).verify()
+    for p in problems:
+        print(f"problem: {p}", file=sys.stderr)
+    return 1 if problems else 0
