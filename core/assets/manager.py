@@ -333,16 +333,20 @@ def check_data_file(spec: AssetSpec, path: Path):
 
 
 def read_texture_space(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """FLAME's albedo space in either published layout -> mean (H, W, 3), basis (H, W, 3, K)."""
+    """FLAME's albedo space in either published layout -> RGB mean (S, S, 3) in [0, 1], basis (S, S, 3, K).
+
+    `FLAME_texture.npz` ('mean', 'tex_dir') is in 0..255, `FLAME_albedo_from_BFM.npz` ('MU', 'PC') in 0..1;
+    both store BGR texels, which DECA flips to RGB after reshaping to (S, S, 3).
+    """
     if not path.is_file():
         raise AssetError(f"texture space not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
-            if {"mean", "tex_dir"} <= files:  # FLAME_texture.npz
-                mean, basis = z["mean"], z["tex_dir"]
-            elif {"MU", "PC"} <= files:  # FLAME_albedo_from_BFM.npz
-                mean, basis = z["MU"], z["PC"]
+            if {"mean", "tex_dir"} <= files:
+                mean, basis, scale = z["mean"], z["tex_dir"], 1.0 / 255.0
+            elif {"MU", "PC"} <= files:
+                mean, basis, scale = z["MU"], z["PC"], 1.0
             else:
                 raise AssetError(f"{path}: has keys {sorted(files)}; expected 'mean'/'tex_dir' or 'MU'/'PC'")
     except AssetError:
@@ -353,7 +357,9 @@ def read_texture_space(path: Path) -> tuple[np.ndarray, np.ndarray]:
     side = int(round((mean.size / 3) ** 0.5))
     if side * side * 3 != mean.size or basis.size != mean.size * K:
         raise AssetError(f"{path}: mean {mean.shape} and basis {basis.shape} are not a square RGB texture space")
-    return mean.reshape(side, side, 3).astype(np.float32), basis.reshape(side, side, 3, K).astype(np.float32)
+    mean = mean.reshape(side, side, 3)[..., ::-1] * scale
+    basis = basis.reshape(side, side, 3, K)[:, :, ::-1] * scale
+    return mean.astype(np.float32), basis.astype(np.float32)
 
 
 def check_installed(name: str, path: Path) -> None:
