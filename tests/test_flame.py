@@ -207,3 +207,14 @@ def test_far_side_contour_follows_the_silhouette(test_flame, embedding):
         far = slice(9, 17) if yaw_deg > 0 else slice(0, 8)  # +yaw turns the subject's left (+x, 9..16) away
         assert d[far].mean() < 0.0025, (yaw_deg, d[far])
         assert d[far].mean() < 0.6 * dm[far].mean(), (yaw_deg, d[far], dm[far])
+
+
+def test_layer_exposes_what_blender_needs(test_flame, embedding, deca_data_dir):
+    from core.flame.template import read_template_obj
+
+    layer = FlameLayer(test_flame, embedding, template=read_template_obj(deca_data_dir / "head_template.obj"))
+    assert layer.uv_coords.shape == (5118, 2) and layer.uv_faces.shape == (9976, 3)
+    assert layer.v_template.shape == (5023, 3) and layer.expr_basis.shape == (5023, 3, 100)
+    assert layer.posedirs.shape == (5023, 3, 36) and layer.weights.shape == (5023, 5)
+    assert layer.J_regressor.shape == (5, 5023) and layer.parents.tolist() == [-1, 0, 1, 1, 1]
+    np.testing.assert_allclose(layer.weights.sum(1).numpy(), 1.0, atol=1e-6)

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
 from core.flame.landmarks import LandmarkEmbedding, contour_rows, surface_points
 from core.flame.lbs import blend_shapes, lbs, regress_joints
 from core.flame.model_file import FlameModelData
+from core.flame.template import TemplateMesh
 
 DECA_POSE_DIM = 6  # global axis-angle (3) + jaw axis-angle (3)
 
@@ -46,11 +48,13 @@ class FlameLayer(nn.Module):
     """FLAME as a torch module. Convert with `.to(device, dtype)`; buffers follow.
 
     Exposes what a renderer or Blender needs as buffers: `v_template`, `shape_basis`, `expr_basis`,
-    `posedirs`, `J_regressor`, `weights`, `parents`, `faces`.
+    `posedirs`, `J_regressor`, `weights`, `parents`, `faces`, and with a template mesh `uv_coords`
+    (Nuv, 2) and `uv_faces` (F, 3).
     """
 
     def __init__(self, model: FlameModelData, embedding: LandmarkEmbedding | None = None,
-                 n_shape: int | None = None, n_expression: int | None = None) -> None:
+                 n_shape: int | None = None, n_expression: int | None = None,
+                 template: TemplateMesh | None = None) -> None:
         super().__init__()
         self.model = model
         n_shape = model.n_shape if n_shape is None else min(n_shape, model.n_shape)
@@ -65,6 +69,11 @@ class FlameLayer(nn.Module):
         self.register_buffer("weights", torch.as_tensor(model.weights, dtype=f32))
         self.register_buffer("parents", torch.as_tensor(model.parents, dtype=torch.long))
         self.register_buffer("faces", torch.as_tensor(model.faces, dtype=torch.long))
+        if template is not None:
+            if not np.array_equal(template.faces, model.faces):
+                raise ValueError("the template mesh's faces differ from the FLAME model's; UVs would not line up")
+            self.register_buffer("uv_coords", torch.as_tensor(template.uv_coords, dtype=f32))
+            self.register_buffer("uv_faces", torch.as_tensor(template.uv_faces, dtype=torch.long))
         self.embedding = embedding
         if embedding is not None:
             embedding.check_faces(model.faces.shape[0])
