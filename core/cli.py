@@ -9,6 +9,8 @@ import sys
 # dependencies (torch) inside the command functions so `--help` and `assets status` stay fast.
 COMMAND_MODULES = (
     "core.assets.commands",
+    "deca_blender.commands",
+    "core.pipeline.commands",
 )
 
 

@@ -65,3 +65,15 @@ def embedding(deca_data_dir: Path):
     from core.flame import read_official_embedding
 
     return read_official_embedding(deca_data_dir / "landmark_embedding.npy")
+
+
+@pytest.fixture(scope="session")
+def random_deca_checkpoint(tmp_path_factory) -> Path:
+    """DECA's checkpoint layout with random weights: the licensed file is absent here, and the same
+    code path (asset install, weights_only load) runs with it. Faces reconstructed with it are meaningless."""
+    import torch
+
+    from core.networks import build_deca_networks, save_deca_checkpoint
+
+    torch.manual_seed(0)
+    return save_deca_checkpoint(build_deca_networks(), tmp_path_factory.mktemp("deca") / "deca_model.tar")

@@ -1,0 +1,1 @@
+"""Operators, one module per group: import, animate, export, assets/dependencies/worker."""

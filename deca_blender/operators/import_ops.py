@@ -1,0 +1,143 @@
+"""deca.import_result (a result folder -> a head) and deca.import_photo (a photo -> the worker -> heads)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import bpy
+from bpy.props import BoolProperty, StringProperty
+
+from .common import USER_ERRORS, WorkerTaskOperator, report_exception
+
+IMAGE_FILTER = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
+
+
+def result_folders(path: str | Path) -> list[Path]:
+    """The result folders a path names: a result.npz, a result folder, or a folder of result folders."""
+    from core.pipeline.result import RESULT_FILE, ResultError
+
+    path = Path(bpy.path.abspath(str(path)))
+    if path.is_file():
+        return [path.parent]
+    if (path / RESULT_FILE).is_file():
+        return [path]
+    if path.is_dir():
+        subs = sorted(p for p in path.iterdir() if (p / RESULT_FILE).is_file())
+        if subs:
+            return subs
+    raise ResultError(f"no result file at {path / RESULT_FILE}; a result folder holds {RESULT_FILE}")
+
+
+def import_folders(context, folders, all_expressions: bool, use_head_pose: bool) -> list:
+    from ..scene.head import ImportOptions, build_head
+
+    heads = []
+    for folder in folders:
+        opts = ImportOptions(all_expressions=all_expressions, use_head_pose=use_head_pose,
+                             location=tuple(context.scene.cursor.location))
+        heads.append(build_head(context, folder, opts))
+    return heads
+
+
+class _ImportOptionsMixin:
+    all_expressions: BoolProperty(name="All Expression Keys", default=False,
+                                  description="Create every expression component the result holds (100 when present)")
+    use_head_pose: BoolProperty(name="Head Pose from Photo", default=False,
+                                description="Rotate the root bone to the head's pose in the photo")
+
+
+def _poll_object_mode(context) -> bool:
+    return context.mode == "OBJECT" and context.scene is not None
+
+
+class DECA_OT_import_result(_ImportOptionsMixin, bpy.types.Operator):
+    """Import a DECA result folder as a rigged head with expression sliders and wrinkles"""
+
+    bl_idname = "deca.import_result"
+    bl_label = "Import Result"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="File Path", subtype="FILE_PATH", description="result.npz or a result folder")
+    directory: StringProperty(name="Directory", subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
+    filter_glob: StringProperty(default="result.npz", options={"HIDDEN"})
+
+    @classmethod
+    def poll(cls, context):
+        return _poll_object_mode(context)
+
+    def invoke(self, context, event):
+        from ..preferences import get_prefs
+
+        self.all_expressions = get_prefs(context).all_expressions
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        path = self.filepath or self.directory
+        if not path:
+            self.report({"ERROR"}, "give filepath (a result.npz or a result folder) or directory")
+            return {"CANCELLED"}
+        t0 = time.perf_counter()
+        try:
+            heads = import_folders(context, result_folders(path), self.all_expressions, self.use_head_pose)
+        except USER_ERRORS as exc:
+            report_exception(self, exc)
+            return {"CANCELLED"}
+        names = ", ".join(h[0].name for h in heads)
+        self.report({"INFO"}, f"imported {names} in {time.perf_counter() - t0:.2f} s")
+        return {"FINISHED"}
+
+
+class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Operator):
+    """Reconstruct the face(s) in a photo with DECA (in the worker) and import them as heads"""
+
+    bl_idname = "deca.import_photo"
+    bl_label = "Import Photo"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filepath: StringProperty(name="Photo", subtype="FILE_PATH")
+    filter_glob: StringProperty(default=IMAGE_FILTER, options={"HIDDEN"})
+    all_faces: BoolProperty(name="All Faces", default=False, description="One head per face found (else the largest)")
+    output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="",
+                               description="Where the result folders go (empty: the preferences' output folder)")
+
+    @classmethod
+    def poll(cls, context):
+        return _poll_object_mode(context)
+
+    def invoke(self, context, event):
+        from ..preferences import get_prefs
+
+        self.all_expressions = get_prefs(context).all_expressions
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def task(self, context):
+        from ..preferences import get_prefs, output_dir, worker_client
+
+        photo = Path(bpy.path.abspath(self.filepath))
+        if not photo.is_file():
+            raise FileNotFoundError(f"photo not found: {photo}")
+        prefs = get_prefs(context)
+        out = Path(bpy.path.abspath(self.output_dir)) if self.output_dir else output_dir(prefs)
+        client = worker_client(context)
+        data = yield client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
+                                    device=prefs.device, landmarks=prefs.landmarks)
+        folders = [Path(p) for p in data.get("results", [])]
+        if not folders:
+            raise ValueError(f"no face found in {photo}")
+        heads = import_folders(context, folders, self.all_expressions, self.use_head_pose)
+        self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name}")
+
+
+classes = (DECA_OT_import_result, DECA_OT_import_photo)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

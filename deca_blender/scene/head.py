@@ -1,0 +1,175 @@
+"""A finished head from a result folder: collection, armature, mesh, shape keys, drivers, material.
+
+Nothing is created when the folder cannot be read: the result is loaded and checked first, and if a
+later step fails every datablock made so far is removed again, so an error leaves the scene as it was.
+Names are made unique per head up front (`DECA_<folder>`, `DECA_<folder>.001`, ...), and every datablock
+(mesh, armature, material, node group, images, collection) carries that name, so importing the same
+result twice gives two independent heads.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from . import armature as arm_mod
+from . import drivers as drv
+from . import material as mat_mod
+from . import mesh as mesh_mod
+
+N_JOINTS = 5
+
+
+@dataclass
+class ImportOptions:
+    all_expressions: bool = False  # all expression components the result holds (100 when present), else 50
+    use_head_pose: bool = False  # rotate the root bone to the photo's global head pose
+    name: str | None = None
+    location: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+def load_result(folder: str | Path):
+    """ReconstructionResult of a folder (or result.npz), with the rig's shapes checked. Raises ResultError."""
+    from core.pipeline.result import ReconstructionResult, ResultError
+
+    result = ReconstructionResult.load(folder)
+    V = result.rig_template.shape[0] if result.rig_template.ndim == 2 else -1
+    checks = {
+        "rig_template": (result.rig_template, (V, 3)),
+        "rig_expr_basis": (result.rig_expr_basis, (V, 3, None)),
+        "rig_posedirs": (result.rig_posedirs, (V, 3, 36)),
+        "rig_weights": (result.rig_weights, (V, N_JOINTS)),
+        "rig_joints": (result.rig_joints, (N_JOINTS, 3)),
+        "rig_parents": (result.rig_parents, (N_JOINTS,)),
+        "faces": (result.faces, (None, 3)),
+        "uv_faces": (result.uv_faces, (result.faces.shape[0], 3)),
+        "uv_coords": (result.uv_coords, (None, 2)),
+        "wrinkle_maps": (result.wrinkles.maps, (None, None, None)),
+        "wrinkle_matrix": (result.wrinkles.matrix, (result.wrinkles.maps.shape[0], None)),
+    }
+    for key, (arr, shape) in checks.items():
+        arr = np.asarray(arr)
+        if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
+            raise ResultError(f"{folder}: '{key}' has shape {arr.shape}, expected {shape}; the result folder is damaged")
+    if V < 1 or result.faces.max() >= V or result.uv_faces.max() >= len(result.uv_coords):
+        raise ResultError(f"{folder}: faces index beyond the vertices or UVs; the result folder is damaged")
+    if not all(np.all(np.isfinite(a)) for a in (result.rig_template, result.rig_expr_basis, result.rig_weights)):
+        raise ResultError(f"{folder}: holds NaN or infinite values; the result folder is damaged")
+    return result
+
+
+def unique_head_name(base: str) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", base)[:40] or "head"
+    taken = lambda n: (n in bpy.data.objects or f"{n}_rig" in bpy.data.objects or f"DECA {n}" in bpy.data.collections
+                       or f"DECA {n}" in bpy.data.materials)
+    if not taken(base):
+        return base
+    i = 1
+    while taken(f"{base}.{i:03d}"):
+        i += 1
+    return f"{base}.{i:03d}"
+
+
+def _default_name(folder: Path) -> str:
+    name = folder.name
+    if name in ("", ".", "result"):
+        name = folder.parent.name or "head"
+    return f"DECA_{name}"
+
+
+def build_head(context, folder: str | Path, options: ImportOptions | None = None):
+    """Import one result folder. Returns (mesh_object, armature_object)."""
+    options = options or ImportOptions()
+    folder = Path(folder)
+    if folder.is_file():
+        folder = folder.parent
+    result = load_result(folder)
+    name = unique_head_name(options.name or _default_name(folder))
+
+    created: list = []  # (collection, datablock) to remove if anything below fails
+    try:
+        return _build(context, folder, result, name, options, created)
+    except Exception:
+        for coll_name, block in reversed(created):
+            try:
+                getattr(bpy.data, coll_name).remove(block)
+            except Exception:
+                pass
+        raise
+
+
+def _build(context, folder: Path, result, name: str, options: ImportOptions, created: list):
+    coll = bpy.data.collections.new(f"DECA {name}")
+    created.append(("collections", coll))
+    context.scene.collection.children.link(coll)
+
+    arm_obj = arm_mod.create_armature(context, coll, f"{name}_rig", np.asarray(result.rig_joints, np.float64),
+                                      np.asarray(result.rig_parents))
+    created += [("objects", arm_obj), ("armatures", arm_obj.data)]
+    arm_obj.location = options.location
+    arm_obj.deca.role = "RIG"
+    jaw = np.asarray(result.pose, np.float64).ravel()[3:6]
+    arm_mod.set_joint_rotation(arm_obj, "jaw", jaw)
+    if options.use_head_pose:
+        arm_mod.set_joint_rotation(arm_obj, "root", np.asarray(result.pose, np.float64).ravel()[:3])
+
+    E = result.rig_expr_basis.shape[2]
+    n_expr = E if options.all_expressions else min(E, 50)
+    me = mesh_mod.create_mesh(name, np.asarray(result.rig_template, np.float64), np.asarray(result.faces),
+                              np.asarray(result.uv_coords, np.float64), np.asarray(result.uv_faces))
+    created.append(("meshes", me))
+    obj = bpy.data.objects.new(name, me)
+    created.append(("objects", obj))
+    coll.objects.link(obj)
+    obj.parent = arm_obj  # identity parent inverse: mesh space == armature space (FLAME space)
+    mesh_mod.add_vertex_groups(obj, np.asarray(result.rig_weights, np.float64))
+    mod = obj.modifiers.new("Armature", "ARMATURE")
+    mod.object = arm_obj
+    mod.use_vertex_groups = True
+    mod.use_bone_envelopes = False
+    mod.use_deform_preserve_volume = False  # linear blend skinning, as FLAME
+
+    exp = np.zeros(n_expr)
+    photo_exp = np.asarray(result.exp, np.float64).ravel()
+    exp[: min(n_expr, photo_exp.size)] = photo_exp[:n_expr]
+    mesh_mod.add_shape_keys(obj, result.rig_template, np.asarray(result.rig_expr_basis, np.float64),
+                            np.asarray(result.rig_posedirs, np.float64), exp, n_expr)
+
+    props = obj.deca
+    props.role = "HEAD"
+    props.result_path = str(folder.resolve())
+    props.source_image = str(result.source_image)
+    props.is_test_model = bool(result.is_test_model)
+    props.n_expression = n_expr
+    drv.add_pose_corrective_drivers(obj, arm_obj)
+
+    wr = result.wrinkles
+    group, images = mat_mod.build_wrinkle_group(name, np.asarray(wr.base), np.asarray(wr.maps),
+                                                np.asarray(result.displacement))
+    created += [("node_groups", group)] + [("images", im) for im in images]
+    mat = mat_mod.build_material(name, folder, group)
+    created.append(("materials", mat))
+    for node in mat.node_tree.nodes:
+        if node.type == "TEX_IMAGE" and node.image is not None and node.image not in images:
+            created.append(("images", node.image))
+    me.materials.append(mat)
+    props.wrinkle_group = group
+    props.exact_image = images[-1]
+    matrix = np.asarray(wr.matrix, np.float64)
+    drv.add_wrinkle_drivers(obj, arm_obj, group, matrix, n_exp_inputs=50)
+    # Kept on the object so exports can write the wrinkle JSON without the result folder.
+    obj["_deca_wrinkle_matrix"] = matrix.astype(np.float64).ravel().tolist()
+    obj["_deca_wrinkle_shape"] = list(matrix.shape)
+    mat_mod.apply_head_settings(obj)
+
+    if result.is_test_model:
+        obj["deca_note"] = "built from the deca-blender TEST model (synthetic), not FLAME"
+    for o in context.view_layer.objects:
+        o.select_set(False)
+    obj.select_set(True)
+    arm_obj.select_set(False)
+    context.view_layer.objects.active = obj
+    return obj, arm_obj

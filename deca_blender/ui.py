@@ -1,0 +1,84 @@
+"""The sidebar panel: 3D View > Sidebar > DECA. Panels only; the work is in operators/."""
+from __future__ import annotations
+
+import bpy
+
+from .properties import head_objects
+
+N_SLIDERS_COLLAPSED = 10
+
+
+class VIEW3D_PT_deca(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DECA"
+    bl_label = "DECA Heads"
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column(align=True)
+        col.operator("deca.import_photo", text="Import Photo...", icon="IMAGE_DATA")
+        col.operator("deca.import_result", text="Import Result...", icon="FILE_FOLDER")
+        mesh, arm = head_objects(context.active_object)
+        if mesh is None:
+            layout.label(text="Select a DECA head to edit it", icon="INFO")
+            return
+        box = layout.box()
+        box.label(text=mesh.name, icon="USER")
+        if mesh.deca.is_test_model:
+            box.label(text="TEST model (synthetic), not FLAME", icon="ERROR")
+        props = mesh.deca
+        box.prop(props, "detail_source", text="")
+        box.prop(props, "wrinkle_strength")
+        box.prop(props, "detail_strength")
+        row = box.row()
+        row.prop(props, "exact_wrinkles")
+        if "_deca_exact_error" in mesh:
+            box.label(text=str(mesh["_deca_exact_error"])[:120], icon="ERROR")
+        layout.operator("deca.apply_expression", text="Apply Expression from Photo...", icon="SHAPEKEY_DATA")
+        row = layout.row(align=True)
+        op = row.operator("deca.export_fbx", text="FBX Unreal", icon="EXPORT")
+        op.preset = "UNREAL"
+        op = row.operator("deca.export_fbx", text="FBX Unity", icon="EXPORT")
+        op.preset = "UNITY"
+        layout.operator("deca.export_gltf", text="Export glTF (.glb)", icon="EXPORT")
+
+
+class VIEW3D_PT_deca_expression(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DECA"
+    bl_label = "Expression"
+    bl_parent_id = "VIEW3D_PT_deca"
+
+    @classmethod
+    def poll(cls, context):
+        mesh, _ = head_objects(context.active_object)
+        return mesh is not None and mesh.data.shape_keys is not None
+
+    def draw(self, context):
+        layout = self.layout
+        mesh, arm = head_objects(context.active_object)
+        if arm is not None and "jaw" in arm.pose.bones:
+            layout.label(text="Jaw (bone rotation)")
+            layout.prop(arm.pose.bones["jaw"], "rotation_quaternion", text="")
+        props = mesh.deca
+        keys = [kb for kb in mesh.data.shape_keys.key_blocks if kb.name.startswith("exp_")]
+        shown = keys if props.show_all_expressions else keys[:N_SLIDERS_COLLAPSED]
+        col = layout.column(align=True)
+        for kb in shown:
+            col.prop(kb, "value", text=kb.name, slider=True)
+        layout.prop(props, "show_all_expressions", text=f"Show all {len(keys)}")
+
+
+classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression)
+
+
+def register() -> None:
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister() -> None:
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

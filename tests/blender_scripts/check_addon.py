@@ -1,0 +1,718 @@
+"""Runs inside a bpy subprocess (never in pytest's process): install the extension zip, import heads,
+exercise drivers, exports and a Cycles render, and write what it measured for pytest to check.
+
+    python check_addon.py ZIP RESULT_A RESULT_B FRAMES_DIR OUT_DIR ARTIFACTS_DIR PHOTO FLAME_PKL DATA_DIR RESULT_100
+
+DECA_BLENDER_HOME should name a scratch asset folder: the worker section asks the worker about it.
+
+BLENDER_USER_RESOURCES must point at an empty folder, so the extension installs into a scratch
+Blender configuration. Every section runs even if an earlier one failed; failures are recorded as
+text under "errors" in OUT_DIR/report.json, arrays go to OUT_DIR/arrays.npz.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Quaternion
+
+ZIP, RESULT_A, RESULT_B, FRAMES, OUT, ARTIFACTS, PHOTO, FLAME_PKL, DATA_DIR, RESULT_100, DECA_CKPT = (
+    Path(a) for a in sys.argv[1:12])
+OUT.mkdir(parents=True, exist_ok=True)
+ARTIFACTS.mkdir(parents=True, exist_ok=True)
+report: dict = {"errors": {}, "timings": {}}
+arrays: dict[str, np.ndarray] = {}
+
+
+def section(fn):
+    t = time.perf_counter()
+    try:
+        fn()
+    except Exception:
+        report["errors"][fn.__name__] = traceback.format_exc()
+    report["timings"][fn.__name__] = time.perf_counter() - t
+    return fn
+
+
+def update():
+    bpy.context.view_layer.update()
+
+
+def evaluated_vertices(obj) -> np.ndarray:
+    dg = bpy.context.evaluated_depsgraph_get()
+    ev = obj.evaluated_get(dg)
+    me = ev.to_mesh()
+    co = np.empty(len(me.vertices) * 3, np.float32)
+    me.vertices.foreach_get("co", co)
+    ev.to_mesh_clear()
+    return co.reshape(-1, 3).astype(np.float64)
+
+
+def factors(obj) -> np.ndarray:
+    ng = obj.deca.wrinkle_group
+    K = int(obj["_deca_wrinkle_shape"][0])
+    return np.array([ng.nodes[f"factor_{k:02d}"].outputs[0].default_value for k in range(K)])
+
+
+def key_values(obj, prefix: str) -> dict[str, float]:
+    return {kb.name: kb.value for kb in obj.data.shape_keys.key_blocks if kb.name.startswith(prefix)}
+
+
+def objects_snapshot() -> dict:
+    return {c: len(getattr(bpy.data, c)) for c in ("objects", "meshes", "armatures", "materials", "images",
+                                                  "node_groups", "collections")}
+
+
+state: dict = {}
+
+
+@section
+def install():
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    t = time.perf_counter()
+    result = bpy.ops.extensions.package_install_files(filepath=str(ZIP), repo="user_default", enable_on_install=True)
+    report["timings"]["install_only"] = time.perf_counter() - t
+    report["install_result"] = sorted(result)
+    report["addons"] = [k for k in bpy.context.preferences.addons.keys() if "deca" in k]
+    report["operators"] = sorted(n for n in dir(bpy.ops.deca) if not n.startswith("_"))
+    report["undo_options"] = {n: sorted(getattr(bpy.types, cls).bl_options) for n, cls in (
+        ("import_result", "DECA_OT_import_result"), ("import_photo", "DECA_OT_import_photo"),
+        ("apply_expression", "DECA_OT_apply_expression"))}
+    report["panel_registered"] = hasattr(bpy.types, "VIEW3D_PT_deca")
+
+
+@section
+def errors_create_nothing():
+    before = objects_snapshot()
+    messages = {}
+    bad = OUT / "corrupt_result"
+    bad.mkdir(exist_ok=True)
+    (bad / "result.npz").write_bytes(b"PK\x03\x04 this is not a zip file")
+    for label, path in (("missing", OUT / "no_such_folder"), ("corrupt", bad)):
+        try:
+            bpy.ops.deca.import_result(filepath=str(path))
+            messages[label] = None
+        except RuntimeError as exc:
+            messages[label] = str(exc)
+    report["error_messages"] = messages
+    report["error_datablocks_before"] = before
+    report["error_datablocks_after"] = objects_snapshot()
+
+
+@section
+def import_head():
+    t = time.perf_counter()
+    result = bpy.ops.deca.import_result(filepath=str(RESULT_A))
+    report["timings"]["import_result_op"] = time.perf_counter() - t
+    report["import_result"] = sorted(result)
+    obj = bpy.context.active_object
+    arm = obj.parent
+    state["obj"], state["arm"] = obj, arm
+    report["torch_in_blender"] = "torch" in sys.modules
+    report["names"] = {"mesh": obj.name, "rig": arm.name, "role": obj.deca.role, "rig_role": arm.deca.role}
+    report["object_rotation"] = list(arm.rotation_euler)
+    report["mesh_parent_inverse_identity"] = bool(np.allclose(np.array(obj.matrix_parent_inverse), np.eye(4)))
+    report["bones"] = [b.name for b in arm.data.bones]
+    report["bone_parents"] = [b.parent.name if b.parent else None for b in arm.data.bones]
+    arrays["bone_heads"] = np.array([list(arm.data.bones[n].head_local) for n in ("root", "neck", "jaw", "eye_L", "eye_R")])
+    arrays["bone_rest_rotations"] = np.array([np.array(b.matrix_local.to_3x3()) for b in arm.data.bones])
+    report["vertex_groups"] = [vg.name for vg in obj.vertex_groups]
+    index = {vg.index: vg.name for vg in obj.vertex_groups}
+    order = {n: i for i, n in enumerate(("root", "neck", "jaw", "eye_L", "eye_R"))}
+    W = np.zeros((len(obj.data.vertices), 5))
+    present = np.zeros_like(W, bool)
+    for v in obj.data.vertices:
+        for g in v.groups:
+            W[v.index, order[index[g.group]]] = g.weight
+            present[v.index, order[index[g.group]]] = True
+    arrays["weights"] = W
+    arrays["weights_present"] = present
+    keys = obj.data.shape_keys.key_blocks
+    report["shape_keys"] = [kb.name for kb in keys]
+    report["shape_key_values"] = {kb.name: kb.value for kb in keys}
+    report["shape_key_ranges"] = {kb.name: [kb.slider_min, kb.slider_max] for kb in keys[1:4]}
+    arrays["basis"] = np.array([list(p.co) for p in keys["Basis"].points])
+    co = np.empty(len(keys[0].points) * 3, np.float32)
+    keys["exp_003"].points.foreach_get("co", co)
+    arrays["key_exp_003"] = co.reshape(-1, 3).copy()
+    keys["pc_010"].points.foreach_get("co", co)
+    arrays["key_pc_010"] = co.reshape(-1, 3).copy()
+    drivers = list(obj.data.shape_keys.animation_data.drivers) + list(obj.animation_data.drivers) + \
+        list(obj.deca.wrinkle_group.animation_data.drivers)
+    report["n_drivers"] = len(drivers)
+    report["drivers_all_simple"] = all(fc.driver.is_simple_expression for fc in drivers)
+    report["drivers_all_valid"] = all(fc.driver.is_valid for fc in drivers)
+    report["max_expression_length"] = max(len(fc.driver.expression) for fc in drivers)
+    report["jaw_quaternion_import"] = list(arm.pose.bones["jaw"].rotation_quaternion)
+    update()
+    arrays["eval_import"] = evaluated_vertices(obj)
+    report["pc_import"] = key_values(obj, "pc_")
+    report["factors_import"] = factors(obj).tolist()
+    mat = obj.active_material
+    report["material"] = {
+        "name": mat.name, "displacement_method": mat.displacement_method,
+        "images": sorted(n.image.name for n in mat.node_tree.nodes if n.type == "TEX_IMAGE" and n.image),
+        "group_images": sorted(n.image.name for n in obj.deca.wrinkle_group.nodes if n.type == "TEX_IMAGE"),
+        "packed": all(n.image.packed_file is not None for n in obj.deca.wrinkle_group.nodes if n.type == "TEX_IMAGE"),
+    }
+    # The exact-displacement image holds result.displacement (top row first in the file, flipped in Blender).
+    img = obj.deca.exact_image
+    px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
+    img.pixels.foreach_get(px)
+    arrays["exact_image_r"] = px.reshape(img.size[1], img.size[0], 4)[::-1, :, 0]
+
+
+@section
+def slider_moves_wrinkles():
+    obj, arm = state["obj"], state["arm"]
+    for pb in arm.pose.bones:
+        pb.rotation_quaternion = (1, 0, 0, 0)
+    update()
+    report["pc_rest"] = key_values(obj, "pc_")
+    f0, v0 = factors(obj), evaluated_vertices(obj)
+    kb = obj.data.shape_keys.key_blocks["exp_003"]
+    before = kb.value
+    kb.value = before + 0.8
+    update()
+    f1, v1 = factors(obj), evaluated_vertices(obj)
+    report["exp_003_before_after"] = [before, kb.value]
+    arrays["factors_exp3_before"], arrays["factors_exp3_after"] = f0, f1
+    arrays["eval_exp3_before"], arrays["eval_exp3_after"] = v0, v1
+    report["exp_values_at_exp3"] = [obj.data.shape_keys.key_blocks[f"exp_{i:03d}"].value for i in range(50)]
+    obj.deca.wrinkle_strength = 0.5
+    update()
+    arrays["factors_half_strength"] = factors(obj)
+    obj.deca.wrinkle_strength = 1.0
+    update()
+
+
+@section
+def bones_drive_correctives():
+    obj, arm = state["obj"], state["arm"]
+    poses = {"neck": (0.12, -0.25, 0.06), "jaw": (0.3, 0.04, -0.05), "eye_L": (0.05, 0.2, 0.0), "eye_R": (-0.04, 0.18, 0.01)}
+    quats = {}
+    for bone, aa in poses.items():
+        aa = np.array(aa)
+        q = Quaternion(tuple(aa / np.linalg.norm(aa)), float(np.linalg.norm(aa)))
+        arm.pose.bones[bone].rotation_quaternion = q
+        quats[bone] = list(q)
+    update()
+    report["posed_quaternions"] = quats
+    report["pc_posed"] = key_values(obj, "pc_")
+    report["exp_values_posed"] = [obj.data.shape_keys.key_blocks[f"exp_{i:03d}"].value for i in range(50)]
+    arrays["eval_posed"] = evaluated_vertices(obj)
+    arrays["factors_posed"] = factors(obj)
+    # At the neutral expression the rig's joints are FLAME's joints exactly (see scene/armature.py).
+    keys = obj.data.shape_keys.key_blocks
+    saved = {kb.name: kb.value for kb in keys if kb.name.startswith("exp_")}
+    for name in saved:
+        keys[name].value = 0.0
+    update()
+    arrays["eval_posed_exp0"] = evaluated_vertices(obj)
+    for name, value in saved.items():
+        keys[name].value = value
+    update()
+    # A non-normalised quaternion describes the same rotation; the correctives must not change.
+    arm.pose.bones["jaw"].rotation_quaternion = Quaternion([2.0 * c for c in quats["jaw"]])
+    update()
+    report["pc_posed_scaled_quaternion"] = key_values(obj, "pc_")
+    arm.pose.bones["jaw"].rotation_quaternion = Quaternion(quats["jaw"])
+    update()
+
+
+@section
+def hundred_expressions():
+    """A result keeping 100 expression components: 50 keys by default, 100 when asked."""
+    found = {}
+    for flag in (False, True):
+        bpy.ops.deca.import_result(filepath=str(RESULT_100), all_expressions=flag)
+        o = bpy.context.active_object
+        update()
+        found[str(flag)] = {"exp_keys": sum(kb.name.startswith("exp_") for kb in o.data.shape_keys.key_blocks),
+                            "n_expression": o.deca.n_expression, "drivers_valid": all(
+                                fc.driver.is_valid for fc in o.animation_data.drivers),
+                            "factors": factors(o).tolist()}
+        kb = o.data.shape_keys.key_blocks.get("exp_077")
+        if kb is not None:
+            for pb in o.parent.pose.bones:  # at rest, skinning is the identity
+                pb.rotation_quaternion = (1, 0, 0, 0)
+            update()
+            found[str(flag)]["factors"] = factors(o).tolist()
+            v0 = evaluated_vertices(o)
+            kb.value = 1.5
+            update()
+            arrays["exp77_moved"] = evaluated_vertices(o) - v0
+            found[str(flag)]["factors_after_exp77"] = factors(o).tolist()
+        for x in (o, o.parent):
+            bpy.data.objects.remove(x)
+    report["hundred"] = found
+    bpy.context.view_layer.objects.active = state["obj"]
+
+
+@section
+def second_import_is_independent():
+    obj = state["obj"]
+    f_before = factors(obj)
+    bpy.ops.deca.import_result(filepath=str(RESULT_A))
+    obj2 = bpy.context.active_object
+    state["obj2"] = obj2
+    update()
+    m1, m2 = obj.active_material, obj2.active_material
+    imgs = lambda o: {n.image.name for n in o.deca.wrinkle_group.nodes if n.type == "TEX_IMAGE"}
+    report["second_import"] = {
+        "names": [obj.name, obj2.name, obj.parent.name, obj2.parent.name],
+        "materials": [m1.name, m2.name], "groups": [obj.deca.wrinkle_group.name, obj2.deca.wrinkle_group.name],
+        "shared_images": sorted(imgs(obj) & imgs(obj2)), "same_mesh": obj.data == obj2.data,
+        "first_factors_unchanged": bool(np.allclose(f_before, factors(obj))),
+    }
+    # Moving a slider of the second head leaves the first head's factors alone.
+    obj2.data.shape_keys.key_blocks["exp_003"].value += 1.0
+    update()
+    report["second_import"]["independent_drivers"] = bool(np.allclose(f_before, factors(obj)))
+
+
+@section
+def save_and_reload():
+    obj = state["obj"]
+    f_before = factors(obj)
+    v_before = evaluated_vertices(obj)
+    path = OUT / "heads.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path))
+    bpy.ops.wm.open_mainfile(filepath=str(path))
+    obj = bpy.data.objects[report["names"]["mesh"]]
+    state["obj"], state["arm"] = obj, obj.parent
+    update()
+    report["reload"] = {
+        "factors_equal": bool(np.allclose(f_before, factors(obj), atol=1e-9)),
+        "vertices_equal": float(np.abs(v_before - evaluated_vertices(obj)).max()),
+        "images_packed": all(n.image.packed_file is not None for n in obj.deca.wrinkle_group.nodes if n.type == "TEX_IMAGE"),
+    }
+
+
+@section
+def apply_expression():
+    obj = state["obj"]
+    bpy.context.view_layer.objects.active = obj
+    bpy.context.scene.frame_set(1)
+    r = bpy.ops.deca.apply_expression(filepath=str(RESULT_B), keyframe=True, frame_start=5)
+    report["apply_single"] = {"result": sorted(r), "exp": [obj.data.shape_keys.key_blocks[f"exp_{i:03d}"].value for i in range(50)],
+                              "jaw": list(state["arm"].pose.bones["jaw"].rotation_quaternion)}
+    r = bpy.ops.deca.apply_expression(directory=str(FRAMES), frame_start=20, frame_step=2)
+    action = obj.data.shape_keys.animation_data.action if obj.data.shape_keys.animation_data else None
+    frames = {}
+    for f in (20, 22):
+        bpy.context.scene.frame_set(f)
+        frames[f] = {"exp_000": obj.data.shape_keys.key_blocks["exp_000"].value,
+                     "jaw": list(state["arm"].pose.bones["jaw"].rotation_quaternion)}
+    report["apply_folder"] = {"result": sorted(r), "frames": frames, "has_action": action is not None,
+                              "arm_action": state["arm"].animation_data is not None and state["arm"].animation_data.action is not None}
+    bpy.context.scene.frame_set(1)
+
+
+@section
+def exact_wrinkles_image():
+    obj = state["obj"]
+    import importlib
+
+    exact = importlib.import_module(report["addons"][0] + ".exact")
+    target = np.load(OUT.parent / "exact_input.npy")
+    npy = OUT / "exact_displacement.npy"
+    np.save(npy, target)
+    exact.apply_displacement(obj, str(npy))
+    img = obj.deca.exact_image
+    px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
+    img.pixels.foreach_get(px)
+    arrays["exact_after"] = px.reshape(img.size[1], img.size[0], 4)[::-1, :, 0]
+    exp, jaw = exact.head_inputs(obj, state["arm"])
+    report["exact_inputs"] = {"exp": exp.tolist(), "jaw": jaw.tolist()}
+    obj.deca.exact_wrinkles = True
+    report["exact_socket_on"] = obj.active_material.node_tree.nodes["wrinkles"].inputs["Exact"].default_value
+    obj.deca.exact_wrinkles = False
+    report["exact_socket_off"] = obj.active_material.node_tree.nodes["wrinkles"].inputs["Exact"].default_value
+    nodes = obj.active_material.node_tree.nodes
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    linked = lambda: bool(bsdf.inputs["Normal"].is_linked)
+    modes = {"DISPLACEMENT": [linked(), nodes["displacement"].inputs["Scale"].default_value]}
+    obj.deca.detail_source = "NORMAL_MAP"
+    modes["NORMAL_MAP"] = [linked(), nodes["displacement"].inputs["Scale"].default_value]
+    obj.deca.detail_source = "DISPLACEMENT"
+    report["detail_modes"] = modes
+
+
+@section
+def exact_wrinkles_debounce():
+    """The exact-wrinkles timer with a stand-in worker: waits for the sliders to rest, sends the head's
+    current inputs, puts the answer into the exact image, and asks again after the next change."""
+    import importlib
+
+    addon = report["addons"][0]
+    exact = importlib.import_module(addon + ".exact")
+    prefs_mod = importlib.import_module(addon + ".preferences")
+    Job = importlib.import_module(addon + ".worker_client").Job
+    obj = state["obj"]
+    sent = []
+
+    class FakeClient:
+        def request(self, cmd, **args):
+            sent.append((cmd, args))
+            disp = np.full((256, 256), 1e-4 * len(sent), np.float32)
+            np.save(args["out"], disp)
+            job = Job(len(sent), cmd, done=True, data={"path": args["out"]})
+            return job
+
+    real = prefs_mod.worker_client
+    prefs_mod.worker_client = lambda context=None: FakeClient()
+    prefs = bpy.context.preferences.addons[addon].preferences
+    prefs.exact_debounce = 0.05
+    try:
+        obj.deca.exact_wrinkles = True
+        log = []
+        exact._tick()  # first look: remembers the inputs
+        log.append(len(sent))
+        time.sleep(0.08)
+        exact._tick()  # inputs rested: one request
+        log.append(len(sent))
+        exact._tick()  # applies the answer, nothing new to ask
+        log.append(len(sent))
+        img = obj.deca.exact_image
+        px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
+        img.pixels.foreach_get(px)
+        first_value = float(px[0])
+        obj.data.shape_keys.key_blocks["exp_010"].value += 0.5
+        exact._tick()  # a change: wait
+        log.append(len(sent))
+        time.sleep(0.08)
+        exact._tick()
+        log.append(len(sent))
+        exp, jaw = exact.head_inputs(obj, state["arm"])
+        report["exact_debounce"] = {
+            "requests_after_each_tick": log, "cmd": sent[0][0], "first_value": first_value,
+            "last_args_match": bool(np.allclose(sent[-1][1]["exp"], exp) and np.allclose(sent[-1][1]["jaw"], jaw)),
+            "result_path": sent[-1][1]["result"] == obj.deca.result_path,
+        }
+    finally:
+        prefs_mod.worker_client = real
+        obj.deca.exact_wrinkles = False
+        obj.data.shape_keys.key_blocks["exp_010"].value -= 0.5
+        update()
+
+
+@section
+def modal_operator_logic():
+    """The UI path of long operators (a timer polls the worker job, Esc cancels), driven by hand:
+    background Blender has no event loop, so the modal handler is called with stand-in events."""
+    import importlib
+
+    addon = report["addons"][0]
+    common = importlib.import_module(addon + ".operators.common")
+    prefs_mod = importlib.import_module(addon + ".preferences")
+    Job = importlib.import_module(addon + ".worker_client").Job
+    cancelled = []
+
+    class FakeClient:
+        def cancel(self, job):
+            cancelled.append(job.id)
+            job.error, job.error_type, job.done = "cancelled", "Cancelled", True
+
+    class WM:
+        def __init__(self):
+            self.calls = []
+
+        def progress_begin(self, a, b): self.calls.append(("begin", a, b))
+        def progress_update(self, v): self.calls.append(("update", v))
+        def progress_end(self): self.calls.append(("end",))
+        def event_timer_add(self, dt, window=None): return "timer"
+        def event_timer_remove(self, t): self.calls.append(("timer_removed",))
+        def modal_handler_add(self, op): self.calls.append(("modal",))
+
+    class Ctx:
+        def __init__(self):
+            self.window_manager, self.workspace, self.window = WM(), None, object()
+
+    class Ev:
+        def __init__(self, kind, value="PRESS"):
+            self.type, self.value = kind, value
+
+    jobs = [Job(1, "reconstruct"), Job(2, "reconstruct")]
+
+    class Op(common.WorkerTaskOperator):
+        bl_label = "Test"
+
+        def __init__(self):
+            self.reports, self.got = [], []
+
+        def report(self, kind, msg):
+            self.reports.append((sorted(kind), msg))
+
+        def task(self, context):
+            self.got.append((yield jobs[0]))
+            self.got.append((yield jobs[1]))
+
+    real = prefs_mod.worker_client
+    prefs_mod.worker_client = lambda context=None: FakeClient()
+    out = {}
+    try:
+        op, ctx = Op(), Ctx()
+        op.blocking = False
+        # execute() in the UI starts the generator and goes modal (background mode would block).
+        op._gen = op.task(ctx)
+        op._job = next(op._gen)
+        jobs[0].fraction, jobs[0].message = 0.5, "halfway"
+        r1 = op.modal(ctx, Ev("TIMER"))
+        r_other = op.modal(ctx, Ev("MOUSEMOVE"))
+        jobs[0].data, jobs[0].done = {"a": 1}, True
+        r2 = op.modal(ctx, Ev("TIMER"))  # first job done: the generator moves on to the second
+        jobs[1].data, jobs[1].done = {"b": 2}, True
+        r3 = op.modal(ctx, Ev("TIMER"))
+        out["success"] = {"returns": [sorted(r1), sorted(r_other), sorted(r2), sorted(r3)], "got": op.got,
+                          "progress": ctx.window_manager.calls}
+        # Esc: the job is cancelled in the worker and the operator ends with a warning.
+        jobs[:] = [Job(3, "reconstruct"), Job(4, "reconstruct")]
+        op, ctx = Op(), Ctx()
+        op._gen = op.task(ctx)
+        op._job = next(op._gen)
+        r1 = op.modal(ctx, Ev("ESC"))
+        r2 = op.modal(ctx, Ev("TIMER"))
+        out["cancel"] = {"returns": [sorted(r1), sorted(r2)], "cancelled": cancelled, "reports": op.reports,
+                         "ended": ("end",) in ctx.window_manager.calls}
+        # A worker error becomes an ERROR report with the worker's message.
+        jobs[:] = [Job(5, "reconstruct"), Job(6, "reconstruct")]
+        op, ctx = Op(), Ctx()
+        op._gen = op.task(ctx)
+        op._job = next(op._gen)
+        jobs[0].error, jobs[0].error_type, jobs[0].done = "photo not found: x.jpg", "FileNotFoundError", True
+        r = op.modal(ctx, Ev("TIMER"))
+        out["error"] = {"returns": sorted(r), "reports": op.reports}
+    finally:
+        prefs_mod.worker_client = real
+    report["modal"] = out
+
+
+@section
+def ui_draw():
+    """Panels and preferences drawn into a recording stand-in layout (headless Blender has no UI): every
+    operator they show exists and every property they show exists on its data."""
+    import importlib
+
+    addon = report["addons"][0]
+    ui = importlib.import_module(addon + ".ui")
+    problems, shown = [], []
+
+    class Layout:
+        def __getattr__(self, name):
+            if name in ("column", "row", "box", "split", "column_flow", "grid_flow"):
+                return lambda *a, **k: Layout()
+            raise AttributeError(name)
+
+        def label(self, text="", **k):
+            shown.append(("label", text))
+
+        def separator(self, **k):
+            pass
+
+        def operator(self, idname, **k):
+            shown.append(("operator", idname))
+            mod, name = idname.split(".")
+            if not hasattr(getattr(bpy.ops, mod), name):
+                problems.append(f"no operator {idname}")
+
+            class Props:
+                def __setattr__(self, key, value):
+                    rna = getattr(getattr(bpy.ops, mod), name).get_rna_type()
+                    if key not in rna.properties:
+                        problems.append(f"{idname} has no property {key}")
+            return Props()
+
+        def prop(self, data, prop, **k):
+            shown.append(("prop", prop))
+            if prop not in data.bl_rna.properties:
+                problems.append(f"{type(data).__name__} has no property {prop}")
+
+    class Stub:
+        layout = Layout()
+
+    obj = state["obj"]
+    bpy.context.view_layer.objects.active = obj
+    ctx = bpy.context
+    for cls in (ui.VIEW3D_PT_deca, ui.VIEW3D_PT_deca_expression):
+        cls.draw(Stub(), ctx)
+    prefs = bpy.context.preferences.addons[addon].preferences
+    prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}]})
+    class PrefsView:  # the preferences with a stand-in layout
+        layout = Layout()
+
+        def __getattr__(self, name):
+            return getattr(prefs, name)
+
+    type(prefs).draw(PrefsView(), ctx)
+    prefs.python_mode = "EXTERNAL"
+    type(prefs).draw(PrefsView(), ctx)
+    prefs.python_mode = "BLENDER"
+    report["ui"] = {"problems": problems, "operators": sorted({n for k, n in shown if k == "operator"}),
+                    "props": sorted({n for k, n in shown if k == "prop"})}
+
+
+@section
+def render_cycles():
+    obj = state["obj"]
+    for o in list(bpy.data.objects):  # only the first head in the picture
+        if o.deca.role in ("HEAD", "RIG") and o not in (obj, obj.parent):
+            o.hide_render = True
+    scene = bpy.context.scene
+    update()
+    world_co = np.array([list(obj.matrix_world @ v.co) for v in obj.evaluated_get(bpy.context.evaluated_depsgraph_get()).data.vertices])
+    lo, hi = world_co.min(0), world_co.max(0)
+    centre = (lo + hi) / 2
+    cam_data = bpy.data.cameras.new("cam")
+    cam_data.lens = 50
+    cam = bpy.data.objects.new("cam", cam_data)
+    scene.collection.objects.link(cam)
+    height = hi[2] - lo[2]
+    dist = 1.15 * height / (2 * math.tan(cam_data.angle / 2))
+    cam.location = (centre[0], lo[1] - dist, centre[2])
+    cam.rotation_euler = (math.pi / 2, 0, 0)
+    scene.camera = cam
+    key = bpy.data.lights.new("key", "AREA")
+    key.energy, key.size = 40.0, 0.4
+    key_obj = bpy.data.objects.new("key", key)
+    key_obj.location = (centre[0] - 0.35, centre[1] - 0.6, centre[2] + 0.35)
+    key_obj.rotation_euler = (math.radians(55), 0, math.radians(-30))
+    scene.collection.objects.link(key_obj)
+    fill = bpy.data.lights.new("fill", "AREA")
+    fill.energy, fill.size = 12.0, 0.6
+    fill_obj = bpy.data.objects.new("fill", fill)
+    fill_obj.location = (centre[0] + 0.5, centre[1] - 0.5, centre[2])
+    fill_obj.rotation_euler = (math.radians(90), 0, math.radians(45))
+    scene.collection.objects.link(fill_obj)
+    if scene.world is None:
+        scene.world = bpy.data.worlds.new("world")
+    scene.world.color = (0.05, 0.05, 0.06)
+    scene.render.engine = "CYCLES"
+    scene.cycles.device = "CPU"
+    scene.cycles.samples = 16
+    scene.cycles.use_denoising = False
+    scene.render.resolution_x = scene.render.resolution_y = 256
+    scene.render.resolution_percentage = 100
+    scene.render.image_settings.file_format = "PNG"
+    scene.render.filepath = str(ARTIFACTS / "blender_cycles_head.png")
+    t = time.perf_counter()
+    bpy.ops.render.render(write_still=True)
+    report["timings"]["render_only"] = time.perf_counter() - t
+    report["render_path"] = scene.render.filepath
+
+
+@section
+def exports():
+    obj = state["obj"]
+    bpy.context.view_layer.objects.active = obj
+    out = OUT / "exports"
+    res = {}
+    for preset in ("UNREAL", "UNITY"):
+        r = bpy.ops.deca.export_fbx(filepath=str(out / f"head_{preset.lower()}.fbx"), preset=preset)
+        res[f"fbx_{preset}"] = sorted(r)
+    r = bpy.ops.deca.export_gltf(filepath=str(out / "head.glb"))
+    res["glb"] = sorted(r)
+    report["exports"] = res
+    basis = np.array([list(obj.matrix_world @ p.co) for p in obj.data.shape_keys.key_blocks[0].points])
+    report["basis_world_height"] = float(basis[:, 2].max() - basis[:, 2].min())
+    report["export_expected"] = {
+        "vertices": len(obj.data.vertices), "bones": len(obj.parent.data.bones),
+        "shape_keys": len(obj.data.shape_keys.key_blocks) - 1,
+        "morph_names": [kb.name for kb in obj.data.shape_keys.key_blocks[1:]],
+    }
+    loops = np.empty(len(obj.data.loops), np.int32)
+    obj.data.loops.foreach_get("vertex_index", loops)
+    uv = np.empty(len(obj.data.loops) * 2, np.float32)
+    obj.data.uv_layers[0].uv.foreach_get("vector", uv)
+    arrays["loop_vertex"], arrays["loop_uv"] = loops, uv.reshape(-1, 2)
+
+
+@section
+def fbx_reimport():
+    found = {}
+    for preset in ("unreal", "unity"):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        bpy.ops.import_scene.fbx(filepath=str(OUT / "exports" / f"head_{preset}.fbx"))
+        meshes = [o for o in bpy.data.objects if o.type == "MESH"]
+        arms = [o for o in bpy.data.objects if o.type == "ARMATURE"]
+        m = meshes[0]
+        dims = m.dimensions
+        found[preset] = {
+            "meshes": len(meshes), "armatures": len(arms), "vertices": len(m.data.vertices),
+            "bones": len(arms[0].data.bones) if arms else 0,
+            "bone_names": sorted(b.name for b in arms[0].data.bones) if arms else [],
+            "shape_keys": len(m.data.shape_keys.key_blocks) - 1 if m.data.shape_keys else 0,
+            "shape_key_names": [kb.name for kb in m.data.shape_keys.key_blocks[1:]] if m.data.shape_keys else [],
+            "vertex_groups": sorted(vg.name for vg in m.vertex_groups),
+            "images": sorted(i.name for i in bpy.data.images),
+            "world_height": float(max((m.matrix_world @ v.co).z for v in m.data.vertices)
+                                  - min((m.matrix_world @ v.co).z for v in m.data.vertices)),
+        }
+    report["fbx_reimport"] = found
+
+
+@section
+def worker_from_blender():
+    """The worker as the add-on starts it: Blender's Python, the bundled core, blocking operators."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)  # (disables the add-on: enable it again)
+    bpy.ops.preferences.addon_enable(module=report["addons"][0])
+    res = {}
+    t = time.perf_counter()
+    res["hello"] = sorted(bpy.ops.deca.worker_hello())
+    res["hello_seconds"] = time.perf_counter() - t
+    prefs = bpy.context.preferences.addons[report["addons"][0]].preferences
+    res["worker_info"] = prefs.worker_info
+    res["status"] = sorted(bpy.ops.deca.refresh_status())
+    res["status_json"] = json.loads(prefs.status_json)
+    import importlib
+
+    client = importlib.import_module(report["addons"][0] + ".preferences").worker_client()
+    res["worker_core"] = client.call("hello", timeout=60)["executable"]
+    res["worker_cwd_core"] = client.config.pythonpath
+    # Install the model files through the preferences' file pickers: the TEST model, DECA's data and a
+    # checkpoint in DECA's layout with random weights (the licensed one is absent here).
+    prefs.flame_file, prefs.data_dir, prefs.deca_file = str(FLAME_PKL), str(DATA_DIR), str(DECA_CKPT)
+    t = time.perf_counter()
+    res["install_assets"] = sorted(bpy.ops.deca.install_assets())
+    res["install_seconds"] = time.perf_counter() - t
+    res["missing_after_install"] = json.loads(prefs.status_json)["missing"]
+    try:
+        bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
+        res["missing_photo"] = "FINISHED"
+    except RuntimeError as exc:
+        res["missing_photo"] = str(exc)
+    t = time.perf_counter()
+    try:
+        bpy.ops.deca.import_photo(filepath=str(PHOTO))
+        res["import_photo"] = "FINISHED"
+        res["import_photo_seconds"] = time.perf_counter() - t
+        heads = [o for o in bpy.data.objects if o.deca.role == "HEAD"]
+        res["heads"] = [o.name for o in heads]
+        head = heads[0]
+        res["photo_head"] = {"bones": len(head.parent.data.bones), "keys": len(head.data.shape_keys.key_blocks),
+                             "result_path": head.deca.result_path,
+                             "has_result": (Path(head.deca.result_path) / "result.npz").is_file()}
+        bpy.context.view_layer.objects.active = head
+        t = time.perf_counter()
+        res["apply_from_photo"] = sorted(bpy.ops.deca.apply_expression(filepath=str(PHOTO), keyframe=True, frame_start=3))
+        res["apply_from_photo_seconds"] = time.perf_counter() - t
+        res["apply_keyed"] = head.data.shape_keys.animation_data is not None
+    except RuntimeError as exc:
+        res["import_photo"] = str(exc)
+    res["objects_after"] = len(bpy.data.objects)
+    res["torch_in_blender"] = "torch" in sys.modules
+    report["worker"] = res
+    importlib.import_module(report["addons"][0] + ".worker_client").shutdown_all()
+
+
+try:
+    pass
+finally:
+    (OUT / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    np.savez(OUT / "arrays.npz", **arrays)
