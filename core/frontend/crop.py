@@ -1,0 +1,233 @@
+"""DECA's test-time crop (REFERENCE.md "Cropping") and the warp into the 224x224 network input.
+
+All coordinates are continuous pixel coordinates (docs/CONVENTIONS.md): pixel ``(i, j)`` covers
+``[j, j+1) x [i, i+1)``. The square of side ``src_size`` centred at ``center`` maps exactly onto
+``[0, size] x [0, size]`` of the crop, so crop pixel ``(v, u)`` (centre ``(u + 0.5, v + 0.5)``) samples the
+photo at ``inverse() @ (u + 0.5, v + 0.5, 1)``.
+
+`warp_image` samples bilinearly with ``grid_sample(align_corners=False)`` (which uses exactly these
+continuous coordinates) and zero padding outside the photo. With ``antialias=True`` (default), when the crop
+shrinks the photo by a factor of 2 or more, the photo is first box-averaged by the integer factor
+``k = floor(src_size / size)`` (which maps continuous coordinates by ``x / k`` exactly) so that large photos
+do not alias; DECA itself samples without prefiltering (``antialias=False`` reproduces that).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["CropTransform", "crop_from_landmarks", "crop_from_box", "warp_image", "warp_images"]
+
+
+@dataclass(frozen=True)
+class CropTransform:
+    """Similarity from photo pixels to crop pixels (``matrix`` 3x3 float64, acting on ``(x, y, 1)``).
+
+    ``size`` is the crop's resolution (224). ``center`` and ``src_size`` describe the source square in the
+    photo (informative; ``matrix`` is authoritative).
+    """
+
+    matrix: np.ndarray
+    size: int = 224
+    center: tuple[float, float] | None = None
+    src_size: float | None = None
+
+    def __post_init__(self):
+        m = np.array(self.matrix, dtype=np.float64).reshape(3, 3)
+        if not np.isfinite(m).all():
+            raise ValueError("crop matrix must be finite")
+        if abs(np.linalg.det(m[:2, :2])) < 1e-12:
+            raise ValueError("crop matrix is singular")
+        m.setflags(write=False)
+        object.__setattr__(self, "matrix", m)
+        object.__setattr__(self, "size", int(self.size))
+
+    @classmethod
+    def from_square(cls, center, src_size: float, size: int = 224) -> "CropTransform":
+        """The square of side ``src_size`` centred at ``center`` onto ``[0, size]^2``."""
+        cx, cy = float(center[0]), float(center[1])
+        src_size = float(src_size)
+        if not (math.isfinite(cx) and math.isfinite(cy) and math.isfinite(src_size)) or src_size <= 0:
+            raise ValueError(f"invalid crop square: center {center}, side {src_size}")
+        s = size / src_size
+        m = np.array([[s, 0.0, -s * (cx - src_size / 2.0)],
+                      [0.0, s, -s * (cy - src_size / 2.0)],
+                      [0.0, 0.0, 1.0]])
+        return cls(matrix=m, size=size, center=(cx, cy), src_size=src_size)
+
+    @classmethod
+    def from_matrix(cls, matrix, size: int = 224) -> "CropTransform":
+        """Rebuild from a stored matrix (e.g. ``result.npz['crop_matrix']``)."""
+        return cls(matrix=np.asarray(matrix, dtype=np.float64), size=size)
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per photo pixel."""
+        return float(math.sqrt(abs(np.linalg.det(self.matrix[:2, :2]))))
+
+    def inverse(self) -> np.ndarray:
+        """The 3x3 matrix mapping crop pixels back to photo pixels."""
+        return np.linalg.inv(self.matrix)
+
+    @staticmethod
+    def _apply(m: np.ndarray, points):
+        if isinstance(points, torch.Tensor):
+            if not points.is_floating_point():
+                points = points.to(torch.float32)
+            mt = torch.tensor(np.array(m), dtype=points.dtype, device=points.device)
+            return points @ mt[:2, :2].T + mt[:2, 2]
+        p = np.asarray(points, dtype=np.float64)
+        if p.shape[-1] != 2:
+            raise ValueError(f"points must have shape (..., 2), got {p.shape}")
+        return p @ m[:2, :2].T + m[:2, 2]
+
+    def apply(self, points):
+        """Photo pixels -> crop pixels for points ``(..., 2)`` (numpy float64, or torch keeping dtype/device).
+
+        The matrix is a similarity without projective part, so the last row is not used."""
+        return self._apply(self.matrix, points)
+
+    def apply_inverse(self, points):
+        """Crop pixels -> photo pixels for points ``(..., 2)``."""
+        return self._apply(self.inverse(), points)
+
+
+def crop_from_landmarks(landmarks, scale: float = 1.25, size: int = 224) -> CropTransform:
+    """DECA's rule for 68 landmarks: ``old_size = (w + h) / 2 * 1.1`` of their extent, centre = extent
+    centre, square side ``int(old_size * scale)``."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] < 2:
+        raise ValueError(f"landmarks must be (N, 2), got {lm.shape}")
+    if not np.isfinite(lm).all():
+        raise ValueError("landmarks contain NaN or infinity")
+    left, right = lm[:, 0].min(), lm[:, 0].max()
+    top, bottom = lm[:, 1].min(), lm[:, 1].max()
+    old_size = (right - left + bottom - top) / 2.0 * 1.1
+    center = (right - (right - left) / 2.0, bottom - (bottom - top) / 2.0)
+    src = int(old_size * scale)
+    if src < 1:
+        raise ValueError(f"landmarks span too small a region to crop (square side {old_size * scale:.3f})")
+    return CropTransform.from_square(center, src, size)
+
+
+def crop_from_box(box, scale: float = 1.25, size: int = 224) -> CropTransform:
+    """DECA's rule for a detector box ``(x0, y0, x1, y1)``: ``old_size = (w + h) / 2``, centre moved down
+    by ``0.12 * old_size``, square side ``int(old_size * scale)``."""
+    b = np.asarray(box, dtype=np.float64).reshape(-1)
+    if b.size < 4 or not np.isfinite(b[:4]).all():
+        raise ValueError(f"box must be finite (x0, y0, x1, y1), got {box}")
+    left, top, right, bottom = b[:4]
+    if right <= left or bottom <= top:
+        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {box}")
+    old_size = (right - left + bottom - top) / 2.0
+    center = (right - (right - left) / 2.0, bottom - (bottom - top) / 2.0 + old_size * 0.12)
+    src = int(old_size * scale)
+    if src < 1:
+        raise ValueError(f"box too small to crop (square side {old_size * scale:.3f})")
+    return CropTransform.from_square(center, src, size)
+
+
+# ------------------------------------------------------------------------------------------------ warp
+
+def _image_to_tensor(image) -> torch.Tensor:
+    """(H, W, 3) numpy (float in [0, 1] or uint8) or (3, H, W) torch -> (1, 3, H, W) float tensor."""
+    if isinstance(image, torch.Tensor):
+        t = image
+        if t.ndim == 4 and t.shape[0] == 1:
+            t = t[0]
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"torch images must be (3, H, W), got {tuple(image.shape)}")
+        if not t.is_floating_point():
+            t = t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float32)
+        return t.unsqueeze(0)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"numpy images must be (H, W, 3), got {a.shape}")
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    elif not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"unsupported image dtype {a.dtype}")
+    dtype = torch.float64 if a.dtype == np.float64 else torch.float32
+    return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(dtype).unsqueeze(0)
+
+
+def _pool_factor(transform: CropTransform, out_size: int, antialias: bool) -> int:
+    if not antialias:
+        return 1
+    photo_px_per_out_px = (transform.size / out_size) / transform.scale
+    return max(1, int(math.floor(photo_px_per_out_px + 1e-9)))
+
+
+def _pooled(img: torch.Tensor, k: int) -> torch.Tensor:
+    if k == 1:
+        return img
+    _, _, h, w = img.shape
+    ph, pw = (-h) % k, (-w) % k
+    if ph or pw:  # zero padding, consistent with grid_sample's zero padding outside the photo
+        img = F.pad(img, (0, pw, 0, ph))
+    return F.avg_pool2d(img, kernel_size=k, stride=k)
+
+
+def _grid(transform: CropTransform, out_size: int, k: int, h: int, w: int, dtype, device) -> torch.Tensor:
+    """Normalized sampling grid (1, out, out, 2) into the (pooled by k) photo of pooled size (h, w)."""
+    inv = transform.inverse()
+    c = (np.arange(out_size, dtype=np.float64) + 0.5) * (transform.size / out_size)
+    u, v = np.meshgrid(c, c)  # u: x (columns), v: y (rows)
+    px = inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]
+    py = inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]
+    gx = 2.0 * (px / k) / w - 1.0
+    gy = 2.0 * (py / k) / h - 1.0
+    g = np.stack([gx, gy], axis=-1)[None]
+    return torch.from_numpy(g).to(device=device, dtype=dtype)
+
+
+def warp_images(image, transforms: Sequence[CropTransform], out_size: int | None = None,
+                antialias: bool = True) -> torch.Tensor:
+    """Many crops of one photo: ``(N, 3, out_size, out_size)``.
+
+    ``image``: ``(H, W, 3)`` numpy (float in [0, 1] or uint8; float32 result unless float64) or
+    ``(3, H, W)`` torch (result keeps its dtype and device). ``out_size`` defaults to each transform's
+    ``size`` (all must agree); a different ``out_size`` resamples the same square.
+    """
+    transforms = list(transforms)
+    img = _image_to_tensor(image)
+    if not transforms:
+        n = out_size or 224
+        return img.new_zeros((0, 3, n, n))
+    sizes = {t.size for t in transforms}
+    if out_size is None:
+        if len(sizes) != 1:
+            raise ValueError(f"transforms have different sizes {sorted(sizes)}; pass out_size")
+        out_size = sizes.pop()
+    out_size = int(out_size)
+    if out_size < 1:
+        raise ValueError("out_size must be positive")
+    _, _, H, W = img.shape
+    pooled_cache: dict[int, torch.Tensor] = {}
+    out = img.new_empty((len(transforms), 3, out_size, out_size))
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(transforms):
+        groups.setdefault(_pool_factor(t, out_size, antialias), []).append(i)
+    for k, idx in groups.items():
+        if k not in pooled_cache:
+            pooled_cache[k] = _pooled(img, k)
+        src = pooled_cache[k]
+        h, w = src.shape[-2:]
+        grid = torch.cat([_grid(transforms[i], out_size, k, h, w, img.dtype, img.device) for i in idx])
+        res = F.grid_sample(src.expand(len(idx), -1, -1, -1), grid, mode="bilinear",
+                            padding_mode="zeros", align_corners=False)
+        out[idx] = res
+    return out
+
+
+def warp_image(image, transform: CropTransform, out_size: int | None = None,
+               antialias: bool = True) -> torch.Tensor:
+    """One crop: ``(3, out_size, out_size)`` (see `warp_images`)."""
+    return warp_images(image, [transform], out_size=out_size, antialias=antialias)[0]
