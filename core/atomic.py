@@ -19,6 +19,8 @@ def atomic_write_bytes(path: str | Path, writer: Callable[[BinaryIO], None]) -> 
     try:
         with os.fdopen(fd, "wb") as f:
             writer(f)
+            f.flush()
+            os.fsync(f.fileno())  # the data is on disk before the name points at it
         # mkstemp creates 0600; give the file the permissions a plain open() would have.
         umask = os.umask(0)
         os.umask(umask)

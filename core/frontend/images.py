@@ -24,12 +24,13 @@ rather than silently altering data: out-of-range or non-finite values, unsupport
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from core.atomic import atomic_write_bytes
 
 __all__ = ["ImageReadError", "read_image", "read_png16", "write_png"]
 
@@ -187,12 +188,6 @@ def read_png16(path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(out)
 
 
-def _current_umask() -> int:
-    old = os.umask(0o022)
-    os.umask(old)
-    return old
-
-
 def _prepare_png_array(array, bits: int) -> tuple[np.ndarray, str]:
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
@@ -269,18 +264,5 @@ def write_png(path: str | os.PathLike, array, bits: int = 8) -> Path:
         img = Image.fromarray(q)
         if img.mode != mode:  # pragma: no cover - fromarray picks these modes for uint8 data
             img = img.convert(mode)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(dest, lambda f: img.save(f, format="PNG"))
     return dest

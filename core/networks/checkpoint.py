@@ -13,7 +13,6 @@ import contextlib
 import functools
 import os
 import pickle
-import tempfile
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -22,6 +21,8 @@ from typing import Any, Mapping, NamedTuple
 
 import torch
 from torch import nn
+
+from core.atomic import atomic_write_bytes
 
 from .detail_decoder import DetailDecoder
 from .encoders import DetailEncoder, FlameCodes, FlameEncoder
@@ -329,19 +330,5 @@ def save_deca_checkpoint(nets: DecaNetworks | Mapping[str, nn.Module | Mapping[s
         if k in NETWORK_NAMES:
             raise ValueError(f"extra key {k!r} would overwrite a network")
         payload[k] = v
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write_bytes(p, lambda f: torch.save(payload, f))
     return p
