@@ -150,10 +150,12 @@ class FaceModel(nn.Module):
 
     def albedo(self, tex: torch.Tensor | None, batch_size: int | None = None) -> torch.Tensor:
         """(B, 3, S, S) albedo: FLAME's texture space when installed, else the mean texture."""
-        if self.has_texture_space and tex is not None:
+        B = tex.shape[0] if tex is not None else (batch_size or 1)
+        if self.has_texture_space:
+            if tex is None:
+                return self.texture_mean.expand(B, -1, -1, -1)
             basis = self.texture_basis[: tex.shape[1]]
             return (self.texture_mean + torch.einsum("bk,kchw->bchw", tex.to(basis.dtype), basis)).clamp(0, 1)
-        B = tex.shape[0] if tex is not None else (batch_size or 1)
         return self.mean_texture.expand(B, -1, -1, -1)
 
     def detail_normals(self, vertices: torch.Tensor, uv_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

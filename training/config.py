@@ -1,0 +1,388 @@
+"""Training configuration: dataclasses with a default for every option, read from YAML.
+
+A config file holds any subset of the sections below; whatever it leaves out keeps its default. Unknown
+keys are rejected with a message naming the key, where it was found, the valid keys and the closest one,
+so a typo never silently trains with a default. Every option is documented in ``docs/training.md``.
+
+    stage: coarse            # pretrain | coarse | detail
+    output_dir: runs/coarse
+    data:   {root: ..., identities_per_batch: 8, images_per_identity: 4, ...}
+    model:  {flame: ..., data_dir: ..., init_from: ..., encoder_trainable_layers: all, bn_mode: frozen, ...}
+    loss:   {lmk: 1.0, eye: 1.0, pho: 2.0, id: 0.2, sc: 1.0, ...}
+    identity: {weights: null, ...}
+    mrf:    {vgg_weights: null, ...}
+    optim:  {lr: 1.0e-4, ...}
+    train:  {max_steps: 1000, seed: 0, device: auto, amp: auto, ...}
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, get_origin, get_type_hints
+
+__all__ = [
+    "STAGES", "ConfigError", "DataConfig", "ModelConfig", "LossConfig", "IdentityConfig", "MrfConfig",
+    "OptimConfig", "TrainConfig", "TrainingConfig", "load_config", "config_from_dict", "config_to_dict",
+]
+
+STAGES = ("pretrain", "coarse", "detail")
+TRAINABLE_LAYERS = ("all", "layer2", "layer3", "layer4", "heads")
+BN_MODES = ("frozen", "train", "sync")
+AMP_MODES = ("auto", "off", "fp16", "bf16")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says which key and why."""
+
+
+@dataclass
+class DataConfig:
+    #: dataset folder laid out as ``<root>/<identity>/<image>.png`` + ``<image>.npz`` (see training.data)
+    root: str = ""
+    #: identities per batch **per process**; each brings ``images_per_identity`` images
+    identities_per_batch: int = 8
+    #: K: images of one identity in a batch (DECA: 4 in the coarse stage, 3 in the detail stage)
+    images_per_identity: int = 4
+    #: identities with fewer images are skipped (with K > 1 the shape/detail consistency losses need >= 2)
+    min_images_per_identity: int = 1
+    #: DataLoader worker processes (0: load in the training process)
+    num_workers: int = 0
+    #: random crop jitter for augmentation: relative scale change (+-) and shift (+- fraction of the crop)
+    scale_jitter: float = 0.0
+    shift_jitter: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    #: FLAME model file (generic_model.pkl / .npz); empty: the installed asset (deca-blender assets)
+    flame: str = ""
+    #: folder laid out like DECA's ``data/`` (template, embedding, masks, ...); empty: the installed assets
+    data_dir: str = ""
+    #: optional FLAME albedo space (.npz with ``mean`` and ``basis``); without it the albedo is the mean texture
+    texture_space: str = ""
+    #: weights to start from: an official ``deca_model.tar`` or a checkpoint written by this trainer
+    init_from: str = ""
+    #: which parts of the ResNet-50 trunks are trained: all | layer2 | layer3 | layer4 (that stage and later) | heads
+    encoder_trainable_layers: str = "all"
+    #: batch norm: frozen (eval-mode statistics, the default for fine-tuning; DDP matches one process exactly),
+    #: train (batch statistics per process), sync (SyncBatchNorm across processes; CUDA only)
+    bn_mode: str = "frozen"
+    #: without ``init_from``: estimate the batch-norm statistics of the freshly initialised networks on this
+    #: many training images before training (0: keep mean 0 / variance 1)
+    bn_calibration_images: int = 64
+    #: images per forward pass of that estimate
+    bn_calibration_chunk: int = 16
+    #: without ``init_from``: set E_flame's output bias to the dataset's mean camera (fitted to the landmarks)
+    #: and a white ambient light, and shrink the last layer's weights by ``head_init_gain``
+    init_head_from_data: bool = True
+    head_init_gain: float = 0.1
+
+
+@dataclass
+class LossConfig:
+    """Loss weights (DECA paper, Sec. 4 / 5, unless noted in docs/training.md). 0 turns a term off."""
+
+    # coarse stage (pretrain uses lmk, eye, lip and the shape / expression regularizers only)
+    lmk: float = 1.0
+    eye: float = 1.0
+    lip: float = 0.0
+    pho: float = 2.0
+    id: float = 0.2
+    sc: float = 1.0
+    reg_shape: float = 1e-4
+    reg_exp: float = 1e-4
+    reg_tex: float = 1e-4
+    reg_light: float = 0.0
+    reg_jaw: float = 0.0
+    #: optional 68 per-landmark weights for lmk (empty: all 1, as in the paper)
+    landmark_weights: list = field(default_factory=list)
+    # detail stage
+    pho_detail: float = 2.0
+    mrf: float = 5e-2
+    sym: float = 5e-3
+    dc: float = 1.0
+    reg_detail: float = 5e-3
+
+
+@dataclass
+class IdentityConfig:
+    """The face-recognition network of the identity loss (DECA: VGGFace2 ResNet-50). Off without weights."""
+
+    #: TorchScript file (any network: images -> embedding) or a state dict of a ResNet-50 (torchvision names)
+    weights: str = ""
+    #: for state dicts: where the down-sampling stride sits (caffe-converted VGGFace2 models: 1x1)
+    stride_in_1x1: bool = True
+    #: input preprocessing: resize to this size, RGB->BGR when ``bgr``, scale by ``input_scale``, minus ``mean``
+    input_size: int = 224
+    bgr: bool = True
+    input_scale: float = 255.0
+    mean: list = field(default_factory=lambda: [91.4953, 103.8827, 131.0912])
+
+
+@dataclass
+class MrfConfig:
+    """ID-MRF loss of the detail stage; needs VGG-19 weights (torchvision ``features.*`` names). Off without."""
+
+    vgg_weights: str = ""
+    #: VGG-19 layers compared (indices into ``features`` after which the feature is taken)
+    layers: list = field(default_factory=lambda: ["relu3_2", "relu4_2"])
+    layer_weights: list = field(default_factory=lambda: [1.0, 1.0])
+    bandwidth: float = 0.5
+    #: images are resized to this size before VGG (memory)
+    input_size: int = 224
+
+
+@dataclass
+class OptimConfig:
+    #: Adam learning rate (DECA: 1e-4)
+    lr: float = 1e-4
+    betas: list = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    #: clip the global gradient norm (0: off)
+    grad_clip: float = 0.0
+    #: linear learning-rate warm-up over this many steps (0: off; DECA used none)
+    warmup_steps: int = 0
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 1000
+    seed: int = 0
+    #: auto (cuda when available) | cpu | cuda | cuda:N
+    device: str = "auto"
+    #: mixed precision: auto (fp16 + GradScaler on CUDA, off on CPU) | off | fp16 | bf16
+    amp: str = "auto"
+    #: CPU threads per process (0: torch's default divided by the local process count)
+    threads: int = 0
+    log_every: int = 10
+    vis_every: int = 500
+    checkpoint_every: int = 1000
+    #: training checkpoints kept (oldest deleted; ``latest.pt`` always kept)
+    keep_checkpoints: int = 3
+    #: auto (continue from output_dir/checkpoints/latest.pt when present) | never | a checkpoint path
+    resume: str = "auto"
+    #: write output_dir/deca_model.tar (official layout) at the end
+    export_on_finish: bool = True
+    #: stop after this many steps of this run (0: run to max_steps); checkpoints first (for schedulers)
+    stop_after: int = 0
+    tensorboard: bool = True
+    #: torch.use_deterministic_algorithms (slower on CUDA; CPU runs are deterministic anyway)
+    deterministic: bool = False
+    #: distributed backend when launched by torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
+    dist_backend: str = "auto"
+
+
+@dataclass
+class TrainingConfig:
+    stage: str = "coarse"
+    output_dir: str = "runs/deca"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
+    mrf: MrfConfig = field(default_factory=MrfConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> "TrainingConfig":
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"config key '{key}': {msg}")
+
+        if self.stage not in STAGES:
+            raise bad("stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        d = self.data
+        if d.identities_per_batch < 1:
+            raise bad("data.identities_per_batch", "must be >= 1")
+        if d.images_per_identity < 1:
+            raise bad("data.images_per_identity", "must be >= 1")
+        if d.num_workers < 0:
+            raise bad("data.num_workers", "must be >= 0")
+        if not (0 <= d.scale_jitter < 1) or not (0 <= d.shift_jitter < 1):
+            raise bad("data.scale_jitter/shift_jitter", "must lie in [0, 1)")
+        m = self.model
+        if m.encoder_trainable_layers not in TRAINABLE_LAYERS:
+            raise bad("model.encoder_trainable_layers", f"must be one of {', '.join(TRAINABLE_LAYERS)}, "
+                                                        f"got {m.encoder_trainable_layers!r}")
+        if m.bn_mode not in BN_MODES:
+            raise bad("model.bn_mode", f"must be one of {', '.join(BN_MODES)}, got {m.bn_mode!r}")
+        if m.bn_calibration_images < 0 or m.bn_calibration_chunk < 1:
+            raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
+        for f in dataclasses.fields(LossConfig):
+            v = getattr(self.loss, f.name)
+            if f.name == "landmark_weights":
+                if v and len(v) != 68:
+                    raise bad("loss.landmark_weights", f"needs 68 values (or none), got {len(v)}")
+            elif v < 0:
+                raise bad(f"loss.{f.name}", f"weights must be >= 0, got {v}")
+        if len(self.identity.mean) != 3:
+            raise bad("identity.mean", "needs 3 values")
+        if len(self.mrf.layers) != len(self.mrf.layer_weights):
+            raise bad("mrf.layer_weights", "needs one weight per entry of mrf.layers")
+        if self.optim.lr <= 0:
+            raise bad("optim.lr", "must be > 0")
+        if self.optim.warmup_steps < 0:
+            raise bad("optim.warmup_steps", "must be >= 0")
+        if len(self.optim.betas) != 2:
+            raise bad("optim.betas", "needs two values")
+        t = self.train
+        if t.max_steps < 0:
+            raise bad("train.max_steps", "must be >= 0")
+        if t.amp not in AMP_MODES:
+            raise bad("train.amp", f"must be one of {', '.join(AMP_MODES)}, got {t.amp!r}")
+        if t.dist_backend not in ("auto", "gloo", "nccl"):
+            raise bad("train.dist_backend", f"must be auto, gloo or nccl, got {t.dist_backend!r}")
+        for k in ("log_every", "vis_every", "checkpoint_every"):
+            if getattr(t, k) < 1:
+                raise bad(f"train.{k}", "must be >= 1")
+        if t.keep_checkpoints < 1:
+            raise bad("train.keep_checkpoints", "must be >= 1")
+        return self
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "identity": IdentityConfig,
+            "mrf": MrfConfig, "optim": OptimConfig, "train": TrainConfig}
+
+
+def _unknown(key: str, where: str, valid: list[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return ConfigError(f"unknown config key '{where}{key}'{hint}; valid keys{' in ' + where.rstrip('.') if where else ''}: "
+                       f"{', '.join(valid)}")
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check/convert a YAML value to the field's type (ints accepted for floats, '1e-4' strings for floats)."""
+    origin = get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
+        raise ConfigError(f"config key '{key}': expected a string, got {value!r}")
+    if typ is list or origin is list:
+        if value is None:
+            return []
+        if isinstance(value, (list, tuple)):
+            out = []
+            for v in value:
+                if isinstance(v, str):  # YAML 1.1 reads 1e-4 as a string
+                    try:
+                        v = float(v)
+                    except ValueError:
+                        pass
+                out.append(v)
+            return out
+        raise ConfigError(f"config key '{key}': expected a list, got {value!r}")
+    return value
+
+
+def _fill(cls, values: Mapping[str, Any] | None, where: str):
+    if values is None:
+        return cls()
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"config section '{where.rstrip('.')}' must be a mapping, got {type(values).__name__}")
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        key = str(key)
+        if key not in names:
+            raise _unknown(key, where, names)
+        kwargs[key] = _coerce(value, hints[key], where + key)
+    return cls(**kwargs)
+
+
+def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
+    """A validated :class:`TrainingConfig` from a (YAML-loaded) mapping."""
+    raw = dict(raw or {})
+    top = [f.name for f in dataclasses.fields(TrainingConfig)]
+    for key in raw:
+        if key not in top:
+            raise _unknown(str(key), "", top)
+    kwargs: dict[str, Any] = {}
+    for key in ("stage", "output_dir"):
+        if key in raw:
+            kwargs[key] = _coerce(raw[key], str, key)
+    for name, cls in SECTIONS.items():
+        kwargs[name] = _fill(cls, raw.get(name), name + ".")
+    cfg = TrainingConfig(**kwargs)
+    _expand_paths(cfg)
+    return cfg.validate()
+
+
+#: options that name files or folders (``~`` is expanded)
+PATH_KEYS = ("output_dir", "data.root", "model.flame", "model.data_dir", "model.texture_space", "model.init_from",
+             "identity.weights", "mrf.vgg_weights")
+
+
+def _expand_paths(cfg: "TrainingConfig") -> None:
+    for dotted in PATH_KEYS:
+        obj = cfg
+        *parents, last = dotted.split(".")
+        for p in parents:
+            obj = getattr(obj, p)
+        v = getattr(obj, last)
+        if v:
+            setattr(obj, last, os.path.expanduser(v))
+
+
+def config_to_dict(cfg: TrainingConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Apply a ``section.key=value`` override to a raw mapping (used by ``deca-train train --set``)."""
+    parts = dotted.split(".")
+    d = raw
+    for p in parts[:-1]:
+        d = d.setdefault(p, {})
+        if not isinstance(d, dict):
+            raise ConfigError(f"cannot set '{dotted}': '{p}' is not a section")
+    d[parts[-1]] = value
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> TrainingConfig:
+    """Read a YAML config (``None``: all defaults), apply ``key.sub=value`` overrides (YAML values)."""
+    import yaml
+
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections, got {type(loaded).__name__}")
+        raw = dict(loaded or {})
+    for ov in overrides or []:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like section.key=value")
+        k, v = ov.split("=", 1)
+        set_dotted(raw, k.strip(), yaml.safe_load(v))
+    try:
+        return config_from_dict(raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from None

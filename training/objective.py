@@ -1,0 +1,243 @@
+"""One training step's forward pass and losses for each stage (the module DDP wraps).
+
+* ``pretrain``: E_flame -> FLAME -> projected landmarks; L_lmk, L_eye (+ optional lip), shape/expression
+  regularizers. No rendering.
+* ``coarse``: as pretrain, plus the render of the coarse face (albedo, SH light): photometric loss on the
+  skin mask, identity loss (when a face-recognition network is given), shape consistency L_sc (every image
+  re-rendered with the shape code of another image of the same person, scored by the same data terms),
+  albedo regularizer (and optional light / jaw regularizers).
+* ``detail``: E_flame frozen; E_detail -> detail code, D_detail(jaw, exp, code) -> displacement -> detail
+  normals -> render; detail photometric loss on the skin mask x UV face-eye region, ID-MRF (when VGG
+  weights are given), detail consistency L_dc (detail code swapped with another image of the same person,
+  expression and jaw kept), displacement regularizer L_regD and soft symmetry L_sym.
+
+Weights: ``total = sum_k w_k * mean_batch(term_k)`` with ``w`` from :class:`~training.config.LossConfig`;
+the composite terms ``sc`` and ``dc`` already carry the weights of their inner data terms.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core.networks import DecaNetworks, split_flame_codes
+
+from .config import TrainingConfig
+from .data import landmarks_to_ndc
+from .losses import (detail_consistency_loss, displacement_regularizer, eye_closure_loss, identity_swap_index,
+                     l2_regularizer, landmark_loss, lip_closure_loss, photometric_loss, symmetry_loss,
+                     white_light_regularizer)
+
+__all__ = ["DecaObjective", "StepOutput", "TERM_WEIGHTS"]
+
+#: logged term -> LossConfig field weighting it in the total
+TERM_WEIGHTS = {
+    "lmk": "lmk", "eye": "eye", "lip": "lip", "pho": "pho", "id": "id", "sc": "sc",
+    "reg_shape": "reg_shape", "reg_exp": "reg_exp", "reg_tex": "reg_tex", "reg_light": "reg_light",
+    "reg_jaw": "reg_jaw", "pho_detail": "pho_detail", "mrf": "mrf", "dc": "dc", "sym": "sym",
+    "reg_detail": "reg_detail",
+}
+
+
+@dataclass
+class StepOutput:
+    total: torch.Tensor  # scalar, differentiable
+    terms: dict[str, torch.Tensor]  # unweighted batch means (detached scalars)
+    vis: dict[str, torch.Tensor] | None = None  # (n, 3, H, W) images for TensorBoard
+
+
+class DecaObjective(nn.Module):
+    """Holds the networks (the only registered submodule, so DDP synchronises just them) and computes
+    :class:`StepOutput` for a batch. The face model and the frozen perceptual networks are kept outside the
+    module's parameters/buffers."""
+
+    def __init__(self, nets: DecaNetworks, face, cfg: TrainingConfig, identity: nn.Module | None = None,
+                 mrf: nn.Module | None = None, amp_dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        self.nets = nets
+        self._aux = {"face": face, "identity": identity, "mrf": mrf}
+        self.cfg = cfg
+        self.stage = cfg.stage
+        self.w = cfg.loss
+        self.amp_dtype = amp_dtype
+        lw = cfg.loss.landmark_weights
+        self.lmk_weights = torch.tensor(lw, dtype=torch.float32) if lw else None
+
+    @property
+    def face(self):
+        return self._aux["face"]
+
+    def weight(self, term: str) -> float:
+        return float(getattr(self.w, TERM_WEIGHTS[term]))
+
+    def _autocast(self, device: torch.device):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=self.amp_dtype)
+
+    # ------------------------------------------------------------------------------------------- terms
+    def _data_terms(self, g, images, lmk_gt, skin, render=None, step_terms=None) -> dict[str, torch.Tensor]:
+        """lmk / eye / lip (+ pho / id when ``render`` is given), per image."""
+        t: dict[str, torch.Tensor] = {}
+        lw = self.lmk_weights.to(g.landmarks2d.device) if self.lmk_weights is not None else None
+        t["lmk"] = landmark_loss(g.landmarks2d, lmk_gt, lw)
+        t["eye"] = eye_closure_loss(g.landmarks2d, lmk_gt)
+        if self.w.lip > 0:
+            t["lip"] = lip_closure_loss(g.landmarks2d, lmk_gt)
+        if render is not None:
+            t["pho"] = photometric_loss(render.image, images, skin)
+            ident = self._aux["identity"]
+            if ident is not None and self.w.id > 0:
+                composite = render.image * render.alpha + images * (1.0 - render.alpha)
+                t["id"] = ident(images, composite)
+        return t
+
+    def _weighted(self, per_image: dict[str, torch.Tensor]) -> torch.Tensor:
+        total = None
+        for k, v in per_image.items():
+            term = self.weight(k) * v
+            total = term if total is None else total + term
+        return total
+
+    # ------------------------------------------------------------------------------------------- stages
+    def forward(self, batch: dict[str, torch.Tensor], step: int = 0, want_vis: bool = False) -> StepOutput:
+        if self.stage == "detail":
+            return self._detail(batch, step, want_vis)
+        return self._coarse(batch, step, want_vis)
+
+    def _coarse(self, batch, step: int, want_vis: bool) -> StepOutput:
+        face = self.face
+        images = batch["image"]
+        lmk_gt = landmarks_to_ndc(batch["landmarks"])
+        skin = batch["skin_mask"]
+        B = images.shape[0]
+        with self._autocast(images.device):
+            params = self.nets.E_flame(images)
+        codes = split_flame_codes(params.float())
+        g = face.geometry(codes.shape, codes.exp, codes.pose, codes.cam)
+        render = None
+        terms: dict[str, torch.Tensor] = {}
+        if self.stage == "coarse":
+            albedo = face.albedo(codes.tex, B)
+            render = face.render(g.vertices, codes.cam, albedo, codes.light)
+        per = self._data_terms(g, images, lmk_gt, skin, render)
+        if self.stage == "coarse" and self.w.sc > 0:
+            swap = identity_swap_index(batch["identity"], self.cfg.train.seed, step)
+            if bool((swap != torch.arange(B, device=swap.device)).any()):
+                g2 = face.geometry(codes.shape[swap], codes.exp, codes.pose, codes.cam)
+                r2 = face.render(g2.vertices, codes.cam, albedo, codes.light)
+                per["sc"] = self._weighted(self._data_terms(g2, images, lmk_gt, skin, r2))
+        per["reg_shape"] = l2_regularizer(codes.shape)
+        per["reg_exp"] = l2_regularizer(codes.exp)
+        if self.w.reg_jaw > 0:
+            per["reg_jaw"] = l2_regularizer(codes.jaw_pose)
+        if self.stage == "coarse":
+            per["reg_tex"] = l2_regularizer(codes.tex)
+            if self.w.reg_light > 0:
+                per["reg_light"] = white_light_regularizer(codes.light)
+        total = self._weighted({k: v.mean() for k, v in per.items()})
+        terms = {k: v.detach().mean() for k, v in per.items()}
+        vis = None
+        if want_vis:
+            vis = self._vis_coarse(images, batch["landmarks"], g, codes, render)
+        return StepOutput(total, terms, vis)
+
+    def _detail(self, batch, step: int, want_vis: bool) -> StepOutput:
+        face = self.face
+        nets = self.nets
+        images = batch["image"]
+        skin = batch["skin_mask"]
+        B = images.shape[0]
+        with torch.no_grad():
+            with self._autocast(images.device):
+                params = nets.E_flame(images)
+            codes = split_flame_codes(params.float())
+            g = face.geometry(codes.shape, codes.exp, codes.pose, codes.cam)
+            albedo = face.albedo(codes.tex, B)
+        with self._autocast(images.device):
+            detail = nets.E_detail(images)
+        detail = detail.float()
+        uv_z = nets.D_detail.decode(codes.jaw_pose, codes.exp, detail).float()
+        normals, _ = face.detail_normals(g.vertices, uv_z)
+        render = face.render(g.vertices, codes.cam, albedo, codes.light, normal_map=normals)
+        region = F.grid_sample(face.uv_face_eye_mask.expand(B, -1, -1, -1).to(images), render.uv_grid,
+                               mode="bilinear", align_corners=False)
+        mask = skin * region * render.alpha
+        mrf = self._aux["mrf"] if self.w.mrf > 0 else None
+
+        def detail_image_loss(pred, target, m):
+            out = self.w.pho_detail * photometric_loss(pred, target, m)
+            if mrf is not None:
+                out = out + self.w.mrf * mrf(pred, target, m)
+            return out
+
+        per: dict[str, torch.Tensor] = {"pho_detail": photometric_loss(render.image, images, mask)}
+        if mrf is not None:
+            per["mrf"] = mrf(render.image, images, mask)
+        if self.w.dc > 0:
+            swap = identity_swap_index(batch["identity"], self.cfg.train.seed, step)
+            if bool((swap != torch.arange(B, device=swap.device)).any()):
+                per["dc"] = detail_consistency_loss(face, nets.D_detail, codes, g.vertices, detail, swap, images,
+                                                    skin * region, albedo=albedo, image_loss=detail_image_loss,
+                                                    base=render)
+        uv_mask = face.uv_face_eye_mask.to(uv_z)
+        per["sym"] = symmetry_loss(uv_z, uv_mask)
+        per["reg_detail"] = displacement_regularizer(uv_z, uv_mask)
+        total = self._weighted({k: v.mean() for k, v in per.items()})
+        terms = {k: v.detach().mean() for k, v in per.items()}
+        vis = None
+        if want_vis:
+            with torch.no_grad():
+                coarse = face.render(g.vertices, codes.cam, albedo, codes.light)
+            vis = {"input": images, "coarse": _over(coarse, images), "detail": _over(render, images),
+                   "detail_shading": _gray(render), "displacement": (uv_z / 0.01 * 0.5 + 0.5).clamp(0, 1)}
+        return StepOutput(total, terms, vis)
+
+    @torch.no_grad()
+    def _vis_coarse(self, images, lmk_px, g, codes, render) -> dict[str, torch.Tensor]:
+        from core.render import ndc_to_pixels
+
+        out = {"input": images, "landmarks": _draw_points(images, [lmk_px, ndc_to_pixels(g.landmarks2d, images.shape[-1])],
+                                                          [(0.0, 1.0, 0.0), (1.0, 0.0, 0.0)])}
+        if render is not None:
+            out["render"] = _over(render, images)
+            shape_only = self.face.render(g.vertices, codes.cam, None, _white_light(codes.light))
+            out["shape"] = _gray(shape_only)
+        return out
+
+
+def _over(render, images: torch.Tensor) -> torch.Tensor:
+    return (render.image * render.alpha + images * (1 - render.alpha)).clamp(0, 1).detach()
+
+
+def _gray(render) -> torch.Tensor:
+    if render.shading_image is None:
+        return render.alpha.expand(-1, 3, -1, -1)
+    s = render.shading_image.mean(1, keepdim=True).expand(-1, 3, -1, -1)
+    return (s * render.alpha).clamp(0, 1).detach()
+
+
+def _white_light(light: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros_like(light)
+    out[:, 0] = 3.0
+    out[:, 3] = 1.0
+    return out
+
+
+def _draw_points(images: torch.Tensor, point_sets, colours, radius: int = 1) -> torch.Tensor:
+    """Copies of ``images`` with small squares at each point set (pixels, (B, N, 2))."""
+    out = images.detach().clone()
+    B, _, H, W = out.shape
+    for pts, col in zip(point_sets, colours):
+        c = torch.tensor(col, dtype=out.dtype, device=out.device).view(3, 1)
+        p = pts.detach().floor().long()
+        for dy in range(-radius, radius + 1):
+            for dx in range(-radius, radius + 1):
+                x = (p[..., 0] + dx).clamp(0, W - 1)
+                y = (p[..., 1] + dy).clamp(0, H - 1)
+                for b in range(B):
+                    out[b, :, y[b], x[b]] = c
+    return out

@@ -1,0 +1,218 @@
+"""``deca-train prepare``: a training dataset (layout of :mod:`training.data`) from folders of photos.
+
+Input: ``<photos>/<identity>/<photo>.(jpg|png|...)``, one sub-folder per person (photos directly inside
+``<photos>`` become one identity each). For every photo: the core's landmark detector (largest face), DECA's
+crop rule around the 68 landmarks (``core.frontend.crop_from_landmarks``, scale 1.25) warped to 224x224,
+landmarks mapped into the crop, and a skin mask:
+
+* with a face parser (``--face-parser module:function``, a callable ``crop (224, 224, 3) float -> mask``),
+  its output thresholded at 0.5;
+* otherwise :func:`skin_mask_from_landmarks`: the face region (jaw contour closed over a forehead band
+  above the brows) minus eyes and inner mouth, kept where the colour is close to the skin colour estimated
+  on the cheeks and nose (Mahalanobis distance in chroma, robust re-estimation, small morphological
+  clean-up, largest component).
+
+Photos where no face is found, or that cannot be read, are reported and skipped.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from core.networks import INPUT_SIZE
+
+from .data import write_dataset_info, write_sample
+
+__all__ = ["skin_mask_from_landmarks", "prepare_dataset", "PrepareReport", "load_face_parser", "PHOTO_EXTS"]
+
+log = logging.getLogger("training.prepare")
+PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+JAW = list(range(0, 17))
+BROWS = list(range(17, 27))
+LEFT_EYE = list(range(36, 42))
+RIGHT_EYE = list(range(42, 48))
+INNER_MOUTH = list(range(60, 68))
+#: cheeks and nose: where the skin colour is estimated
+CORE_SKIN = [1, 2, 3, 4, 31, 33, 35, 12, 13, 14, 15, 29]
+
+
+def _polygon_mask(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("L", (size[1], size[0]), 0)
+    pts = [(float(x), float(y)) for x, y in points]
+    if len(pts) >= 3:
+        ImageDraw.Draw(im).polygon(pts, fill=1)
+    return np.asarray(im, dtype=bool)
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    from scipy.spatial import ConvexHull
+
+    try:
+        return points[ConvexHull(points).vertices]
+    except Exception:  # noqa: BLE001 - degenerate point sets
+        return points
+
+
+def _ycbcr(img: np.ndarray) -> np.ndarray:
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 + (b - y) * 0.564
+    cr = 0.5 + (r - y) * 0.713
+    return np.stack([y, cb, cr], -1)
+
+
+def face_region(landmarks: np.ndarray, size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE),
+                forehead: float = 0.35) -> np.ndarray:
+    """Jaw contour + brows raised by ``forehead`` x (chin-to-brow height), convex hull; minus the eyes
+    (slightly dilated) and the inner mouth."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    brow = lm[BROWS]
+    chin = lm[8]
+    up = brow.mean(0) - chin
+    height = np.linalg.norm(up)
+    up = up / max(height, 1e-6)
+    raised = brow + up * forehead * height
+    region = _polygon_mask(_hull(np.concatenate([lm[JAW], brow, raised])), size)
+    for eye in (LEFT_EYE, RIGHT_EYE):
+        e = lm[eye]
+        c = e.mean(0)
+        region &= ~_polygon_mask(c + (e - c) * 1.35, size)
+    mouth = lm[INNER_MOUTH]
+    region &= ~_polygon_mask(mouth, size)
+    return region
+
+
+def skin_mask_from_landmarks(image: np.ndarray, landmarks: np.ndarray, threshold: float = 3.0,
+                             forehead: float = 0.35) -> np.ndarray:
+    """Skin mask (H, W) bool of a crop ``image`` (H, W, 3) float in [0, 1] from its 68 landmarks (crop
+    pixels): the landmark face region restricted to pixels whose (Cb, Cr) chroma lies within ``threshold``
+    standard deviations (Mahalanobis) of the skin colour of the cheeks and nose; very dark pixels (luma
+    below the skin mean minus 3.5 sigma: hair, brows, nostrils) are excluded as well."""
+    from scipy import ndimage
+
+    img = np.asarray(image, dtype=np.float64)
+    size = img.shape[:2]
+    lm = np.asarray(landmarks, dtype=np.float64)
+    region = face_region(lm, size, forehead)
+    core = _polygon_mask(_hull(lm[CORE_SKIN]), size) & region
+    if core.sum() < 20:
+        core = region
+    if core.sum() < 20:
+        return region
+    ycc = _ycbcr(img)
+    chroma = ycc[..., 1:]
+    sample = chroma[core]
+    luma = ycc[..., 0][core]
+    keep = np.ones(len(sample), dtype=bool)
+    for _ in range(3):  # robust re-estimation: drop outliers (hair, glasses, specularities)
+        mu = sample[keep].mean(0)
+        cov = np.cov(sample[keep].T) + np.eye(2) * 1e-5
+        inv = np.linalg.inv(cov)
+        d = sample - mu
+        m2 = np.einsum("ni,ij,nj->n", d, inv, d)
+        keep = m2 < threshold ** 2
+        if keep.sum() < 10:
+            keep = np.ones(len(sample), dtype=bool)
+            break
+    mu = sample[keep].mean(0)
+    inv = np.linalg.inv(np.cov(sample[keep].T) + np.eye(2) * 1e-5)
+    d = chroma - mu
+    m2 = np.einsum("hwi,ij,hwj->hw", d, inv, d)
+    l_mu, l_sd = luma[keep].mean(), luma[keep].std() + 1e-3
+    mask = region & (m2 < threshold ** 2) & (ycc[..., 0] > l_mu - 3.5 * l_sd)
+    mask = ndimage.binary_opening(mask, iterations=1)
+    mask = ndimage.binary_closing(mask, iterations=2) & region
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        mask = labels == (1 + int(np.argmax(sizes)))
+    return mask
+
+
+def load_face_parser(spec: str) -> Callable[[np.ndarray], np.ndarray]:
+    """``"package.module:function"`` -> the callable (crop (224, 224, 3) float in [0, 1] -> skin mask)."""
+    if ":" not in spec:
+        raise ValueError(f"face parser {spec!r} must look like 'module:function'")
+    mod, fn = spec.split(":", 1)
+    f = getattr(importlib.import_module(mod), fn, None)
+    if not callable(f):
+        raise ValueError(f"face parser {spec!r}: {fn} is not a callable of {mod}")
+    return f
+
+
+@dataclass
+class PrepareReport:
+    out: Path
+    written: int = 0
+    identities: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+
+
+def _photo_groups(photos: Path) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for p in sorted(photos.iterdir()):
+        if p.is_dir() and not p.name.startswith("."):
+            files = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in PHOTO_EXTS)
+            if files:
+                groups[p.name] = files
+        elif p.is_file() and p.suffix.lower() in PHOTO_EXTS:
+            groups[p.stem] = [p]
+    return groups
+
+
+def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto", face_parser: str | None = None,
+                    min_images: int = 1, skin_threshold: float = 3.0, overwrite: bool = False,
+                    detector_obj=None) -> PrepareReport:
+    """Build the dataset (see the module docstring). Existing samples are kept unless ``overwrite``."""
+    from core.frontend import ImageReadError, NoFaceError, crop_from_landmarks, detect_faces, get_detector, read_image, warp_image
+
+    photos, out = Path(photos), Path(out)
+    if not photos.is_dir():
+        raise FileNotFoundError(f"photo folder not found: {photos}")
+    groups = _photo_groups(photos)
+    if not groups:
+        raise FileNotFoundError(f"{photos}: no photos ({', '.join(PHOTO_EXTS)}) found")
+    det = detector_obj or get_detector(detector)
+    parser = load_face_parser(face_parser) if face_parser else None
+    report = PrepareReport(out=out)
+    for ident, files in groups.items():
+        if len(files) < min_images:
+            report.skipped.extend((str(f), f"identity has fewer than {min_images} photos") for f in files)
+            continue
+        written_here = 0
+        for k, f in enumerate(files):
+            name = f"{k:04d}_{f.stem}"
+            if not overwrite and (out / ident / f"{name}.npz").is_file():
+                written_here += 1
+                continue
+            try:
+                img = read_image(f)
+                face = detect_faces(img, det, source=f)[0]
+            except (ImageReadError, NoFaceError) as e:
+                report.skipped.append((str(f), str(e)))
+                log.warning("skipped %s: %s", f, e)
+                continue
+            tf = crop_from_landmarks(face.landmarks, scale=1.25, size=INPUT_SIZE)
+            crop = warp_image(img, tf).permute(1, 2, 0).numpy().astype(np.float32)
+            lm = tf.apply(face.landmarks).astype(np.float32)
+            if parser is not None:
+                mask = np.asarray(parser(crop)) > 0.5
+            else:
+                mask = skin_mask_from_landmarks(crop, lm, threshold=skin_threshold)
+            write_sample(out / ident, name, crop, lm, mask, crop_matrix=tf.matrix.astype(np.float64),
+                         source=np.array(str(f)), detector=np.array(face.detector))
+            written_here += 1
+            report.written += 1
+        if written_here:
+            report.identities += 1
+    write_dataset_info(out, source=str(photos), detector=getattr(det, "name", str(detector)),
+                       skin_mask="face parser " + face_parser if face_parser else "landmarks + colour statistics")
+    return report
