@@ -1,0 +1,670 @@
+"""From photos to result folders: DECA's inference, decoding, textures, details, the wrinkle model.
+
+    rec = Reconstructor()                       # assets from the asset manager, device 'auto'
+    folders = rec.reconstruct_photo("me.jpg", "out/")
+    summary = rec.reconstruct_many(["photos/"], "out/", batch_size=8)
+    d = rec.decode_displacement(ReconstructionResult.load(folders[0]), exp, jaw)   # exact decoder
+    rec.animate("me.jpg", ["smile.jpg", "surprise.jpg"], "anim/")
+
+Per face (docs/CONVENTIONS.md has every key and convention):
+
+1. the photo is read upright (EXIF), 68 landmarks are detected (FAN or dlib), DECA's crop maps the face
+   square onto the 224x224 network input;
+2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, channels_last on
+   the CPU; bfloat16 autocast only when asked: it is off by default until checked on the real weights);
+3. FLAME gives the posed mesh and the landmarks, projected by the orthographic camera into the crop's
+   image NDC, then to crop pixels ``(p + 1) * 224 / 2`` and onto the photo by the crop's inverse
+   (`network_ndc_to_photo_pixels`);
+4. ``D_detail(jaw, exp, detail)`` gives ``uv_z``; the stored displacement is ``uv_z * uv_face_eye_mask +
+   fixed`` and the detail normals come from it (FaceModel);
+5. ``texture.png`` is the photo unwrapped into UV (see `core.pipeline.textures`); ``albedo.png`` is FLAME's
+   texture-space albedo when that optional asset is installed, else the same image as ``texture.png``
+   (``extra_albedo_source`` says which);
+6. the wrinkle model is fitted (`core.pipeline.wrinkles`);
+7. the folder is written to a temporary sibling and renamed into place.
+
+``detail_normals.png`` holds the detail normals in the head's object frame (the head's global rotation
+removed, so they match the un-rotated rig Blender builds), encoded ``n * 0.5 + 0.5``. ``overlay.png`` is
+drawn in the texture crop (the network crop's square enlarged 1.5x, 224 to 640 px): a grey render shaded with the
+detail normals under a fixed light, blended over the photo, the projected landmarks in red and the
+detected ones in green.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from core.assets import AssetManager
+from core.atomic import atomic_write_bytes
+from core.flame.lbs import axis_angle_to_matrix
+from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
+                           detect_faces, get_detector, read_image, warp_image, warp_images)
+from core.frontend.landmarks import FaceDetection
+from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
+from core.pipeline import textures as tx
+from core.pipeline import wrinkles as wr
+from core.pipeline import writing
+from core.pipeline.face_model import FaceAssets, FaceModel
+from core.pipeline.result import ReconstructionResult, WrinkleModel
+from core.pipeline.rig import build_rig
+
+__all__ = [
+    "Reconstructor", "ReconstructionSummary", "FaceOutcome", "PhotoFailure", "AnimationSummary",
+    "network_ndc_to_photo_pixels", "collect_photos", "resolve_device", "IMAGE_SUFFIXES", "OUTPUT_FILES",
+    "OutputDirError",
+]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+OUTPUT_FILES = ("result.npz", "mesh.obj", "mesh.mtl", "albedo.png", "texture.png", "displacement.png",
+                "detail_normals.png", "overlay.png")
+NETWORK_SIZE = 224
+TEXTURE_SIZE = 512
+WRINKLE_DECODE_BATCH = 16
+OutputDirError = writing.OutputDirError
+
+# A fixed light for the overlay render: ambient plus frontal (+z) and a little from above (+y).
+_C0 = 1.0 / math.sqrt(4 * math.pi)
+_C1 = (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi))
+_OVERLAY_LIGHT = np.zeros((9, 3), np.float32)
+_OVERLAY_LIGHT[0] = 0.5 / _C0
+_OVERLAY_LIGHT[3] = 0.45 / _C1  # nz
+_OVERLAY_LIGHT[2] = 0.12 / _C1  # ny
+_OVERLAY_GREY = 0.78
+_OVERLAY_OPACITY = 0.75
+_RED, _GREEN = (1.0, 0.15, 0.1), (0.1, 1.0, 0.2)
+
+Progress = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """'auto' = CUDA when available, else the CPU. A CUDA request without CUDA is an error."""
+    if isinstance(device, torch.device):
+        return device
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here (use auto or cpu)")
+    return dev
+
+
+def network_ndc_to_photo_pixels(points_ndc, crop: CropTransform) -> np.ndarray:
+    """Points in the network crop's image NDC (``(..., 2)``, x right, y down) -> photo pixels (float64).
+
+    Crop pixels are ``(p + 1) * size / 2`` (CONVENTIONS.md), then the crop's inverse similarity."""
+    if isinstance(points_ndc, torch.Tensor):
+        points_ndc = points_ndc.detach().cpu().double().numpy()
+    p = np.asarray(points_ndc, np.float64)
+    return crop.apply_inverse((p + 1.0) * crop.size / 2.0)
+
+
+def collect_photos(inputs: Iterable[str | Path]) -> list[Path]:
+    """Photos from files and folders (a folder's images in name order, not recursive). Paths that do not
+    exist are kept, so that they are reported as failures of their own."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                          and not q.name.startswith("."))
+        else:
+            out.append(p)
+    return out
+
+
+@dataclass
+class FaceOutcome:
+    photo: str
+    face_index: int
+    folder: str
+
+
+@dataclass
+class PhotoFailure:
+    photo: str
+    error_type: str
+    message: str
+    face_index: int | None = None
+
+
+@dataclass
+class ReconstructionSummary:
+    """What a batch produced: every result folder, every photo (or face) that failed and why."""
+
+    succeeded: list[FaceOutcome] = field(default_factory=list)
+    failed: list[PhotoFailure] = field(default_factory=list)
+    n_photos: int = 0
+    seconds: float = 0.0
+
+    @property
+    def folders(self) -> list[Path]:
+        return [Path(s.folder) for s in self.succeeded]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def to_dict(self) -> dict:
+        return {"n_photos": self.n_photos, "n_faces": len(self.succeeded), "n_failed": len(self.failed),
+                "seconds": round(self.seconds, 3), "succeeded": [asdict(s) for s in self.succeeded],
+                "failed": [asdict(f) for f in self.failed]}
+
+
+@dataclass
+class AnimationSummary:
+    """`Reconstructor.animate`: one result folder per expression photo that worked (in order)."""
+
+    identity: str
+    frames: list[dict] = field(default_factory=list)  # {"folder", "expression_source", "index"}
+    failed: list[PhotoFailure] = field(default_factory=list)
+    manifest: str | None = None
+
+    @property
+    def folders(self) -> list[Path]:
+        return [Path(f["folder"]) for f in self.frames]
+
+    def to_dict(self) -> dict:
+        return {"identity": self.identity, "frames": self.frames, "failed": [asdict(f) for f in self.failed],
+                "manifest": self.manifest}
+
+
+@dataclass
+class _Photo:
+    path: Path
+    image: np.ndarray  # (H, W, 3) float32
+    detections: list[FaceDetection]
+    crops: list[CropTransform]
+    stem: str | None = None
+
+
+@dataclass
+class _Face:
+    photo: _Photo
+    index: int
+    codes: FlameCodes  # (1, ...) on the device
+    detail: torch.Tensor  # (1, 128)
+    uv_z: torch.Tensor  # (1, 1, 256, 256)
+
+    @property
+    def detection(self) -> FaceDetection:
+        return self.photo.detections[self.index]
+
+    @property
+    def crop(self) -> CropTransform:
+        return self.photo.crops[self.index]
+
+
+def _error_message(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+class Reconstructor:
+    """DECA's inference from photos to result folders.
+
+    Args:
+        assets: the asset manager to load FLAME, DECA's data and the checkpoint from (default: the
+            user's). Missing assets raise `MissingAssetError` listing all of them; a checkpoint of another
+            architecture raises `CheckpointError`.
+        device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
+        landmarks: 'auto', 'fan', 'dlib', or a `LandmarkDetector` instance. The detector is created on first
+            use (`detector`), so `decode_displacement` works without one.
+        face_assets, networks: injected instead of loaded (tests, training).
+        wrinkle_components: K maps of the wrinkle model.
+        wrinkle_samples, wrinkle_holdout: decoder samples to fit / to measure the held-out explained
+            variance (56 + 16 by default, chosen by measurement: about 1 s on 2 quiet CPU threads; see
+            `core.pipeline.wrinkles`).
+        bf16: bfloat16 autocast for the two encoders (off by default: not yet checked on DECA's released
+            weights). The detail decoder always runs in float32.
+        profile: synchronise the device at stage boundaries so `timings` are exact on CUDA.
+    """
+
+    def __init__(self, assets: AssetManager | None = None, device: str | torch.device = "auto",
+                 landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
+                 networks: DecaNetworks | None = None, wrinkle_components: int = wr.DEFAULT_COMPONENTS, *,
+                 wrinkle_samples: int = wr.DEFAULT_SAMPLES, wrinkle_holdout: int = wr.DEFAULT_HOLDOUT,
+                 bf16: bool = False, profile: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.manager = assets
+        if face_assets is None or networks is None:
+            self.manager = assets if assets is not None else AssetManager()
+            needed = []
+            if face_assets is None:
+                from core.assets import catalog
+                needed += ["flame_model"] + [s.name for s in catalog.DATA_FILES]
+            if networks is None:
+                needed.append("deca_model")
+            self.manager.require(*needed)  # one MissingAssetError listing everything missing
+        if face_assets is None:
+            face_assets = FaceAssets.from_manager(self.manager)
+        if networks is None:
+            networks = load_deca_checkpoint(self.manager.path("deca_model"), device=self.device)
+        self.face_assets = face_assets
+        self.networks = networks.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.networks = self.networks.to(memory_format=torch.channels_last)
+        self.face_model = FaceModel(face_assets).to(self.device).eval()
+        self._landmarks = landmarks
+        self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
+        self.wrinkle_components = int(wrinkle_components)
+        self.wrinkle_samples = int(wrinkle_samples)
+        self.wrinkle_holdout = int(wrinkle_holdout)
+        self.bf16 = bool(bf16)
+        self.profile = bool(profile)
+        self.timings: dict[str, float] = {}
+        self.cpu_timings: dict[str, float] = {}
+        self._flame_description: str | None = None
+        t = face_assets.template
+        self._uv_coords = np.asarray(t.uv_coords, np.float64)
+        self._uv_faces = np.asarray(t.uv_faces, np.int64)
+        self._faces = np.asarray(face_assets.flame.faces, np.int64)
+        self._detail_mask = self.face_model.uv_face_eye_mask[0, 0].detach().cpu().numpy() > 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def detector(self) -> LandmarkDetector:
+        """The landmark detector (created on first use; raises `DetectorUnavailableError`)."""
+        if self._detector is None:
+            self._detector = get_detector(str(self._landmarks), device=str(self.device))
+        return self._detector
+
+    @property
+    def flame_description(self) -> str:
+        """Which FLAME file produced the results: variant, file name and sha256."""
+        if self._flame_description is None:
+            fl = self.face_assets.flame
+            digest = None
+            if self.manager is not None:
+                with contextlib.suppress(Exception):
+                    rec = self.manager.registry().get("flame_model") or {}
+                    if Path(fl.source) == self.manager.path("flame_model"):
+                        digest = rec.get("sha256")
+            if digest is None and fl.source and Path(fl.source).is_file():
+                from core.flame.model_file import file_sha256
+                digest = file_sha256(fl.source)
+            name = Path(fl.source).name if fl.source else "in-memory"
+            label = "deca-blender TEST model (synthetic, not FLAME)" if fl.is_test_model else fl.variant
+            self._flame_description = f"{label}: {name} sha256:{digest or 'unknown'}"
+        return self._flame_description
+
+    # ------------------------------------------------------------------ timing
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        if self.profile and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            if self.profile and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+            self.cpu_timings[name] = self.cpu_timings.get(name, 0.0) + time.process_time() - c0
+
+    def reset_timings(self) -> None:
+        """Clear `timings` (wall seconds per stage) and `cpu_timings` (process CPU seconds, all threads)."""
+        self.timings = {}
+        self.cpu_timings = {}
+
+    # ------------------------------------------------------------------ stages
+
+    def _prepare(self, path: str | Path, all_faces: bool) -> _Photo:
+        """Read, detect, crop. Raises ImageReadError / NoFaceError naming the photo."""
+        with self._stage("decode photo"):
+            image = read_image(path)
+        with self._stage("landmarks"):
+            dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
+        with self._stage("crop"):
+            crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE) for d in dets]
+        return _Photo(Path(path), image, dets, crops)
+
+    def _network_inputs(self, photos: Sequence[_Photo]) -> torch.Tensor:
+        with self._stage("crop"):
+            batch = torch.cat([warp_images(p.image, p.crops) for p in photos])
+        return batch
+
+    def _forward(self, images: torch.Tensor) -> tuple[FlameCodes, torch.Tensor, torch.Tensor]:
+        with self._stage("networks"):
+            x = images.to(self.device, torch.float32)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.networks.infer(x, bf16=self.bf16)
+            uv_z = out.displacement
+            if self.bf16:  # bf16 for the encoders only: the detail decoder always runs in float32
+                uv_z = self._decode_uv_z(out.codes.jaw_pose, out.codes.exp, out.detail)
+        return out.codes, out.detail, uv_z
+
+    def _decode_uv_z(self, jaw: torch.Tensor, exp: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        """D_detail in float32, always: in bfloat16 the expression-driven part of the map, which is small
+        next to the person's static detail, drowns in rounding (measured with random weights: the wrinkle
+        model's held-out explained variance fell from 0.72 to 0.56), and this is the "exact" decoder."""
+        with torch.inference_mode():
+            out = self.networks.D_detail.decode(jaw.float(), exp.float(), detail.float())
+        return out.float()
+
+    def _wrinkle_decoder(self, detail: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+        def decode(x: np.ndarray) -> np.ndarray:
+            xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
+            maps = []
+            for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
+                b = xt[i:i + WRINKLE_DECODE_BATCH]
+                uv_z = self._decode_uv_z(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
+                maps.append(self.face_model.displacement(uv_z)[:, 0])
+            return torch.cat(maps).cpu().numpy()
+        return decode
+
+    def fit_wrinkles(self, detail: torch.Tensor) -> tuple[WrinkleModel, wr.WrinkleFitInfo]:
+        """The wrinkle model for a detail code (1, 128) on the device."""
+        return wr.fit_wrinkle_model(self._wrinkle_decoder(detail), self._detail_mask,
+                                    n_samples=self.wrinkle_samples, n_holdout=self.wrinkle_holdout,
+                                    n_components=self.wrinkle_components)
+
+    def _texture_crop(self, photo: _Photo, crop: CropTransform) -> tuple[CropTransform, torch.Tensor, torch.Tensor]:
+        tcrop = tx.texture_crop(crop)
+        img = warp_image(photo.image, tcrop)[None].to(self.device)
+        inside = tx.inside_photo_mask(tcrop, photo.image.shape[:2])
+        return tcrop, img, torch.as_tensor(inside, device=self.device)[None, None]
+
+    def _decode_face(self, face: _Face, exp: torch.Tensor | None = None, jaw: torch.Tensor | None = None,
+                     texture: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     wrinkles: tuple[WrinkleModel, wr.WrinkleFitInfo] | None = None) -> dict:
+        """Everything a result folder holds, for one face (optionally with another expression and jaw)."""
+        fm = self.face_model
+        c = face.codes
+        exp = c.exp if exp is None else exp
+        pose = c.pose if jaw is None else torch.cat([c.pose[:, :3], jaw], 1)
+        crop = face.crop
+        with torch.inference_mode():
+            with self._stage("FLAME"):
+                geom = fm.geometry(c.shape, exp, pose, c.cam)
+                lmk_photo = network_ndc_to_photo_pixels(geom.landmarks2d[0], crop)
+            with self._stage("detail"):
+                uv_z = face.uv_z if (exp is c.exp and jaw is None) else self._decode_uv_z(pose[:, 3:], exp, face.detail)
+                disp = fm.displacement(uv_z)
+                normals, _ = fm.detail_normals(geom.vertices, uv_z)
+                rot = axis_angle_to_matrix(pose[:, :3])  # (1, 3, 3) global rotation
+                normals_object = torch.einsum("bji,bjhw->bihw", rot.to(normals), normals)  # R^T n
+                # unit length for the PNG (the soft mask edge blends detail and coarse normals); 0 stays 0
+                normals_object = torch.nn.functional.normalize(normals_object, dim=1, eps=1e-8)
+            with self._stage("texture"):
+                tcrop, crop_img, inside = self._texture_crop(face.photo, crop)
+                tcam = tx.texture_crop_camera(c.cam)
+                if texture is None:
+                    tex_img, _ = tx.photo_texture(fm, crop_img, inside, geom.vertices, tcam, size=TEXTURE_SIZE)
+                    if fm.has_texture_space:
+                        albedo_img, albedo_source = fm.albedo(c.tex), "texture_space"
+                        if albedo_img.shape[-1] != TEXTURE_SIZE:
+                            albedo_img = torch.nn.functional.interpolate(
+                                albedo_img, size=(TEXTURE_SIZE, TEXTURE_SIZE), mode="bilinear", align_corners=False)
+                    else:
+                        albedo_img, albedo_source = tex_img, "photo_texture"
+                    texture = (tex_img, albedo_img)
+                else:
+                    albedo_source = "texture_space" if fm.has_texture_space else "photo_texture"
+                tex_img, albedo_img = texture
+            with self._stage("render"):
+                grey = torch.full((1, 3, 8, 8), _OVERLAY_GREY, device=self.device)
+                light = torch.as_tensor(_OVERLAY_LIGHT, device=self.device)[None]
+                r = fm.render(geom.vertices, tcam, albedo=grey, light=light, normal_map=normals,
+                              image_size=tcrop.size)
+                a = r.alpha * _OVERLAY_OPACITY
+                overlay = (crop_img * (1 - a) + r.image.clamp(0, 1) * a).clamp(0, 1)
+                overlay_np = tx.to_hwc(overlay)
+                radius = max(1.2, tcrop.size / 250)
+                tx.draw_points(overlay_np, tcrop.apply(face.detection.landmarks), _GREEN, radius=radius)
+                tx.draw_points(overlay_np, tcrop.apply(lmk_photo), _RED, radius=radius)
+        if wrinkles is None:
+            with self._stage("wrinkle model"):
+                wrinkles = self.fit_wrinkles(face.detail)
+        return {
+            "geom": geom, "pose": pose, "exp": exp, "landmarks2d": lmk_photo,
+            "displacement": disp[0, 0].cpu().numpy(), "normals_object": tx.to_hwc(normals_object),
+            "texture": tex_img, "albedo": albedo_img, "albedo_source": albedo_source,
+            "overlay": overlay_np, "texture_crop_size": tcrop.size, "wrinkles": wrinkles,
+        }
+
+    def _result(self, face: _Face, dec: dict, extra: dict | None = None) -> ReconstructionResult:
+        c = face.codes
+
+        def np1(t: torch.Tensor) -> np.ndarray:
+            return t[0].detach().float().cpu().numpy()
+
+        geom = dec["geom"]
+        shape = np1(c.shape)
+        rig = build_rig(self.face_assets.flame, shape, n_expression=50)
+        model, info = dec["wrinkles"]
+        disp = dec["displacement"]
+        tex_code = np1(c.tex) if self.face_model.has_texture_space else np.zeros(50, np.float32)
+        h, w = face.photo.image.shape[:2]
+        extra_all = {
+            "albedo_source": np.str_(dec["albedo_source"]),
+            "detector": np.str_(face.detection.detector),
+            "texture_crop_size": np.int64(dec["texture_crop_size"]),
+            "wrinkle_samples": np.int64(info.n_samples), "wrinkle_holdout": np.int64(info.n_holdout),
+            "wrinkle_rank": np.int64(info.rank),
+            "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
+            "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
+            "bf16": np.bool_(self.bf16),
+            **(extra or {}),
+        }
+        return ReconstructionResult(
+            source_image=str(face.photo.path), image_size=np.array([h, w], np.int64), face_index=int(face.index),
+            shape=shape, exp=np1(dec["exp"]), pose=np1(dec["pose"]), cam=np1(c.cam), tex=tex_code,
+            light=np1(c.light), detail=np1(face.detail),
+            vertices=np1(geom.vertices), landmarks2d=dec["landmarks2d"], landmarks3d=np1(geom.landmarks3d),
+            detected_landmarks=face.detection.landmarks.copy(), crop_matrix=face.crop.matrix.copy(),
+            faces=self._faces, uv_coords=self._uv_coords, uv_faces=self._uv_faces,
+            rig_template=rig.template, rig_expr_basis=rig.expr_basis, rig_posedirs=rig.posedirs,
+            rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
+            displacement=disp, displacement_scale=tx.displacement_scale(disp), wrinkles=model,
+            flame_model=self.flame_description, is_test_model=bool(self.face_assets.flame.is_test_model),
+            extra=extra_all,
+        )
+
+    def _write(self, result: ReconstructionResult, dec: dict, out_dir: Path, name: str, overwrite: bool) -> Path:
+        with self._stage("writing"):
+            tmp = writing.new_temp_folder(out_dir, name)
+            try:
+                result.save(tmp)
+                writing.write_obj(tmp, result.vertices, result.faces, result.uv_coords, result.uv_faces)
+                png = writing.encode_png
+                texture = png(tx.to_hwc(dec["texture"]))
+                writing.write_bytes(tmp / "texture.png", texture)
+                writing.write_bytes(tmp / "albedo.png",
+                                    texture if dec["albedo"] is dec["texture"] else png(tx.to_hwc(dec["albedo"])))
+                writing.write_bytes(tmp / "displacement.png", png(
+                    tx.encode_displacement(result.displacement, result.displacement_scale), bits=16))
+                writing.write_bytes(tmp / "detail_normals.png", png(tx.encode_normals(dec["normals_object"])))
+                writing.write_bytes(tmp / "overlay.png", png(dec["overlay"]))
+                return writing.commit_folder(tmp, out_dir / name, overwrite)
+            except BaseException:
+                writing.discard(tmp)
+                raise
+
+    # ------------------------------------------------------------------ public API
+
+    def reconstruct_photo(self, path: str | Path, out_dir: str | Path, all_faces: bool = False,
+                          progress: Progress | None = None, overwrite: bool = False) -> list[Path]:
+        """Reconstruct one photo: one result folder per face (``<out>/<stem>``, ``<stem>_face1``, ...).
+
+        Raises `ImageReadError`, `NoFaceError` (or any other failure) for this photo, `OutputDirError`
+        when ``out_dir`` cannot be written. Existing folders are kept (a new name is chosen) unless
+        ``overwrite``."""
+        out = writing.check_output_dir(out_dir)
+        if progress:
+            progress(0.0, f"reading {Path(path).name}")
+        photo = self._prepare(path, all_faces)
+        photo.stem = writing.pick_base_stem(out, writing.safe_stem(photo.path.stem), len(photo.crops), overwrite, set())
+        if progress:
+            progress(0.2, "running the networks")
+        codes, detail, uv_z = self._forward(self._network_inputs([photo]))
+        folders = []
+        n = len(photo.crops)
+        for i in range(n):
+            face = _Face(photo, i, _slice_codes(codes, i), detail[i:i + 1], uv_z[i:i + 1])
+            if progress:
+                progress(0.3 + 0.7 * i / n, f"decoding face {i + 1} of {n}")
+            folders.append(self._finish(face, out, overwrite))
+        if progress:
+            progress(1.0, "done")
+        return folders
+
+    def _finish(self, face: _Face, out: Path, overwrite: bool) -> Path:
+        dec = self._decode_face(face)
+        result = self._result(face, dec)
+        return self._write(result, dec, out, writing.folder_name(face.photo.stem, face.index), overwrite)
+
+    def reconstruct_many(self, paths: Iterable[str | Path], out_dir: str | Path, batch_size: int = 8,
+                         all_faces: bool = False, progress: Progress | None = None,
+                         overwrite: bool = False) -> ReconstructionSummary:
+        """Reconstruct photos (folders are expanded), batching the network forward over up to
+        ``batch_size`` faces. A photo that fails (unreadable, no face, ...) is recorded in the summary and
+        the batch goes on. Raises `OutputDirError` before any work when ``out_dir`` cannot be written."""
+        t0 = time.perf_counter()
+        out = writing.check_output_dir(out_dir)
+        self.detector  # a missing detector is not a per-photo failure: raise DetectorUnavailableError now
+        photos = collect_photos(paths)
+        summary = ReconstructionSummary(n_photos=len(photos))
+        batch_size = max(1, int(batch_size))
+        reserved: set[str] = set()
+        pending: list[_Photo] = []
+        done = 0
+
+        def report(message: str) -> None:
+            if progress:
+                progress(done / max(1, len(photos)), message)
+
+        def fail(path, exc: BaseException, face_index: int | None = None) -> None:
+            summary.failed.append(PhotoFailure(str(path), type(exc).__name__, _error_message(exc), face_index))
+
+        def flush() -> None:
+            nonlocal done
+            if not pending:
+                return
+            codes, detail, uv_z = self._forward(self._network_inputs(pending))
+            row = 0
+            for photo in pending:
+                for i in range(len(photo.crops)):
+                    face = _Face(photo, i, _slice_codes(codes, row), detail[row:row + 1], uv_z[row:row + 1])
+                    row += 1
+                    try:
+                        folder = self._finish(face, out, overwrite)
+                        summary.succeeded.append(FaceOutcome(str(photo.path), i, str(folder)))
+                    except (KeyboardInterrupt, SystemExit, writing.OutputDirError):
+                        raise
+                    except Exception as exc:  # this face failed; the batch goes on
+                        fail(photo.path, exc, i)
+                done += 1
+                report(f"{photo.path.name}: done")
+            pending.clear()
+
+        n_faces = 0
+        for path in photos:
+            try:
+                photo = self._prepare(path, all_faces)
+                photo.stem = writing.pick_base_stem(out, writing.safe_stem(photo.path.stem), len(photo.crops),
+                                                    overwrite, reserved)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:  # unreadable, no face, ...: recorded, the batch goes on
+                fail(path, exc)
+                done += 1
+                report(f"{Path(path).name}: {type(exc).__name__}")
+                continue
+            pending.append(photo)
+            n_faces += len(photo.crops)
+            if n_faces >= batch_size:
+                flush()
+                n_faces = 0
+        flush()
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    def decode_displacement(self, result: ReconstructionResult, exp, jaw) -> np.ndarray:
+        """The exact detail decoder for a result's person: displacement (256, 256) float32 (metres along
+        the normal, ``uv_z * mask + fixed``) at expression ``exp`` (50,) and jaw axis-angle ``jaw`` (3,)."""
+        detail = np.asarray(result.detail, np.float32).ravel()
+        if detail.size != 128:
+            raise ValueError(f"{result.source_image}: the result holds no 128-d detail code (got {detail.size} "
+                             "values); exact re-evaluation needs a result written by `reconstruct`")
+        e = torch.as_tensor(np.asarray(exp, np.float32).ravel()[None], device=self.device)
+        j = torch.as_tensor(np.asarray(jaw, np.float32).ravel()[None], device=self.device)
+        if e.shape[1] != 50 or j.shape[1] != 3:
+            raise ValueError(f"decode_displacement needs 50 expression and 3 jaw values, "
+                             f"got {e.shape[1]} and {j.shape[1]}")
+        d = torch.as_tensor(detail[None], device=self.device)
+        with torch.inference_mode():
+            disp = self.face_model.displacement(self._decode_uv_z(j, e, d))
+        return disp[0, 0].float().cpu().numpy()
+
+    def animate(self, identity_photo: str | Path, expression_photos: Sequence[str | Path], out_dir: str | Path,
+                overwrite: bool = False, progress: Progress | None = None,
+                batch_size: int = 8) -> AnimationSummary:
+        """DECA's expression transfer: the identity photo's shape, detail code, texture, camera and head pose
+        with each expression photo's expression and jaw; the detail maps are re-decoded per frame.
+
+        Writes one result folder per expression photo (``<out>/<identity>_<NNN>_<expression>``, on the
+        identity's photo) and ``animation.json`` listing them in order. Raises for the identity photo;
+        expression photos that fail are recorded and skipped."""
+        out = writing.check_output_dir(out_dir)
+        ident = self._prepare(identity_photo, all_faces=False)
+        codes, detail, uv_z = self._forward(self._network_inputs([ident]))
+        face = _Face(ident, 0, _slice_codes(codes, 0), detail[0:1], uv_z[0:1])
+        base = self._decode_face(face)
+        texture = (base["texture"], base["albedo"])
+        wrinkles = base["wrinkles"]
+        summary = AnimationSummary(identity=str(identity_photo))
+        sources = collect_photos(expression_photos)
+        id_stem = writing.safe_stem(Path(identity_photo).stem)
+        reserved: set[str] = set()
+        prepared: list[tuple[int, Path, _Photo]] = []
+        for k, src in enumerate(sources):
+            try:
+                prepared.append((k, src, self._prepare(src, all_faces=False)))
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as exc:
+                summary.failed.append(PhotoFailure(str(src), type(exc).__name__, _error_message(exc)))
+        for start in range(0, len(prepared), max(1, batch_size)):
+            chunk = prepared[start:start + max(1, batch_size)]
+            ecodes, _, _ = self._forward(self._network_inputs([p for _, _, p in chunk]))
+            for row, (k, src, _) in enumerate(chunk):
+                exp = ecodes.exp[row:row + 1]
+                jaw = ecodes.pose[row:row + 1, 3:]
+                try:
+                    dec = self._decode_face(face, exp=exp, jaw=jaw, texture=texture, wrinkles=wrinkles)
+                    result = self._result(face, dec, extra={"expression_source": np.str_(str(src)),
+                                                            "expression_frame": np.int64(k)})
+                    stem = writing.pick_base_stem(out, f"{id_stem}_{k:03d}_{writing.safe_stem(src.stem)}", 1,
+                                                  overwrite, reserved)
+                    folder = self._write(result, dec, out, stem, overwrite)
+                    summary.frames.append({"index": k, "folder": str(folder), "expression_source": str(src)})
+                except (KeyboardInterrupt, SystemExit, writing.OutputDirError):
+                    raise
+                except Exception as exc:
+                    summary.failed.append(PhotoFailure(str(src), type(exc).__name__, _error_message(exc)))
+                if progress:
+                    progress(len(summary.frames) / max(1, len(sources)), f"{src.name}: done")
+        manifest = out / "animation.json"
+        summary.manifest = str(manifest)
+        payload = json.dumps(summary.to_dict(), indent=2).encode()
+        atomic_write_bytes(manifest, lambda f: f.write(payload))
+        return summary
+
+
+def _slice_codes(codes: FlameCodes, i: int) -> FlameCodes:
+    return FlameCodes(**{k: v[i:i + 1] for k, v in codes.as_dict().items()})

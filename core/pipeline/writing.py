@@ -1,0 +1,185 @@
+"""Writing a result folder: the OBJ/MTL, folder names, and the all-or-nothing commit of a folder.
+
+A result folder is assembled in a hidden temporary sibling (``.<name>.tmp-XXXX``) and renamed into place
+at the end, so a crash never leaves half a result under a result's name. Existing folders are never
+replaced silently: a new name is picked (``<stem>``, ``<stem>-2``, ``<stem>-3``, ...) unless the caller
+asks to overwrite.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from core.atomic import atomic_write_bytes
+
+MESH_FILE, MTL_FILE = "mesh.obj", "mesh.mtl"
+MATERIAL_NAME = "deca_face"
+
+
+class OutputDirError(OSError):
+    """The output folder cannot be created or written; raised before any work is done."""
+
+
+def check_output_dir(out_dir: str | Path) -> Path:
+    """Create ``out_dir`` if needed and prove it is writable (a temporary file). Raises OutputDirError."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputDirError(f"cannot create the output folder {out}: {exc.strerror or exc}") from exc
+    if not out.is_dir():
+        raise OutputDirError(f"the output path {out} exists and is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test-", dir=out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise OutputDirError(f"the output folder {out} is not writable: {exc.strerror or exc}") from exc
+    return out
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
+
+
+def safe_stem(name: str) -> str:
+    """A folder name from a photo's stem: unusual characters become '_', never hidden or empty."""
+    s = _UNSAFE.sub("_", name).strip("._") or "photo"
+    return s[:120]
+
+
+def folder_name(stem: str, face_index: int) -> str:
+    return stem if face_index == 0 else f"{stem}_face{face_index}"
+
+
+def pick_base_stem(out_dir: Path, stem: str, n_faces: int, overwrite: bool, reserved: set[str]) -> str:
+    """The stem for one photo's folders: ``stem`` when all its face folders are free (or overwriting),
+    else ``stem-2``, ``stem-3``, ... ``reserved`` holds stems already given out in this run."""
+    def free(s: str) -> bool:
+        if s in reserved:
+            return False
+        if overwrite:
+            return True
+        return not any((out_dir / folder_name(s, i)).exists() for i in range(max(1, n_faces)))
+
+    candidate, k = stem, 1
+    while not free(candidate):
+        k += 1
+        candidate = f"{stem}-{k}"
+    reserved.add(candidate)
+    return candidate
+
+
+def new_temp_folder(out_dir: Path, name: str) -> Path:
+    """A hidden temporary folder beside the final one, with the permissions a plain mkdir would give."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out_dir))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700
+    return tmp
+
+
+def commit_folder(tmp: Path, final: Path, overwrite: bool) -> Path:
+    """Rename the finished temporary folder into place. Without ``overwrite`` an existing folder is kept
+    and the next free name ``<name>-2``, ... is used; returns the final path."""
+    if overwrite and final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old-", dir=final.parent))
+        os.rename(final, old / final.name)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+        return final
+    candidate, k = final, 1
+    while True:
+        if not candidate.exists():
+            try:
+                os.rename(tmp, candidate)
+                return candidate
+            except OSError as exc:  # someone created it meanwhile (ENOTEMPTY/EEXIST): next name
+                if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise
+        k += 1
+        candidate = final.with_name(f"{final.name}-{k}")
+
+
+def discard(tmp: Path) -> None:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray, uv_faces: np.ndarray,
+              texture_file: str = "texture.png") -> tuple[Path, Path]:
+    """``mesh.obj`` (v, vt, f v/vt, 1-based) referencing ``mesh.mtl`` whose diffuse map is ``texture_file``."""
+    v = np.asarray(vertices, np.float64)
+    vt = np.asarray(uv_coords, np.float64)
+    f = np.asarray(faces, np.int64) + 1
+    ft = np.asarray(uv_faces, np.int64) + 1
+    lines = [f"# deca-blender reconstruction: {len(v)} vertices, {len(f)} faces (FLAME space, metres)",
+             f"mtllib {MTL_FILE}", "o face"]
+    lines += [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in v.tolist()]
+    lines += [f"vt {a:.7g} {b:.7g}" for a, b in vt.tolist()]
+    lines.append(f"usemtl {MATERIAL_NAME}")
+    lines.append("s 1")
+    lines += [f"f {a}/{d} {b}/{e} {c}/{g}" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())]
+    obj = ("\n".join(lines) + "\n").encode()
+    mtl = (f"# deca-blender material\nnewmtl {MATERIAL_NAME}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
+           f"map_Kd {texture_file}\n").encode()
+    obj_path, mtl_path = folder / MESH_FILE, folder / MTL_FILE
+    atomic_write_bytes(obj_path, lambda fh: fh.write(obj))
+    atomic_write_bytes(mtl_path, lambda fh: fh.write(mtl))
+    return obj_path, mtl_path
+
+
+def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Read back what `write_obj` writes: vertices, uv_coords, faces, uv_faces (0-based)."""
+    v, vt, f, ft = [], [], [], []
+    for line in Path(path).read_text().splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        if parts[0] == "v":
+            v.append([float(x) for x in parts[1:4]])
+        elif parts[0] == "vt":
+            vt.append([float(x) for x in parts[1:3]])
+        elif parts[0] == "f":
+            corners = [p.split("/") for p in parts[1:4]]
+            f.append([int(c[0]) - 1 for c in corners])
+            ft.append([int(c[1]) - 1 for c in corners])
+    return np.array(v), np.array(vt), np.array(f, np.int64), np.array(ft, np.int64)
+
+
+def encode_png(array: np.ndarray, bits: int = 8, compress_level: int = 3) -> bytes:
+    """PNG bytes of a float image in [0, 1] ((H, W), (H, W, 3) or (H, W, 4)) or of integers (uint8, or uint16
+    for a 16-bit grayscale image). Files inside a result folder are written with this (a faster zlib level
+    than Pillow's default; the folder as a whole is committed atomically)."""
+    import io
+
+    from PIL import Image
+
+    a = np.asarray(array)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if np.issubdtype(a.dtype, np.floating):
+        if not np.isfinite(a).all():
+            raise ValueError("image contains NaN or infinity")
+        a = np.rint(np.clip(a.astype(np.float64), 0.0, 1.0) * (255 if bits == 8 else 65535))
+    if bits == 16:
+        if a.ndim != 2:
+            raise ValueError(f"16-bit PNGs are grayscale only, got shape {a.shape}")
+        q = np.ascontiguousarray(a, dtype="<u2")
+        img = Image.frombuffer("I;16", (q.shape[1], q.shape[0]), q.tobytes(), "raw", "I;16", 0, 1)
+    else:
+        img = Image.fromarray(np.ascontiguousarray(a, dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
+
+
+def write_bytes(path: Path, data: bytes) -> Path:
+    """Plain write (inside a temporary result folder, which is committed as a whole)."""
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
