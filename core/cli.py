@@ -11,6 +11,8 @@ COMMAND_MODULES = (
     "core.assets.commands",
     "deca_blender.commands",
     "core.pipeline.commands",
+    "core.fitting.commands",
+    "core.evaluation.commands",
 )
 
 
