@@ -188,27 +188,39 @@ class Worker:
         self._reconstructors.clear()  # new assets: rebuild on the next reconstruct
         return {"notes": notes, "status": status_as_json(m)}
 
-    def _reconstructor(self, home: str | None, device: str, landmarks: str):
-        key = (home, device, landmarks)
+    def _reconstructor(self, home: str | None, device: str, landmarks: str, mode: str = "deca"):
+        """DECA's `Reconstructor` for mode 'deca', the `Fitter` for 'fit' and 'deca+fit' (kept warm)."""
+        key = (home, device, landmarks, mode)
         if key not in self._reconstructors:
             if importlib.util.find_spec(PIPELINE_MODULE) is None:
                 raise ImportError(f"this deca-blender has no reconstruction pipeline ({PIPELINE_MODULE} is missing)")
-            from core.pipeline.reconstruct import Reconstructor
+            if mode == "deca":
+                from core.pipeline.reconstruct import Reconstructor
 
-            self._reconstructors[key] = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
+                self._reconstructors[key] = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
+            else:
+                from core.fitting.fitter import Fitter
+
+                self._reconstructors[key] = Fitter(self._manager(home), device=device, landmarks=landmarks, mode=mode)
         return self._reconstructors[key]
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
-                        device: str = "auto", landmarks: str = "auto") -> dict:
+                        device: str = "auto", landmarks: str = "auto", mode: str = "deca") -> dict:
         if not Path(photo).is_file():
             raise FileNotFoundError(f"photo not found: {photo}")
+        if mode not in ("deca", "fit", "deca+fit"):
+            raise ValueError(f"unknown reconstruction mode {mode!r}: use deca, fit or deca+fit")
         self.progress(rid, 0.0, "loading the models")
-        rec = self._reconstructor(home, device, landmarks)
+        rec = self._reconstructor(home, device, landmarks, mode)
         if hasattr(rec, "reset_timings"):
             rec.reset_timings()
-        self.progress(rid, 0.05, "reconstructing")
+        self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
         t = time.perf_counter()
-        folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces, progress=self._progress_callback(rid, 0.05, 1.0))
+        if mode == "deca":
+            folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces,
+                                            progress=self._progress_callback(rid, 0.05, 1.0))
+        else:
+            folders = rec.fit_photo(photo, out_dir, all_faces=all_faces)
         return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t,
                 "timings": dict(getattr(rec, "timings", {}) or {})}
 

@@ -37,6 +37,14 @@ class DecaPreferences(bpy.types.AddonPreferences):
                ("dlib", "dlib", "dlib's 68-point predictor (fast on the CPU)")),
         default="auto",
     )
+    mode: EnumProperty(
+        name="Reconstruction",
+        items=(("deca", "DECA", "DECA's regressor (needs deca_model.tar): fast, animatable wrinkles"),
+               ("fit", "Fit (FLAME only)", "Analysis by synthesis with FLAME alone (no DECA checkpoint needed); "
+                "static details from shading"),
+               ("deca+fit", "DECA + Fit", "Start from DECA's regressor and refine by fitting")),
+        default="deca",
+    )
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH",
                                description="Where reconstructions are written (empty: the extension's user folder)")
     asset_home: StringProperty(name="Asset Folder", subtype="DIR_PATH",
@@ -99,6 +107,7 @@ class DecaPreferences(bpy.types.AddonPreferences):
         row.operator("deca.stop_worker", text="Stop Worker", icon="CANCEL")
         box.prop(self, "device")
         box.prop(self, "landmarks")
+        box.prop(self, "mode")
 
         box = layout.box()
         box.label(text="Import", icon="OUTLINER_OB_ARMATURE")
@@ -114,6 +123,7 @@ class _Defaults:
     external_python = ""
     device = "auto"
     landmarks = "auto"
+    mode = "deca"
     output_dir = ""
     asset_home = ""
     all_expressions = False

@@ -151,6 +151,13 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         with pytest.raises(WorkerError) as exc:
             c.call("decode_displacement", timeout=60, result=str(folders[0]), exp=[0.0] * 10, jaw=[0.0] * 3)
         assert "50 expression" in str(exc.value)
+        # The same photo in fit mode (FLAME only): a result folder whose details are marked not animatable.
+        fit = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(tmp_path / "fit"), mode="fit")
+        fitted = ReconstructionResult.load(fit["results"][0])
+        assert fitted.mode == "fit" and fitted.animatable_detail is False
+        assert fitted.vertices.shape == (5023, 3)
+        with pytest.raises(WorkerError, match="unknown reconstruction mode"):
+            c.call("reconstruct", timeout=60, photo=str(photo), out_dir=str(tmp_path / "x"), mode="magic")
     finally:
         c.stop()
 

@@ -114,7 +114,7 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
                 out = output_dir(prefs) / "expressions"
                 data = yield worker_client(context).request(
                     "reconstruct", photo=str(src), out_dir=str(out), all_faces=False,
-                    device=prefs.device, landmarks=prefs.landmarks)
+                    device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode)
                 results = data.get("results", [])
                 if not results:
                     raise ValueError(f"no face found in {src}")

@@ -122,7 +122,7 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         out = Path(bpy.path.abspath(self.output_dir)) if self.output_dir else output_dir(prefs)
         client = worker_client(context)
         data = yield client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
-                                    device=prefs.device, landmarks=prefs.landmarks)
+                                    device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode)
         folders = [Path(p) for p in data.get("results", [])]
         if not folders:
             raise ValueError(f"no face found in {photo}")
