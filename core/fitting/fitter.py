@@ -32,6 +32,7 @@ from core.fitting.landmark_fit import CROP_SIZE, LandmarkFitConfig, LandmarkFitI
 from core.fitting.photometric_fit import PhotometricFitConfig, PhotometricFitInfo, fit_photometric
 from core.frontend import CropTransform, crop_from_landmarks, detect_faces, get_detector, read_image, warp_image
 from core.frontend.landmarks import FaceDetection, LandmarkDetector
+from core.pipeline.reconstruct import resolve_device
 
 MODES = ("fit", "deca+fit")
 # Landmark noise (pixels of the 224 crop) by detector: the landmark energy weighs each face by 1 / sigma^2.
@@ -90,18 +91,6 @@ class FitSummary:
                 "failed": [f.__dict__ for f in self.failed], "seconds": self.seconds}
 
 
-def _resolve_device(device) -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    name = (device or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("a CUDA device was asked for, but torch sees none here (use auto or cpu)")
-    return dev
-
-
 class Fitter:
     """Analysis-by-synthesis fitting of FLAME to photos (see the module docstring).
 
@@ -125,7 +114,7 @@ class Fitter:
         if mode not in MODES:
             raise ValueError(f"unknown fitting mode {mode!r}: use one of {MODES}")
         self.mode = mode
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.manager = assets
         self.reconstructor = reconstructor
         if mode == "deca+fit" and reconstructor is None:
