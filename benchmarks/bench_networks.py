@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from core.networks import DecaNetworks, build_deca_networks  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "networks.json"
@@ -41,16 +41,6 @@ class _Pipeline(torch.nn.Module):
         detail = self.nets.E_detail(images)
         z = torch.cat([params[:, 203:206], params[:, 150:200], detail], dim=1)  # jaw, exp, detail
         return params, detail, self.nets.D_detail(z)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _time(fn, images, repeats: int, warmup: int) -> list[float]:
@@ -127,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "what": "E_flame + E_detail + D_detail forward, random weights, eval, inference_mode, 224x224",
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "loadavg_at_start": load,
         "repeats": args.repeats,

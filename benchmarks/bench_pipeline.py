@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -36,6 +35,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.machine import cpu_name  # noqa: E402
 from core.networks import build_deca_networks  # noqa: E402
 from core.pipeline import wrinkles as wr  # noqa: E402
 from core.pipeline.face_model import FaceAssets  # noqa: E402
@@ -51,16 +51,6 @@ TARGETS = {"cpu": {"photo_to_folder_s": 1.5, "batched_forward_photos_per_s": 8.0
 
 def _shared() -> Path:
     return Path(os.environ.get("DECA_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def _peak_rss_gb() -> float:
@@ -191,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     report = {
         "what": "photo -> result folder with the TEST FLAME model and random weights; model loading excluded",
-        "torch": torch.__version__, "threads": args.threads, "cpu": _cpu_name(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "repeats": args.repeats,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "note": "shared machine: numbers are noisy; compare the load averages",

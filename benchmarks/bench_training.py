@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,20 +27,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.machine import cpu_name  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "training.json"
 
 #: identities x images per batch of each stage (per process); DECA: pretrain 64 x 1, coarse 8 x 4, detail 2 x 3
 BATCH = {"pretrain": (8, 1), "coarse": (2, 4), "detail": (2, 3)}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main(argv=None) -> int:
@@ -105,7 +96,7 @@ def main(argv=None) -> int:
 
     entry = {
         "device": str(device) if device.type == "cpu" else torch.cuda.get_device_name(device),
-        "device_type": device.type, "threads": args.threads, "torch": torch.__version__, "cpu": _cpu_name(),
+        "device_type": device.type, "threads": args.threads, "torch": torch.__version__, "cpu": cpu_name(),
         "cpu_count": os.cpu_count(), "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "amp": args.amp, "model": "test model (FLAME topology)", "date": time.strftime("%Y-%m-%d %H:%M"),
         "results": results,
