@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+from core.pipeline.commands import EXIT_OK, EXIT_SOME_FAILED, photos_and_output, usage_error
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -50,11 +50,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.set_defaults(func=cmd_fit)
 
 
-def _error(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
-
-
 def build_fitter(args: argparse.Namespace, mode: str = "fit"):
     """A `Fitter` from parsed options (or an exit code, the message printed)."""
     from core.assets import AssetError, AssetManager
@@ -65,7 +60,7 @@ def build_fitter(args: argparse.Namespace, mode: str = "fit"):
     pcfg = PhotometricFitConfig()
     if getattr(args, "iterations", None) is not None:
         if args.iterations < 0:
-            return _error("--iterations must be >= 0")
+            return usage_error("--iterations must be >= 0")
         pcfg.iterations = args.iterations
     try:
         manager = AssetManager(args.home) if getattr(args, "home", None) else AssetManager()
@@ -73,23 +68,18 @@ def build_fitter(args: argparse.Namespace, mode: str = "fit"):
                         photometric=not args.no_photometric)
         fitter.detector  # fail now, not on the first photo
     except (AssetError, DetectorUnavailableError, ValueError) as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     except Exception as exc:  # e.g. a checkpoint error in deca+fit
-        return _error(f"{type(exc).__name__}: {exc}")
+        return usage_error(f"{type(exc).__name__}: {exc}")
     return fitter
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from core.pipeline.reconstruct import collect_photos
-    from core.pipeline.writing import OutputDirError, check_output_dir
+    from core.pipeline.writing import OutputDirError
 
-    photos = collect_photos(args.photos)
-    if not photos:
-        return _error("no photos found in " + ", ".join(args.photos))
-    try:
-        check_output_dir(args.out)
-    except OutputDirError as exc:
-        return _error(str(exc))
+    photos = photos_and_output(args.photos, args.out)
+    if isinstance(photos, int):
+        return photos
     fitter = build_fitter(args, args.mode)
     if isinstance(fitter, int):
         return fitter
@@ -97,7 +87,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         summary = fitter.fit_photos(photos, args.out, same_person=args.same_person, all_faces=args.all_faces,
                                     overwrite=args.overwrite)
     except OutputDirError as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     else:

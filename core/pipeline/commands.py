@@ -53,9 +53,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_animate)
 
 
-def _error(msg: str) -> int:
+def usage_error(msg: str) -> int:
     print(f"error: {msg}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos"):
+    """The photos named by files/folders and a checked output folder, or the usage exit code after
+    printing why. Shared by reconstruct, animate and fit, so each fails the same way before any work."""
+    from core.pipeline.reconstruct import collect_photos
+    from core.pipeline.writing import OutputDirError, check_output_dir
+
+    photos = collect_photos(inputs)
+    if not photos:
+        return usage_error(f"no {what} found in " + ", ".join(inputs))
+    try:
+        check_output_dir(out_dir)
+    except OutputDirError as exc:
+        return usage_error(str(exc))
+    return photos
 
 
 def _build(args: argparse.Namespace):
@@ -67,11 +83,11 @@ def _build(args: argparse.Namespace):
     from core.pipeline.reconstruct import Reconstructor, resolve_device
 
     if args.batch_size < 1:
-        return _error("--batch-size must be at least 1")
+        return usage_error("--batch-size must be at least 1")
     try:
         device = resolve_device(args.device)
     except (ValueError, RuntimeError) as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     try:
         manager = AssetManager(args.home) if args.home else AssetManager()
         rec = Reconstructor(manager, device=device, landmarks=args.landmarks,
@@ -79,9 +95,9 @@ def _build(args: argparse.Namespace):
                             wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16)
         rec.detector  # fail now, not on the first photo
     except (AssetError, CheckpointError, DetectorUnavailableError) as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     except ValueError as exc:  # FlameModelError, TemplateError, ...: a damaged asset
-        return _error(str(exc))
+        return usage_error(str(exc))
     return rec
 
 
@@ -106,16 +122,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if getattr(args, "mode", "deca") != "deca":  # the fitting modes live in core.fitting
         from core.fitting.commands import cmd_fit
         return cmd_fit(args)
-    from core.pipeline.reconstruct import OutputDirError, collect_photos
-    from core.pipeline.writing import check_output_dir
+    from core.pipeline.reconstruct import OutputDirError
 
-    photos = collect_photos(args.photos)
-    if not photos:
-        return _error("no photos found in " + ", ".join(args.photos))
-    try:
-        check_output_dir(args.out)
-    except OutputDirError as exc:
-        return _error(str(exc))
+    photos = photos_and_output(args.photos, args.out)
+    if isinstance(photos, int):
+        return photos
     rec = _build(args)
     if isinstance(rec, int):
         return rec
@@ -124,7 +135,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         summary = rec.reconstruct_many(photos, args.out, batch_size=args.batch_size, all_faces=args.all_faces,
                                        progress=update, overwrite=args.overwrite)
     except OutputDirError as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     finally:
         if bar is not None:
             bar.close()
@@ -144,16 +155,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 def cmd_animate(args: argparse.Namespace) -> int:
     from core.frontend import ImageReadError, NoFaceError
-    from core.pipeline.reconstruct import OutputDirError, collect_photos
-    from core.pipeline.writing import check_output_dir
+    from core.pipeline.reconstruct import OutputDirError
 
-    expressions = collect_photos(args.expressions)
-    if not expressions:
-        return _error("no expression photos found in " + ", ".join(args.expressions))
-    try:
-        check_output_dir(args.out)
-    except OutputDirError as exc:
-        return _error(str(exc))
+    expressions = photos_and_output(args.expressions, args.out, "expression photos")
+    if isinstance(expressions, int):
+        return expressions
     rec = _build(args)
     if isinstance(rec, int):
         return rec
@@ -165,7 +171,7 @@ def cmd_animate(args: argparse.Namespace) -> int:
         print(f"error: the identity photo: {exc}", file=sys.stderr)
         return EXIT_SOME_FAILED
     except OutputDirError as exc:
-        return _error(str(exc))
+        return usage_error(str(exc))
     finally:
         if bar is not None:
             bar.close()

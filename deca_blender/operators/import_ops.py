@@ -40,10 +40,23 @@ def import_folders(context, folders, all_expressions: bool, use_head_pose: bool)
 
 
 class _ImportOptionsMixin:
+    """Options, poll and file browser shared by Import Result and Import Photo."""
+
     all_expressions: BoolProperty(name="All Expression Keys", default=False,
                                   description="Create every expression component the result holds (100 when present)")
     use_head_pose: BoolProperty(name="Head Pose from Photo", default=False,
                                 description="Rotate the root bone to the head's pose in the photo")
+
+    @classmethod
+    def poll(cls, context):
+        return _poll_object_mode(context)
+
+    def invoke(self, context, event):
+        from ..preferences import get_prefs
+
+        self.all_expressions = get_prefs(context).all_expressions
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
 
 
 def _poll_object_mode(context) -> bool:
@@ -60,17 +73,6 @@ class DECA_OT_import_result(_ImportOptionsMixin, bpy.types.Operator):
     filepath: StringProperty(name="File Path", subtype="FILE_PATH", description="result.npz or a result folder")
     directory: StringProperty(name="Directory", subtype="DIR_PATH", options={"HIDDEN", "SKIP_SAVE"})
     filter_glob: StringProperty(default="result.npz", options={"HIDDEN"})
-
-    @classmethod
-    def poll(cls, context):
-        return _poll_object_mode(context)
-
-    def invoke(self, context, event):
-        from ..preferences import get_prefs
-
-        self.all_expressions = get_prefs(context).all_expressions
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def execute(self, context):
         path = self.filepath or self.directory
@@ -100,17 +102,6 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
     all_faces: BoolProperty(name="All Faces", default=False, description="One head per face found (else the largest)")
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="",
                                description="Where the result folders go (empty: the preferences' output folder)")
-
-    @classmethod
-    def poll(cls, context):
-        return _poll_object_mode(context)
-
-    def invoke(self, context, event):
-        from ..preferences import get_prefs
-
-        self.all_expressions = get_prefs(context).all_expressions
-        context.window_manager.fileselect_add(self)
-        return {"RUNNING_MODAL"}
 
     def task(self, context):
         from ..preferences import get_prefs, output_dir, worker_client
