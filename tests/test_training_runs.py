@@ -203,18 +203,31 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(face, coarse_data, tmp
 
 def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_data, tmp_path, test_flame_pkl,
                                                                  deca_data_dir):
+    """DDP averages the two half-batch gradients into the full-batch gradient.
+
+    What is compared, and why: the loss terms of every step, and the gradient of the first step as Adam's
+    first moment (``exp_avg = (1 - beta1) * g`` after one step, exactly linear in the gradient). The weights
+    themselves are NOT compared: Adam divides each gradient element by its own magnitude, so an element
+    whose gradient is at float-rounding level (dead ReLUs, near-zero paths) moves by a full +-lr whose sign
+    is that rounding noise. Summing two half batches rounds differently from one full batch, so those
+    elements flip at random and the relative update difference sat at 1.1e-2 (against a 1e-2 bound) on an
+    EPYC machine, deterministically, while another machine's kernels gave less: a comparison that float
+    noise decides. The gradient itself agrees to 3.3e-5 relative there: the losses agree to ~1e-6 (oneDNN
+    picks other conv kernels for a batch of 2 than of 4) and the last layer's gradient, a sum of per-image
+    terms that largely cancel, amplifies that about 30x. A wrong reduction (a sum, or one rank's gradient)
+    is off by 0.3 or more, so the bound sits 30x above the noise and 300x below a real fault.
+    """
     import yaml
 
-    from core.networks import load_deca_checkpoint
-    from training.trainer import train
+    from training.config import config_to_dict
+    from training.trainer import read_training_checkpoint, train
 
     root = coarse_data[0]
     steps = 3
-    common = {"model__flame": str(test_flame_pkl), "model__data_dir": str(deca_data_dir)}
-    single = train(_cfg(tmp_path / "single", root, steps=steps, **common), face=face)
+    common = {"model__flame": str(test_flame_pkl), "model__data_dir": str(deca_data_dir),
+              "train__checkpoint_every": 1, "train__keep_checkpoints": steps}
+    train(_cfg(tmp_path / "single", root, steps=steps, **common), face=face)
     cfg = _cfg(tmp_path / "ddp", root, steps=steps, data__identities_per_batch=1, **common)
-    from training.config import config_to_dict
-
     path = tmp_path / "ddp.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -229,25 +242,25 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     for ra, rb in zip(a, b):
         for k in ("loss", "lmk", "eye", "pho", "sc"):
             assert rb[k] == pytest.approx(ra[k], rel=2e-4, abs=1e-7), (k, ra["step"], ra[k], rb[k])
-    # the weight updates agree (Adam amplifies float noise on individual near-zero-gradient weights,
-    # so compare the updates as a whole and per tensor)
-    start = train(_cfg(tmp_path / "start", root, steps=0), face=face)
-    s0 = load_deca_checkpoint(start.exported).E_flame.state_dict()
-    na = load_deca_checkpoint(single.exported).E_flame.state_dict()
-    nb = load_deca_checkpoint(tmp_path / "ddp" / "deca_model.tar").E_flame.state_dict()
-    num = den = 0.0
-    worst = 0.0
-    for k in s0:
-        da, db = na[k].double() - s0[k].double(), nb[k].double() - s0[k].double()
-        if float(da.abs().max()) == 0.0:
-            assert float(db.abs().max()) == 0.0, k  # frozen in both
-            continue
-        num += float((da - db).pow(2).sum())
-        den += float(da.pow(2).sum())
-        worst = max(worst, float((da - db).norm() / da.norm()))
+
+    # the first step's averaged gradient, read from Adam's state in each run's step-1 checkpoint
+    def first_moments(out: Path) -> dict[int, torch.Tensor]:
+        ckpt = read_training_checkpoint(out / "checkpoints" / "step_0000001.pt")
+        return {i: st["exp_avg"].double() for i, st in ckpt["optimizer"]["state"].items()}
+
+    ga, gb = first_moments(tmp_path / "single"), first_moments(tmp_path / "ddp")
+    assert ga.keys() == gb.keys() and len(ga) > 0
+    num = sum(float((ga[i] - gb[i]).pow(2).sum()) for i in ga)
+    den = sum(float(ga[i].pow(2).sum()) for i in ga)
+    assert den > 0, "the first step had no gradient at all"
     rel = (num / den) ** 0.5
-    print(f"torchrun vs single process: relative difference of the weight updates {rel:.2e} (worst tensor {worst:.2e})")
-    assert rel < 1e-2 and worst < 5e-2, (rel, worst)
+    # per tensor, relative to the whole gradient's scale (a tensor whose gradient is itself rounding noise
+    # has no meaningful relative error of its own)
+    scale = den ** 0.5
+    worst = max(float((ga[i] - gb[i]).norm()) for i in ga) / scale
+    print(f"torchrun vs single process: relative difference of the first gradient {rel:.2e} "
+          f"(worst tensor {worst:.2e} of the gradient norm)")
+    assert rel < 1e-3 and worst < 1e-3, (rel, worst)
 
 
 # ------------------------------------------------------------------------------------------------ detail
