@@ -10,8 +10,8 @@ import sys
 COMMAND_MODULES = (
     "core.assets.commands",
     "deca_blender.commands",
-    "core.pipeline.commands",
-    "core.fitting.commands",
+    "core.commands.reconstruct",
+    "core.commands.fit",
     "core.evaluation.commands",
 )
 

@@ -229,7 +229,7 @@ class Worker:
         import numpy as np
 
         from core.atomic import atomic_write_bytes
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
 
         exp_a = np.asarray(exp, np.float32).ravel()
         jaw_a = np.asarray(jaw, np.float32).ravel()

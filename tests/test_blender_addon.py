@@ -59,7 +59,7 @@ def test_blender_build_extension_zip(tmp_path):
     assert len(zips) == 1
     names = zipfile.ZipFile(zips[0]).namelist()
     assert "blender_manifest.toml" in names and "__init__.py" in names
-    for required in ("core/__init__.py", "core/pipeline/result.py", "core/worker.py", "scene/head.py", "worker_client.py"):
+    for required in ("core/__init__.py", "core/results/result.py", "core/worker.py", "scene/head.py", "worker_client.py"):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "training/", "deca_blender/"))]
@@ -87,7 +87,7 @@ def run(tmp_path_factory, test_flame, test_flame_pkl, deca_data_dir, random_deca
     sys.path.insert(0, str(REPO / "tests"))
     from blender_fixtures import build_result_folder
 
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
     from deca_blender.packaging import build_extension
 
     root = tmp_path_factory.mktemp("blender")

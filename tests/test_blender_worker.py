@@ -124,7 +124,7 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
     displacement. DECA's checkpoint is licensed and absent here: the TEST model and random networks."""
     import numpy as np
 
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),),
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),),

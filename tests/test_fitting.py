@@ -62,14 +62,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def face_assets(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets
+    from core.model.face_model import FaceAssets
 
     return FaceAssets.from_paths(test_flame_pkl, deca_data_dir)
 
 
 @pytest.fixture(scope="module")
 def face_model(face_assets):
-    from core.pipeline.face_model import FaceModel
+    from core.model.face_model import FaceModel
 
     return FaceModel(face_assets).eval()
 
@@ -161,7 +161,7 @@ def test_accuracy_on_synthetic_faces_with_ground_truth_landmarks(fitter, face_mo
 
 def test_real_photo_gives_a_complete_result_folder(fitter, photos_dir, deca_data_dir, tmp_path):
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
@@ -205,7 +205,7 @@ def test_same_person_fitting_shares_one_shape(fitter, synthetic):
 def test_fit_command_same_person_on_real_photos(tmp_path, tmp_path_factory, test_flame_pkl, deca_data_dir, photos_dir):
     from core.cli import main
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
@@ -237,7 +237,7 @@ def test_reconstruct_mode_fit_delegates_to_the_fitter(tmp_path, tmp_path_factory
                                                       photos_dir):
     from core.cli import main
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
@@ -260,7 +260,7 @@ def test_deca_plus_fit_refines_the_regressor_and_keeps_animatable_details(tmp_pa
     detail decoder makes the details animatable (its weights are random: plumbing, not quality)."""
     from core.fitting.fitter import Fitter
     from core.pipeline.reconstruct import Reconstructor
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
     from test_pipeline_support import oracle_networks
 
     gt, image, path = synthetic[2]  # frontal

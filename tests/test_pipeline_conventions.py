@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from core.frontend import crop_from_landmarks, write_png
-from core.pipeline.face_model import FaceAssets, FaceModel
+from core.model.face_model import FaceAssets, FaceModel
 from core.pipeline.reconstruct import Reconstructor, network_ndc_to_photo_pixels
-from core.pipeline.result import ReconstructionResult
+from core.results.result import ReconstructionResult
 from test_pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
                                    oracle_networks, uv_pattern)
 

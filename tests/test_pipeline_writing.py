@@ -9,7 +9,7 @@ import pytest
 
 from core.frontend import read_png16, write_png
 from core.pipeline import textures as tx
-from core.pipeline import writing
+from core.results import writing
 
 
 def test_folder_names_never_replace_existing_results(tmp_path):

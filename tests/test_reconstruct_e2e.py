@@ -23,8 +23,8 @@ from core.frontend import read_png16
 from core.networks import CheckpointError, build_deca_networks
 from core.pipeline import textures as tx
 from core.pipeline.reconstruct import OUTPUT_FILES, Reconstructor
-from core.pipeline.result import ReconstructionResult
-from core.pipeline.writing import read_obj
+from core.results.result import ReconstructionResult
+from core.results.writing import read_obj
 from test_pipeline_support import random_checkpoint_home
 
 WRINKLE = dict(wrinkle_samples=16, wrinkle_holdout=4)
@@ -257,7 +257,7 @@ def test_the_pipeline_package_and_result_stay_free_of_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import core.pipeline, core.pipeline.result, core.pipeline.commands; "
+    code = ("import sys; import core.pipeline, core.results.result, core.commands.reconstruct; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.pipeline.result import RESULT_FILE, ReconstructionResult, ResultError, WrinkleModel
-from core.pipeline.rig import build_rig
+from core.results.result import RESULT_FILE, ReconstructionResult, ResultError, WrinkleModel
+from core.results.rig import build_rig
 from core.testmodels.procedural_head import build_procedural_head
 
 

@@ -106,7 +106,7 @@ def test_model_assets():
     import tempfile
     from pathlib import Path
 
-    from core.pipeline.face_model import FaceAssets
+    from core.model.face_model import FaceAssets
     from core.testmodels.synthetic_flame import write_test_flame
 
     shared = Path(os.environ.get("DECA_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
@@ -122,7 +122,7 @@ def test_model_assets():
 
 def cmd_synth(args: argparse.Namespace) -> int:
     from core.evaluation.synthetic import SyntheticConfig, SyntheticGenerator
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
 
     try:
         sizes = parse_sizes(args.sizes)

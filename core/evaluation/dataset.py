@@ -128,7 +128,7 @@ def load_prediction(path: Path, geometry: str, embedding=None) -> tuple[np.ndarr
     """(vertices, faces, 7 landmarks) of one prediction (a result folder or an .obj with .npy)."""
     path = Path(path)
     if path.is_dir():
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
 
         r = ReconstructionResult.load(path)
         verts = r.rig_template if geometry == "neutral" else r.vertices

@@ -175,7 +175,7 @@ class SyntheticFace:
 
 
 class SyntheticGenerator:
-    """Renders synthetic faces of `face_model` (a `core.pipeline.face_model.FaceModel`)."""
+    """Renders synthetic faces of `face_model` (a `core.model.face_model.FaceModel`)."""
 
     def __init__(self, face_model, config: SyntheticConfig | None = None, photos_dir: str | Path | None = None,
                  flame_description: str = "") -> None:

@@ -109,7 +109,7 @@ class Fitter:
                  landmark_config: LandmarkFitConfig | None = None,
                  photometric_config: PhotometricFitConfig | None = None, photometric: bool = True,
                  landmark_sigma_px: dict[str, float] | None = None) -> None:
-        from core.pipeline.face_model import FaceAssets, FaceModel
+        from core.model.face_model import FaceAssets, FaceModel
 
         if mode not in MODES:
             raise ValueError(f"unknown fitting mode {mode!r}: use one of {MODES}")
@@ -172,7 +172,7 @@ class Fitter:
 
     def _regressor_init(self, source: str, face_index: int) -> tuple[FitCodes, np.ndarray] | None:
         """DECA's codes for one face of a photo (through the reconstructor's public API)."""
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
 
         with tempfile.TemporaryDirectory(prefix="deca-fit-init-") as tmp:
             folders = self.reconstructor.reconstruct_photo(source, tmp, all_faces=face_index > 0)
@@ -278,7 +278,7 @@ class Fitter:
 
         With `same_person` the largest face of every photo is fitted jointly with one shared shape."""
         from core.fitting.writer import write_fit_result
-        from core.pipeline import writing
+        from core.results import writing
         from core.pipeline.reconstruct import collect_photos
 
         t_start = time.perf_counter()

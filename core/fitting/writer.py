@@ -27,9 +27,9 @@ from core.fitting.detail import displacement_from_shading, placeholder_wrinkles
 from core.flame.lbs import axis_angle_to_matrix
 from core.frontend import warp_image
 from core.pipeline import textures as tx
-from core.pipeline import writing
-from core.pipeline.result import ReconstructionResult
-from core.pipeline.rig import build_rig
+from core.results import writing
+from core.results.result import ReconstructionResult
+from core.results.rig import build_rig
 
 TEXTURE_SIZE = 512
 _C0 = 1.0 / math.sqrt(4 * math.pi)

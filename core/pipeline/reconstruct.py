@@ -51,10 +51,10 @@ from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.pipeline import textures as tx
 from core.pipeline import wrinkles as wr
-from core.pipeline import writing
-from core.pipeline.face_model import FaceAssets, FaceModel
-from core.pipeline.result import ReconstructionResult, WrinkleModel
-from core.pipeline.rig import build_rig
+from core.results import writing
+from core.model.face_model import FaceAssets, FaceModel
+from core.results.result import ReconstructionResult, WrinkleModel
+from core.results.rig import build_rig
 
 __all__ = [
     "Reconstructor", "ReconstructionSummary", "FaceOutcome", "PhotoFailure", "AnimationSummary",

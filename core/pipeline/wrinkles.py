@@ -44,7 +44,7 @@ from typing import Callable
 
 import numpy as np
 
-from core.pipeline.result import WrinkleModel
+from core.results.result import WrinkleModel
 
 N_EXP, N_JAW = 50, 3
 N_INPUT = N_EXP + N_JAW

@@ -33,7 +33,7 @@ class ImportOptions:
 
 def load_result(folder: str | Path):
     """ReconstructionResult of a folder (or result.npz), with the rig's shapes checked. Raises ResultError."""
-    from core.pipeline.result import ReconstructionResult, ResultError
+    from core.results.result import ReconstructionResult, ResultError
 
     result = ReconstructionResult.load(folder)
     V = result.rig_template.shape[0] if result.rig_template.ndim == 2 else -1

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("photos", nargs="+", metavar="PHOTO_OR_FOLDER")
     _common(r)
     r.add_argument("--all-faces", action="store_true", help="reconstruct every face (default: the largest)")
-    from core.fitting.commands import add_mode_options  # --mode fit|deca+fit, --same-person (core.fitting)
+    from core.commands.fit import add_mode_options  # --mode fit|deca+fit, --same-person (core.fitting)
     add_mode_options(r)
     r.set_defaults(func=cmd_reconstruct)
 
@@ -62,7 +62,7 @@ def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos"):
     """The photos named by files/folders and a checked output folder, or the usage exit code after
     printing why. Shared by reconstruct, animate and fit, so each fails the same way before any work."""
     from core.pipeline.reconstruct import collect_photos
-    from core.pipeline.writing import OutputDirError, check_output_dir
+    from core.results.writing import OutputDirError, check_output_dir
 
     photos = collect_photos(inputs)
     if not photos:
@@ -120,7 +120,7 @@ def _progress_bar(total: int, enabled: bool):
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     if getattr(args, "mode", "deca") != "deca":  # the fitting modes live in core.fitting
-        from core.fitting.commands import cmd_fit
+        from core.commands.fit import cmd_fit
         return cmd_fit(args)
     from core.pipeline.reconstruct import OutputDirError
 

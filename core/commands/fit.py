@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from core.pipeline.commands import EXIT_OK, EXIT_SOME_FAILED, photos_and_output, usage_error
+from core.commands.reconstruct import EXIT_OK, EXIT_SOME_FAILED, photos_and_output, usage_error
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -75,7 +75,7 @@ def build_fitter(args: argparse.Namespace, mode: str = "fit"):
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
-    from core.pipeline.writing import OutputDirError
+    from core.results.writing import OutputDirError
 
     photos = photos_and_output(args.photos, args.out)
     if isinstance(photos, int):
