@@ -21,7 +21,7 @@ from core.assets import AssetManager, MissingAssetError
 from core.cli import main as cli_main
 from core.frontend import read_png16
 from core.networks import CheckpointError, build_deca_networks
-from core.pipeline import textures as tx
+from core.results import encodings as enc
 from core.pipeline.reconstruct import OUTPUT_FILES, Reconstructor
 from core.results.result import ReconstructionResult
 from core.results.writing import read_obj
@@ -140,7 +140,7 @@ def test_every_photo_gives_a_complete_result_folder(batch, real_photos, extras):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(t))  # no texture space installed
         q = read_png16(folder / "displacement.png")
         assert q.shape == (256, 256) and q.dtype == np.uint16
-        back = tx.decode_displacement_png(q, res.displacement_scale)
+        back = enc.decode_displacement_png(q, res.displacement_scale)
         assert np.abs(back - res.displacement).max() <= res.displacement_scale / 65535 * 1.01
         with Image.open(folder / "detail_normals.png") as im:
             assert im.mode == "RGB" and im.size == (256, 256)

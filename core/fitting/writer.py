@@ -27,6 +27,7 @@ from core.fitting.detail import displacement_from_shading, placeholder_wrinkles
 from core.flame.lbs import axis_angle_to_matrix
 from core.frontend import warp_image
 from core.pipeline import textures as tx
+from core.results import encodings as enc
 from core.results import writing
 from core.results.result import ReconstructionResult
 from core.results.rig import build_rig
@@ -110,8 +111,8 @@ def build_outputs(fitter, fit) -> tuple[ReconstructionResult, dict]:
     a = r.alpha * 0.75
     overlay = tx.to_hwc((crop_img * (1 - a) + r.image.clamp(0, 1) * a).clamp(0, 1))
     radius = max(1.2, tcrop.size / 250)
-    tx.draw_points(overlay, tcrop.apply(fit.detection.landmarks), _GREEN, radius=radius)
-    tx.draw_points(overlay, tcrop.apply(lmk_photo), _RED, radius=radius)
+    enc.draw_points(overlay, tcrop.apply(fit.detection.landmarks), _GREEN, radius=radius)
+    enc.draw_points(overlay, tcrop.apply(lmk_photo), _RED, radius=radius)
 
     # --- the result
     np1 = lambda t: t[0].detach().float().cpu().numpy()  # noqa: E731
@@ -150,7 +151,7 @@ def build_outputs(fitter, fit) -> tuple[ReconstructionResult, dict]:
         faces=np.asarray(fitter.face_assets.flame.faces, np.int64), uv_coords=np.asarray(t.uv_coords, np.float64),
         uv_faces=np.asarray(t.uv_faces, np.int64), rig_template=rig.template, rig_expr_basis=rig.expr_basis,
         rig_posedirs=rig.posedirs, rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
-        displacement=disp, displacement_scale=tx.displacement_scale(disp), wrinkles=wrinkles,
+        displacement=disp, displacement_scale=enc.displacement_scale(disp), wrinkles=wrinkles,
         flame_model=fitter.flame_description, is_test_model=bool(fitter.face_assets.flame.is_test_model),
         animatable_detail=animatable, mode=fit.mode, extra=extra,
     )
@@ -174,8 +175,8 @@ def write_fit_result(fitter, fit, out_dir: str | Path, name: str, overwrite: boo
         writing.write_bytes(tmp / "texture.png", png(tx.to_hwc(images["texture"])))
         writing.write_bytes(tmp / "albedo.png", png(tx.to_hwc(images["albedo"])))
         writing.write_bytes(tmp / "displacement.png",
-                            png(tx.encode_displacement(result.displacement, result.displacement_scale), bits=16))
-        writing.write_bytes(tmp / "detail_normals.png", png(tx.encode_normals(images["normals_object"])))
+                            png(enc.encode_displacement(result.displacement, result.displacement_scale), bits=16))
+        writing.write_bytes(tmp / "detail_normals.png", png(enc.encode_normals(images["normals_object"])))
         writing.write_bytes(tmp / "overlay.png", png(images["overlay"]))
         return writing.commit_folder(tmp, out / name, overwrite)
     except BaseException:

@@ -50,6 +50,7 @@ from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.pipeline import textures as tx
+from core.results import encodings as enc
 from core.pipeline import wrinkles as wr
 from core.results import writing
 from core.model.face_model import FaceAssets, FaceModel
@@ -425,8 +426,8 @@ class Reconstructor:
                 overlay = (crop_img * (1 - a) + r.image.clamp(0, 1) * a).clamp(0, 1)
                 overlay_np = tx.to_hwc(overlay)
                 radius = max(1.2, tcrop.size / 250)
-                tx.draw_points(overlay_np, tcrop.apply(face.detection.landmarks), _GREEN, radius=radius)
-                tx.draw_points(overlay_np, tcrop.apply(lmk_photo), _RED, radius=radius)
+                enc.draw_points(overlay_np, tcrop.apply(face.detection.landmarks), _GREEN, radius=radius)
+                enc.draw_points(overlay_np, tcrop.apply(lmk_photo), _RED, radius=radius)
         if wrinkles is None:
             with self._stage("wrinkle model"):
                 wrinkles = self.fit_wrinkles(face.detail)
@@ -470,7 +471,7 @@ class Reconstructor:
             faces=self._faces, uv_coords=self._uv_coords, uv_faces=self._uv_faces,
             rig_template=rig.template, rig_expr_basis=rig.expr_basis, rig_posedirs=rig.posedirs,
             rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
-            displacement=disp, displacement_scale=tx.displacement_scale(disp), wrinkles=model,
+            displacement=disp, displacement_scale=enc.displacement_scale(disp), wrinkles=model,
             flame_model=self.flame_description, is_test_model=bool(self.face_assets.flame.is_test_model),
             extra=extra_all,
         )
@@ -487,8 +488,8 @@ class Reconstructor:
                 writing.write_bytes(tmp / "albedo.png",
                                     texture if dec["albedo"] is dec["texture"] else png(tx.to_hwc(dec["albedo"])))
                 writing.write_bytes(tmp / "displacement.png", png(
-                    tx.encode_displacement(result.displacement, result.displacement_scale), bits=16))
-                writing.write_bytes(tmp / "detail_normals.png", png(tx.encode_normals(dec["normals_object"])))
+                    enc.encode_displacement(result.displacement, result.displacement_scale), bits=16))
+                writing.write_bytes(tmp / "detail_normals.png", png(enc.encode_normals(dec["normals_object"])))
                 writing.write_bytes(tmp / "overlay.png", png(dec["overlay"]))
                 return writing.commit_folder(tmp, out_dir / name, overwrite)
             except BaseException:
