@@ -20,6 +20,7 @@ from typing import Callable
 
 import numpy as np
 
+from core.errors import DecaError
 from core.assets import catalog
 from core.assets.catalog import AssetSpec
 from core.atomic import atomic_write_bytes
@@ -28,7 +29,7 @@ from core.flame.model_file import file_sha256
 REGISTRY_NAME = "assets.json"
 
 
-class AssetError(ValueError):
+class AssetError(DecaError, ValueError):
     """An asset is missing or fails its checks; the message says which file, why, and what to do."""
 
 

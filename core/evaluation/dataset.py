@@ -22,10 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DecaError
 from core.evaluation.now import NOW_LANDMARKS_68, now_errors, summarize
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DecaError, ValueError):
     """The folders cannot be evaluated; the message says why."""
 
 

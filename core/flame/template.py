@@ -6,8 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DecaError
 
-class TemplateError(ValueError):
+
+class TemplateError(DecaError, ValueError):
     """The template OBJ is missing or not the FLAME head template; the message names the file."""
 
 
