@@ -32,7 +32,7 @@ PACKAGES = ("core", "deca_blender", "training")
 # circles (checked separately).
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("core", "core.errors", "core.sizes", "core.atomic"),
-    ("core.safe_pickle", "core.render", "core.networks", "core.frontend"),
+    ("core.safe_pickle", "core.obj", "core.render", "core.networks", "core.frontend"),
     ("core.flame",),
     ("core.assets", "core.results", "core.testmodels"),
     ("core.model",),

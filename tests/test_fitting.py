@@ -209,7 +209,7 @@ def test_fit_command_same_person_on_real_photos(tmp_path, tmp_path_factory, test
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
-    from test_pipeline_support import random_checkpoint_home
+    from pipeline_support import random_checkpoint_home
 
     home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
     photos = [photos_dir / "id04657-PPHljWCZ53c-000565_inputs_inputs.jpg",
@@ -241,7 +241,7 @@ def test_reconstruct_mode_fit_delegates_to_the_fitter(tmp_path, tmp_path_factory
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
-    from test_pipeline_support import random_checkpoint_home
+    from pipeline_support import random_checkpoint_home
 
     home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
     photo = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[0]
@@ -261,7 +261,7 @@ def test_deca_plus_fit_refines_the_regressor_and_keeps_animatable_details(tmp_pa
     from core.fitting.fitter import Fitter
     from core.pipeline.reconstruct import Reconstructor
     from core.results.result import ReconstructionResult
-    from test_pipeline_support import oracle_networks
+    from pipeline_support import oracle_networks
 
     gt, image, path = synthetic[2]  # frontal
     nets = oracle_networks(gt["shape"] * 0.5, gt["exp"] * 0.5, np.zeros(6), np.array([8.0, 0.0, -1.47]))

@@ -18,7 +18,7 @@ from core.frontend import crop_from_landmarks, write_png
 from core.model.face_model import FaceAssets, FaceModel
 from core.pipeline.reconstruct import Reconstructor, network_ndc_to_photo_pixels
 from core.results.result import ReconstructionResult
-from test_pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
+from pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
                                    oracle_networks, uv_pattern)
 
 RENDER = 448

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from core.frontend import read_png16, write_png
+from core.obj import read_obj
 from core.results import encodings as enc
 from core.results import writing
 
@@ -73,7 +74,8 @@ def test_obj_round_trip(tmp_path):
     f = rng.integers(0, 10, size=(7, 3))
     ft = rng.integers(0, 12, size=(7, 3))
     obj, mtl = writing.write_obj(tmp_path, v, f, vt, ft)
-    v2, vt2, f2, ft2 = writing.read_obj(obj)
+    m = read_obj(obj)
+    v2, vt2, f2, ft2 = m.vertices, m.uv_coords, m.faces, m.uv_faces
     np.testing.assert_allclose(v2, v, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(vt2, vt, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(f2, f)

@@ -24,8 +24,8 @@ from core.networks import CheckpointError, build_deca_networks
 from core.results import encodings as enc
 from core.pipeline.reconstruct import OUTPUT_FILES, Reconstructor
 from core.results.result import ReconstructionResult
-from core.results.writing import read_obj
-from test_pipeline_support import random_checkpoint_home
+from core.obj import read_obj
+from pipeline_support import random_checkpoint_home
 
 WRINKLE = dict(wrinkle_samples=16, wrinkle_holdout=4)
 
@@ -150,7 +150,8 @@ def test_every_photo_gives_a_complete_result_folder(batch, real_photos, extras):
         assert np.abs(np.linalg.norm(n[inside], axis=-1) - 1).max() < 0.03
         with Image.open(folder / "overlay.png") as im:
             assert im.mode == "RGB" and 224 <= im.size[0] == im.size[1] <= 640
-        v, vt, f, ft = read_obj(folder / "mesh.obj")
+        m = read_obj(folder / "mesh.obj")
+        v, vt, f, ft = m.vertices, m.uv_coords, m.faces, m.uv_faces
         np.testing.assert_allclose(v, res.vertices, atol=1e-6)
         np.testing.assert_allclose(vt, res.uv_coords, atol=1e-6)
         np.testing.assert_array_equal(f, res.faces)

@@ -140,6 +140,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
                                        all_faces=args.all_faces, progress=update, overwrite=args.overwrite)
     except KeyboardInterrupt:
         # the photo in progress was discarded (results are written to a temporary folder, then renamed)
+        if bar is not None:
+            bar.close()  # before the summary, so the summary is the last line
+            bar = None
         n_done = len(finished_photos(out) & {Path(p).resolve() for p in photos})
         print(f"interrupted: {n_done} of {len(photos)} photo(s) finished in {out}; rerun with --skip-existing "
               "to do the rest", file=sys.stderr)

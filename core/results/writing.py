@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core import obj
 from core.atomic import atomic_write_bytes
 from core.errors import DecaError
 from core.results import encodings
@@ -135,43 +136,17 @@ def discard(tmp: Path) -> None:
 
 def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray, uv_faces: np.ndarray,
               texture_file: str = "texture.png") -> tuple[Path, Path]:
-    """``mesh.obj`` (v, vt, f v/vt, 1-based) referencing ``mesh.mtl`` whose diffuse map is ``texture_file``."""
-    v = np.asarray(vertices, np.float64)
-    vt = np.asarray(uv_coords, np.float64)
-    f = np.asarray(faces, np.int64) + 1
-    ft = np.asarray(uv_faces, np.int64) + 1
-    lines = [f"# deca-blender reconstruction: {len(v)} vertices, {len(f)} faces (FLAME space, metres)",
-             f"mtllib {MTL_FILE}", "o face"]
-    lines += [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in v.tolist()]
-    lines += [f"vt {a:.7g} {b:.7g}" for a, b in vt.tolist()]
-    lines.append(f"usemtl {MATERIAL_NAME}")
-    lines.append("s 1")
-    lines += [f"f {a}/{d} {b}/{e} {c}/{g}" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())]
-    obj = ("\n".join(lines) + "\n").encode()
+    """``mesh.obj`` (v, vt, f v/vt, 1-based; `core.obj`) referencing ``mesh.mtl`` whose diffuse map is
+    ``texture_file``."""
+    obj_path = obj.write_obj(folder / MESH_FILE, vertices, faces, uv_coords, uv_faces, mtllib=MTL_FILE,
+                             material=MATERIAL_NAME,
+                             header=f"deca-blender reconstruction: {len(vertices)} vertices, {len(faces)} faces "
+                                    "(FLAME space, metres)")
     mtl = (f"# deca-blender material\nnewmtl {MATERIAL_NAME}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
            f"map_Kd {texture_file}\n").encode()
-    obj_path, mtl_path = folder / MESH_FILE, folder / MTL_FILE
-    atomic_write_bytes(obj_path, lambda fh: fh.write(obj))
+    mtl_path = folder / MTL_FILE
     atomic_write_bytes(mtl_path, lambda fh: fh.write(mtl))
     return obj_path, mtl_path
-
-
-def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read back what `write_obj` writes: vertices, uv_coords, faces, uv_faces (0-based)."""
-    v, vt, f, ft = [], [], [], []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            v.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            vt.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            corners = [p.split("/") for p in parts[1:4]]
-            f.append([int(c[0]) - 1 for c in corners])
-            ft.append([int(c[1]) - 1 for c in corners])
-    return np.array(v), np.array(vt), np.array(f, np.int64), np.array(ft, np.int64)
 
 
 def encode_png(array: np.ndarray, bits: int = 8, compress_level: int = 3) -> bytes:
