@@ -196,8 +196,9 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),), log_path=str(tmp_path / "w.log")))
     try:
         assert c.call("hello", timeout=60)["protocol"] == 1  # the worker itself starts without torch
-        with pytest.raises(WorkerError) as exc:
-            c.call("status", timeout=60)
+        assert "assets" in c.call("status", timeout=60)  # the asset status needs numpy only
+        with pytest.raises(WorkerError) as exc:  # a reconstruction needs torch
+            c.call("reconstruct", timeout=60, photo=str(shadow / "torch.py"), out_dir=str(tmp_path / "out"))
         assert exc.value.error_type == "ModuleNotFoundError"
         assert "'torch'" in str(exc.value) and "Install Dependencies" in str(exc.value)
     finally:
