@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +278,29 @@ def test_deca_plus_fit_refines_the_regressor_and_keeps_animatable_details(tmp_pa
     assert r.wrinkles.maps.shape[0] >= 1 and np.abs(r.detail).sum() > 0
     assert float(r.extra["fit_reprojection_px"]) < 1.0
     np.testing.assert_allclose(r.displacement, rec.decode_displacement(r, r.exp, r.pose[3:]), atol=1e-5)
+
+
+def test_fit_names_a_photos_faces_as_reconstruct_does(face_assets, synthetic, tmp_path):
+    """photo, photo_face1 (as `reconstruct`), not photo-2_face1; both record the photo's face count, so
+    `--skip-existing` treats the photo as finished."""
+    from core.fitting.fitter import Fitter
+    from core.results.result import ReconstructionResult
+    from core.results.writing import finished_photos
+
+    gt, image, path = synthetic[2]
+    big = gt_detection(gt)
+    small = FaceDetection(box=big.box * 0.5, landmarks=big.landmarks * 0.5, score=0.9, detector="ground-truth")
+
+    class TwoFaces(GivenLandmarks):
+        def detect(self, image):
+            return [big, small]
+
+    fitter = Fitter(face_assets=face_assets, device="cpu", landmarks=TwoFaces({}), photometric=False)
+    summary = fitter.fit_photos([path], tmp_path, all_faces=True)
+    assert not summary.failed
+    names = sorted(Path(folder).name for _, _, folder in summary.succeeded)
+    assert names == [path.stem, f"{path.stem}_face1"]
+    for _, i, folder in summary.succeeded:
+        r = ReconstructionResult.load(folder)
+        assert r.face_index == i and int(r.extra["faces_in_photo"]) == 2
+    assert finished_photos(tmp_path) == {path.resolve()}
