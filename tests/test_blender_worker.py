@@ -203,3 +203,34 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
         assert "'torch'" in str(exc.value) and "Install Dependencies" in str(exc.value)
     finally:
         c.stop()
+
+
+def test_worker_passes_user_errors_on_and_reports_bugs_as_internal(capsys):
+    """In process: a DecaError's message goes to the client as it is; any other exception is a bug, reported
+    as an internal error with its traceback in the log (stderr)."""
+    import io
+
+    from core.frontend import NoFaceError
+    from core.worker import Worker
+
+    out = io.StringIO()
+    w = Worker(out)
+
+    user_error = NoFaceError("photo.jpg")
+
+    def no_face(rid):
+        raise user_error
+
+    def bug(rid):
+        return {}["missing"]
+
+    w.cmd_no_face, w.cmd_bug = no_face, bug
+    w.handle(1, "no_face", {})
+    w.handle(2, "bug", {})
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first == {"id": 1, "type": "error", "error_type": "NoFaceError", "message": str(user_error)}
+    assert "photo.jpg" in first["message"]
+    assert second["id"] == 2 and second["error_type"] == "KeyError"
+    assert second["message"].startswith("internal error in the worker") and "worker log" in second["message"]
+    log = capsys.readouterr().err
+    assert "Traceback" in log and "KeyError: 'missing'" in log

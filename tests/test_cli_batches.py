@@ -137,3 +137,28 @@ def test_a_flame_file_with_too_few_components_is_refused_at_install(tmp_path, ca
     full = tmp_path / "full.npz"
     save_flame_npz(test_flame, full)
     assert cli_main(["assets", "--home", str(home), "install", "--flame", str(full)]) == 0
+
+
+def test_the_cli_prints_user_errors_in_one_line_and_lets_bugs_surface(monkeypatch, capsys, tmp_path):
+    from core.commands import reconstruct as rc_mod
+    from core.commands.modes import ModeError
+
+    args = ["animate", "--identity", "a.jpg", "--expressions", "b.jpg", "--out", str(tmp_path / "o"),
+            "--home", str(tmp_path / "empty")]
+    assert cli_main(args) == 2  # a user error (missing assets): one line, no traceback
+    err = capsys.readouterr().err
+    assert err.startswith("error: Missing assets in ") and "Traceback" not in err
+
+    def user_error(args):
+        raise ModeError("unknown reconstruction mode 'x'")
+
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    # each main() builds the parser again, which binds the (patched) module functions
+    monkeypatch.setattr(rc_mod, "cmd_animate", user_error)
+    assert cli_main(args) == 2
+    assert capsys.readouterr().err.strip() == "error: unknown reconstruction mode 'x'"
+    monkeypatch.setattr(rc_mod, "cmd_animate", bug)
+    with pytest.raises(ZeroDivisionError):  # not caught: a bug surfaces with its traceback
+        cli_main(args)
