@@ -17,8 +17,11 @@ Commands: `hello` (versions, what is importable), `status` (asset status), `inst
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
-Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. The
-error messages are those of the command line (the exceptions' own messages). Anything a library prints
+Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. A user's
+error (`core.errors.DecaError`: no face, missing assets, ...) is answered with its class name and its own
+message, as the command line prints it; anything else is a bug: its traceback goes to the log and the
+answer says "internal error". A request that is not an object with a string `cmd` gets a ProtocolError
+under its own id. Reconstructors come from `core.commands.modes.make_reconstructor`, as in the CLI. Anything a library prints
 to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
 from __future__ import annotations
