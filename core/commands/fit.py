@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from core.commands.reconstruct import add_fit_options, add_skip_existing, cmd_reconstruct
+from core.commands.reconstruct import DECA_DEFAULTS, add_fit_options, add_skip_existing, cmd_reconstruct
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,4 +28,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_skip_existing(f)
     f.add_argument("--home", help="asset folder (default: $DECA_BLENDER_HOME or the user data folder)")
     f.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
-    f.set_defaults(func=cmd_reconstruct)
+    f.set_defaults(func=cmd_reconstruct, **DECA_DEFAULTS)  # the regressor's options: deca+fit uses the defaults

@@ -63,12 +63,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--expressions", required=True, nargs="+", metavar="PHOTO_OR_FOLDER",
                    help="photos whose expression and jaw are transferred (one frame each)")
     _common(a)
-    a.set_defaults(func=cmd_animate)
+    a.set_defaults(func=cmd_animate, **FIT_DEFAULTS)  # animate is DECA only
 
 
 def add_skip_existing(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="resume an interrupted batch: skip the photos whose result folders are already in --out")
+
+
+FIT_DEFAULTS = {"same_person": False, "no_photometric": False, "iterations": None}
+DECA_DEFAULTS = {"batch_size": 8, "bf16": False, "wrinkle_samples": None, "wrinkle_components": 16}
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -81,15 +85,14 @@ def add_fit_options(p: argparse.ArgumentParser) -> None:
 
 
 def mode_options(args: argparse.Namespace) -> ModeOptions:
-    """The `ModeOptions` of parsed `reconstruct`/`fit`/`animate` arguments."""
-    if getattr(args, "batch_size", 1) < 1:
+    """The `ModeOptions` of parsed `reconstruct`/`fit`/`animate` arguments (each parser sets every field:
+    the options it does not offer take `FIT_DEFAULTS` / `DECA_DEFAULTS`)."""
+    if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    return ModeOptions(device=args.device, landmarks=args.landmarks, home=args.home,
-                       bf16=getattr(args, "bf16", False), wrinkle_samples=getattr(args, "wrinkle_samples", None),
-                       wrinkle_components=getattr(args, "wrinkle_components", 16),
-                       same_person=getattr(args, "same_person", False),
-                       photometric=not getattr(args, "no_photometric", False),
-                       iterations=getattr(args, "iterations", None))
+    return ModeOptions(device=args.device, landmarks=args.landmarks, home=args.home, bf16=args.bf16,
+                       wrinkle_samples=args.wrinkle_samples, wrinkle_components=args.wrinkle_components,
+                       same_person=args.same_person, photometric=not args.no_photometric,
+                       iterations=args.iterations)
 
 
 def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos") -> list[Path]:
@@ -136,7 +139,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         skipped, photos = len(photos) - len(todo), todo
     bar, update = _progress_bar(len(photos), enabled=len(photos) > 1 and not args.json)
     try:
-        summary = rec.reconstruct_many(photos, out, batch_size=getattr(args, "batch_size", 8),
+        summary = rec.reconstruct_many(photos, out, batch_size=args.batch_size,
                                        all_faces=args.all_faces, progress=update, overwrite=args.overwrite)
     except KeyboardInterrupt:
         # the photo in progress was discarded (results are written to a temporary folder, then renamed)
