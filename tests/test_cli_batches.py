@@ -60,6 +60,7 @@ def _run_until(proc: subprocess.Popen, out: Path, n: int, timeout: float = 300) 
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # about a minute: three real batches
 def test_a_killed_batch_resumes_with_only_the_missing_photos(home, photos, tmp_path):
     out = tmp_path / "out"
     proc = _cli(["reconstruct", *map(str, photos), "--out", str(out), *_common(home)])
@@ -86,6 +87,7 @@ def test_a_killed_batch_resumes_with_only_the_missing_photos(home, photos, tmp_p
     assert json.loads(stdout)["skipped"] == len(photos) and _folders(out) == after
 
 
+@pytest.mark.slow
 def test_ctrl_c_discards_the_photo_in_progress_and_prints_one_line(home, photos, tmp_path):
     out = tmp_path / "out"
     proc = _cli(["reconstruct", *map(str, photos), "--out", str(out), *_common(home)])
