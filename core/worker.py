@@ -212,8 +212,9 @@ class Worker:
                 raise RequestError(f"this deca-blender has no reconstruction pipeline ({PIPELINE_MODULE} is missing)")
             from core.commands.modes import ModeOptions, make_reconstructor
 
+            # the detector loads on the first photo: decode_displacement needs none
             self._reconstructors[key] = make_reconstructor(
-                mode, ModeOptions(device=device, landmarks=landmarks, home=home))
+                mode, ModeOptions(device=device, landmarks=landmarks, home=home), load_detector=False)
         return self._reconstructors[key]
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,

@@ -51,6 +51,9 @@ class Reconstructor(Protocol):
     face_assets: "FaceAssets"
     timings: dict  # stage name -> seconds since the last `reset_timings`
 
+    @property
+    def detector(self): ...  # the landmark detector, loaded on first use
+
     def reset_timings(self) -> None: ...
 
     def reconstruct_photo(self, path: str | Path, out_dir: str | Path, all_faces: bool = False,
@@ -94,8 +97,10 @@ class FitReconstructor:
             n_photos=len(photos), seconds=fs.seconds)
 
 
-def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_assets=None) -> Reconstructor:
-    """The reconstructor for `mode`, its detector loaded (a missing detector fails here, not on the first photo).
+def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_assets=None,
+                       load_detector: bool = True) -> Reconstructor:
+    """The reconstructor for `mode`. With ``load_detector`` its landmark detector is loaded now, so a missing
+    detector fails here and not on the first photo (the worker skips it: decoding details needs none).
 
     Raises `ModeError` for an unknown mode or bad options, and the assets' own `DecaError`s (missing or
     damaged files, no CUDA)."""
@@ -124,5 +129,6 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
         rec = FitReconstructor(Fitter(manager, face_assets=face_assets, device=options.device,
                                       landmarks=options.landmarks, mode=mode, photometric_config=pcfg,
                                       photometric=options.photometric), same_person=options.same_person)
-    rec.detector  # noqa: B018 - load it now: a missing detector is not a per-photo failure
+    if load_detector:
+        rec.detector  # noqa: B018 - a missing detector is not a per-photo failure
     return rec
