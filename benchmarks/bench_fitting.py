@@ -41,7 +41,7 @@ RESULTS = REPO / "benchmarks" / "results" / "fitting.json"
 
 
 def build_assets(shared: Path):
-    from core.pipeline.face_model import FaceAssets
+    from core.model.face_model import FaceAssets
     from core.testmodels.synthetic_flame import write_test_flame
 
     data = shared / "assets" / "deca"

@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.machine import cpu_name  # noqa: E402
 from core.networks import build_deca_networks  # noqa: E402
 from core.pipeline import wrinkles as wr  # noqa: E402
-from core.pipeline.face_model import FaceAssets  # noqa: E402
+from core.model.face_model import FaceAssets  # noqa: E402
 from core.pipeline.reconstruct import Reconstructor  # noqa: E402
 from core.testmodels.synthetic_flame import write_test_flame  # noqa: E402
 

@@ -22,26 +22,17 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.obj import read_obj as core_read_obj  # noqa: E402
 from core.render import MeshRenderer, orthographic_project, rasterize, render_uv_space  # noqa: E402
 
 RESULTS = REPO / "benchmarks" / "results" / "render.json"
 
 
 def read_obj(path: Path):
-    verts, uvs, faces, uv_faces = [], [], [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            verts.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            uvs.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            corners = [p.split("/") for p in parts[1:4]]
-            faces.append([int(c[0]) - 1 for c in corners])
-            uv_faces.append([int(c[1]) - 1 for c in corners])
-    return torch.tensor(verts), torch.tensor(faces), torch.tensor(uvs), torch.tensor(uv_faces)
+    """(vertices, faces, uv_coords, uv_faces) of an OBJ as tensors (core.obj reads it)."""
+    m = core_read_obj(path)
+    return (torch.tensor(m.vertices, dtype=torch.float32), torch.tensor(m.faces, dtype=torch.long),
+            torch.tensor(m.uv_coords, dtype=torch.float32), torch.tensor(m.uv_faces, dtype=torch.long))
 
 
 def timeit(fn, repeats: int, warmup: int = 2) -> dict:

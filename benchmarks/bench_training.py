@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
 
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
     from core.testmodels.synthetic_flame import write_test_flame
     from training.config import config_from_dict
     from training.synthetic import SyntheticSpec, make_synthetic_dataset

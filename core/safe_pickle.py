@@ -16,8 +16,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from core.errors import DecaError
 
-class UnsafePickleError(pickle.UnpicklingError):
+
+class UnsafePickleError(DecaError, pickle.UnpicklingError):
     """The file names something outside the allow-list; nothing it names was imported or run."""
 
 

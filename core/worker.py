@@ -17,13 +17,17 @@ Commands: `hello` (versions, what is importable), `status` (asset status), `inst
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
-Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. The
-error messages are those of the command line (the exceptions' own messages). Anything a library prints
+Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. A user's
+error (`core.errors.DecaError`: no face, missing assets, ...) is answered with its class name and its own
+message, as the command line prints it; anything else is a bug: its traceback goes to the log and the
+answer says "internal error". A request that is not an object with a string `cmd` gets a ProtocolError
+under its own id. Reconstructors come from `core.commands.modes.make_reconstructor`, as in the CLI. Anything a library prints
 to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import os
 import queue
@@ -34,12 +38,18 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
+from core.errors import DecaError
+
 PROTOCOL_VERSION = 1
 PIPELINE_MODULE = "core.pipeline.reconstruct"
 
 
 class Cancelled(Exception):
     """The client cancelled the request."""
+
+
+class RequestError(DecaError, ValueError):
+    """A request the worker cannot run as given (unknown mode, missing photo, wrong sizes)."""
 
 
 class Worker:
@@ -83,10 +93,14 @@ class Worker:
                 continue
             try:
                 req = json.loads(line)
-                if not isinstance(req, dict) or "cmd" not in req:
-                    raise ValueError("a request is a JSON object with 'cmd'")
             except ValueError as exc:
                 self.send({"id": None, "type": "error", "error_type": "ProtocolError", "message": f"bad request: {exc}"})
+                continue
+            if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+                # answer with the request's own id when it has one, so the client can match the error
+                rid = req.get("id") if isinstance(req, dict) else None
+                self.send({"id": rid, "type": "error", "error_type": "ProtocolError",
+                           "message": "bad request: a request is a JSON object with a string 'cmd'"})
                 continue
             cmd = req["cmd"]
             if cmd == "cancel":
@@ -118,6 +132,11 @@ class Worker:
         if handler is None:
             self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"unknown command {cmd!r}"})
             return
+        try:  # wrong arguments are the client's mistake; a TypeError inside a command is a bug
+            inspect.signature(handler).bind(rid, **args)
+        except TypeError as exc:
+            self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
+            return
         self._current = rid
         try:
             self.check_cancel(rid)
@@ -125,18 +144,15 @@ class Worker:
             self.send({"id": rid, "type": "result", "data": data})
         except Cancelled:
             self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
-        except TypeError as exc:  # wrong arguments for the command
-            print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
-        except ModuleNotFoundError as exc:
+        except ModuleNotFoundError as exc:  # the worker's Python lacks a dependency: the user installs it
             print(traceback.format_exc(), file=sys.stderr, flush=True)
             self.send({"id": rid, "type": "error", "error_type": "ModuleNotFoundError", "message": (
                 f"the worker's Python ({sys.executable}) lacks the module {exc.name!r}: install the dependencies "
                 "(Blender: Preferences > Add-ons > DECA Heads > Install Dependencies) or choose a Python that has them")})
-        except (ValueError, OSError, ImportError) as exc:
-            # The project's errors (ResultError, AssetError, FlameModelError, ...) are ValueErrors whose messages
-            # already name the file and what to do: pass them on exactly, like the command line prints them.
-            print(traceback.format_exc(), file=sys.stderr, flush=True)
+        except DecaError as exc:
+            # The user's errors (NoFaceError, AssetError, FlameModelError, ...): their messages already name the
+            # file and what to do; pass them on exactly, like the command line prints them.
+            print(f"{cmd} {rid}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             self.send({"id": rid, "type": "error", "error_type": type(exc).__name__, "message": str(exc)})
         except Exception as exc:  # a bug: say so, with the type; the traceback goes to the log
             print(traceback.format_exc(), file=sys.stderr, flush=True)
@@ -176,7 +192,7 @@ class Worker:
 
         given = [x for x in (flame, deca, data, texture) if x]
         if not given:
-            raise ValueError("nothing to install: give the FLAME file, the DECA checkpoint and/or the data folder")
+            raise RequestError("nothing to install: give the FLAME file, the DECA checkpoint and/or the data folder")
         m = self._manager(home)
         steps = {"n": 0}
 
@@ -189,57 +205,53 @@ class Worker:
         return {"notes": notes, "status": status_as_json(m)}
 
     def _reconstructor(self, home: str | None, device: str, landmarks: str, mode: str = "deca"):
-        """DECA's `Reconstructor` for mode 'deca', the `Fitter` for 'fit' and 'deca+fit' (kept warm)."""
+        """The mode's reconstructor from the one factory the CLI uses too (kept warm per settings)."""
         key = (home, device, landmarks, mode)
         if key not in self._reconstructors:
             if importlib.util.find_spec(PIPELINE_MODULE) is None:
-                raise ImportError(f"this deca-blender has no reconstruction pipeline ({PIPELINE_MODULE} is missing)")
-            if mode == "deca":
-                from core.pipeline.reconstruct import Reconstructor
+                raise RequestError(f"this deca-blender has no reconstruction pipeline ({PIPELINE_MODULE} is missing)")
+            from core.commands.modes import ModeOptions, make_reconstructor
 
-                self._reconstructors[key] = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
-            else:
-                from core.fitting.fitter import Fitter
-
-                self._reconstructors[key] = Fitter(self._manager(home), device=device, landmarks=landmarks, mode=mode)
+            # the detector loads on the first photo: decode_displacement needs none
+            self._reconstructors[key] = make_reconstructor(
+                mode, ModeOptions(device=device, landmarks=landmarks, home=home), load_detector=False)
         return self._reconstructors[key]
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
                         device: str = "auto", landmarks: str = "auto", mode: str = "deca") -> dict:
+        from core.commands.modes import MODES
+
         if not Path(photo).is_file():
-            raise FileNotFoundError(f"photo not found: {photo}")
-        if mode not in ("deca", "fit", "deca+fit"):
-            raise ValueError(f"unknown reconstruction mode {mode!r}: use deca, fit or deca+fit")
+            raise RequestError(f"photo not found: {photo}")
+        if mode not in MODES:
+            raise RequestError(f"unknown reconstruction mode {mode!r}: use {', '.join(MODES)}")
         self.progress(rid, 0.0, "loading the models")
         rec = self._reconstructor(home, device, landmarks, mode)
-        if hasattr(rec, "reset_timings"):
-            rec.reset_timings()
+        rec.reset_timings()
         self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
         t = time.perf_counter()
-        if mode == "deca":
-            folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces,
-                                            progress=self._progress_callback(rid, 0.05, 1.0))
-        else:
-            folders = rec.fit_photo(photo, out_dir, all_faces=all_faces)
-        return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t,
-                "timings": dict(getattr(rec, "timings", {}) or {})}
+        folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces,
+                                        progress=self._progress_callback(rid, 0.05, 1.0))
+        return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t, "timings": dict(rec.timings)}
 
     def cmd_decode_displacement(self, rid: Any, result: str, exp: list, jaw: list, out: str | None = None,
                                 home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
         import numpy as np
 
         from core.atomic import atomic_write_bytes
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
+        from core.sizes import N_EXP, N_JAW
 
         exp_a = np.asarray(exp, np.float32).ravel()
         jaw_a = np.asarray(jaw, np.float32).ravel()
-        if exp_a.size != 50 or jaw_a.size != 3:
-            raise ValueError(f"decode_displacement needs 50 expression values and 3 jaw values, got {exp_a.size} and {jaw_a.size}")
+        if exp_a.size != N_EXP or jaw_a.size != N_JAW:
+            raise RequestError(f"decode_displacement needs {N_EXP} expression values and {N_JAW} jaw values, "
+                               f"got {exp_a.size} and {jaw_a.size}")
         res = ReconstructionResult.load(result)
         rec = self._reconstructor(home, device, landmarks)
         disp = np.asarray(rec.decode_displacement(res, exp_a, jaw_a), np.float32)
         if disp.shape != (256, 256):
-            raise ValueError(f"the decoder returned shape {disp.shape}, expected (256, 256)")
+            raise RuntimeError(f"the decoder returned shape {disp.shape}, expected (256, 256)")
         path = Path(out) if out else Path(result) / "exact_displacement.npy"
         atomic_write_bytes(path, lambda f: np.save(f, disp))
         return {"path": str(path)}

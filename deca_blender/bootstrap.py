@@ -5,7 +5,7 @@ modules (`<extension>/core`). `core`'s modules import each other absolutely (`fr
 ...`), the same way the command line and the worker use them, so `core` has to be a top-level package.
 Its folder's parent (the extension folder) is therefore appended to sys.path (appended, not prepended,
 so nothing of Blender's or another add-on's is shadowed). The UI process only imports numpy-only parts
-of it (`core.pipeline.result`, `core.assets.catalog`); torch is imported only in the worker process.
+of it (`core.results.result`, `core.assets.catalog`); torch is imported only in the worker process.
 
 When the add-on runs from a source checkout (tests, the CLI), `core` sits beside `deca_blender/`.
 """

@@ -45,7 +45,7 @@ def apply_displacement(mesh_obj, npy_path: str) -> None:
 def _tick():
     global _running
     from .preferences import get_prefs, private_dir, worker_client
-    from .properties import head_objects
+    from .scene.objects import head_objects
 
     heads = [o for o in bpy.data.objects if getattr(o, "deca", None) is not None
              and o.deca.role == "HEAD" and o.deca.exact_wrinkles]

@@ -18,12 +18,14 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from core.errors import DecaError
+
 MANIFEST = "blender_manifest.toml"
 EXCLUDE_DIRS = {"__pycache__", ".pytest_cache", ".mypy_cache"}
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)  # reproducible zips
 
 
-class PackagingError(RuntimeError):
+class PackagingError(DecaError, RuntimeError):
     pass
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty
 
+from .scene.objects import head_objects  # noqa: F401 - its home before scene/objects.py; ui and operators import it here
+
 
 def _update_material(self, context) -> None:
     obj = self.id_data
@@ -82,18 +84,3 @@ def unregister() -> None:
     del bpy.types.Object.deca
     for cls in reversed(classes):
         bpy.utils.unregister_class(cls)
-
-
-def head_objects(obj):
-    """(mesh, armature) of the DECA head `obj` belongs to, or (None, None)."""
-    if obj is None or not hasattr(obj, "deca"):
-        return None, None
-    if obj.deca.role == "HEAD":
-        arm = obj.parent if obj.parent is not None and obj.parent.type == "ARMATURE" else None
-        return obj, arm
-    if obj.deca.role == "RIG":
-        for child in obj.children:
-            if getattr(child, "deca", None) is not None and child.deca.role == "HEAD":
-                return child, obj
-        return None, obj
-    return None, None

@@ -67,8 +67,8 @@ def build_result_folder(folder: str | Path, model, deca_data_dir: str | Path, se
                         n_expression: int = 50) -> Path:
     """Write a complete result folder (result.npz + images) for `model` (the test FLAME). Returns the folder."""
     from core.flame.template import read_template_obj
-    from core.pipeline.result import ReconstructionResult, WrinkleModel
-    from core.pipeline.rig import build_rig
+    from core.results.result import ReconstructionResult, WrinkleModel
+    from core.results.rig import build_rig
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -94,7 +94,7 @@ def test_verify_detects_a_changed_file_and_reinstall_needs_force(tmp_path, capsy
 
     Image.fromarray(np.zeros((512, 512, 3), np.uint8)).save(data / "mean_texture.jpg")
     rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--data", str(data))
-    assert rc == 1 and "already installed" in err and "--force" in err
+    assert rc == 2 and "already installed" in err and "--force" in err
     assert run_cli(capsys, "assets", "--home", str(home), "install", "--data", str(data), "--force")[0] == 0
     problems = run_cli(capsys, "assets", "--home", str(home), "verify")[2].splitlines()
     assert [p.split(":")[1].strip() for p in problems] == ["flame_model", "deca_model"]  # only the missing ones
@@ -105,23 +105,23 @@ def test_bad_inputs_leave_the_home_untouched(tmp_path, capsys, deca_data_dir):
     bad = tmp_path / "generic_model.pkl"
     bad.write_text("not a pickle")
     rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--flame", str(bad))
-    assert rc == 1 and str(bad) in err and "truncated or not a pickle" in err
+    assert rc == 2 and str(bad) in err and "truncated or not a pickle" in err
     partial = tmp_path / "partial"
     partial.mkdir()
     shutil.copy(deca_data_dir / "head_template.obj", partial)
     rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--data", str(partial))
-    assert rc == 1 and "landmark_embedding.npy" in err and "github.com/yfeng95/DECA" in err
+    assert rc == 2 and "landmark_embedding.npy" in err and "github.com/yfeng95/DECA" in err
     broken = tmp_path / "broken"
     shutil.copytree(deca_data_dir, broken)
     (broken / "uv_face_mask.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--data", str(broken))
-    assert rc == 1 and "uv_face_mask.png" in err
+    assert rc == 2 and "uv_face_mask.png" in err
     wrong_ckpt = tmp_path / "deca_model.tar"
     import torch
 
     torch.save({"E_flame": {"encoder.conv1.weight": torch.zeros(3)}}, wrong_ckpt)
     rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--deca", str(wrong_ckpt))
-    assert rc == 1 and str(wrong_ckpt) in err
+    assert rc == 2 and str(wrong_ckpt) in err
     assert not home.exists() or not any(p.is_file() for p in home.rglob("*"))
 
 

@@ -4,7 +4,9 @@ The client (deca_blender/worker_client.py) needs neither bpy nor torch; the work
 """
 from __future__ import annotations
 
-import importlib.util
+import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,7 +16,6 @@ import pytest
 from deca_blender.worker_client import WorkerClient, WorkerConfig, WorkerError, pip_install_command
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE = importlib.util.find_spec("core.pipeline.reconstruct") is not None
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def client(tmp_path):
 def test_blender_worker_hello_and_protocol_errors(client):
     info = client.call("hello", timeout=60)
     assert info["protocol"] == 1 and info["torch"] and info["pid"] > 0
-    assert info["pipeline"] == PIPELINE
+    assert info["pipeline"] is True  # this checkout has core.pipeline.reconstruct
     with pytest.raises(WorkerError) as exc:
         client.call("no_such_command", timeout=30)
     assert exc.value.error_type == "ProtocolError" and "no_such_command" in str(exc.value)
@@ -118,13 +119,27 @@ def test_blender_dependency_command():
     assert any(c.startswith("numpy") for c in cmd)
 
 
-@pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
+def test_blender_worker_requests_without_cmd_get_their_id_back(tmp_path):
+    """The raw protocol: a request without 'cmd' is answered with its own id (or null when it has none)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DECA_BLENDER_HOME": str(tmp_path / "home")}
+    lines = [{"id": 5, "args": {}}, {"id": "x", "cmd": 3}, [1, 2], {"id": 6, "cmd": "shutdown"}]
+    proc = subprocess.run([sys.executable, "-m", "core.worker"], input="\n".join(map(json.dumps, lines)) + "\n",
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    answers = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert answers[0]["type"] == "ready"
+    errors = answers[1:4]
+    assert [a["id"] for a in errors] == [5, "x", None]
+    assert all(a["type"] == "error" and a["error_type"] == "ProtocolError" and "'cmd'" in a["message"]
+               for a in errors)
+    assert answers[4] == {"id": 6, "type": "result", "data": {"bye": True}}
+
+
 def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_pkl, deca_data_dir, random_deca_checkpoint):
     """A photo through the worker, then the exact decoder at the photo's own codes reproduces the stored
     displacement. DECA's checkpoint is licensed and absent here: the TEST model and random networks."""
     import numpy as np
 
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),),
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),),
@@ -156,6 +171,16 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         fitted = ReconstructionResult.load(fit["results"][0])
         assert fitted.mode == "fit" and fitted.animatable_detail is False
         assert fitted.vertices.shape == (5023, 3)
+        # no face in fit mode is the user's NoFaceError, as in deca mode, not an internal error
+        noface = tmp_path / "noface.png"
+        from PIL import Image
+
+        yy, xx = np.mgrid[0:200, 0:300]
+        Image.fromarray(np.stack([xx % 256, yy, (xx + yy) % 256], -1).astype(np.uint8)).save(noface)
+        for mode in ("deca", "fit"):
+            with pytest.raises(WorkerError) as exc:
+                c.call("reconstruct", timeout=300, photo=str(noface), out_dir=str(tmp_path / "nf"), mode=mode)
+            assert exc.value.error_type == "NoFaceError" and "internal error" not in str(exc.value), mode
         with pytest.raises(WorkerError, match="unknown reconstruction mode"):
             c.call("reconstruct", timeout=60, photo=str(photo), out_dir=str(tmp_path / "x"), mode="magic")
     finally:
@@ -171,9 +196,41 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),), log_path=str(tmp_path / "w.log")))
     try:
         assert c.call("hello", timeout=60)["protocol"] == 1  # the worker itself starts without torch
-        with pytest.raises(WorkerError) as exc:
-            c.call("status", timeout=60)
+        assert "assets" in c.call("status", timeout=60)  # the asset status needs numpy only
+        with pytest.raises(WorkerError) as exc:  # a reconstruction needs torch
+            c.call("reconstruct", timeout=60, photo=str(shadow / "torch.py"), out_dir=str(tmp_path / "out"))
         assert exc.value.error_type == "ModuleNotFoundError"
         assert "'torch'" in str(exc.value) and "Install Dependencies" in str(exc.value)
     finally:
         c.stop()
+
+
+def test_worker_passes_user_errors_on_and_reports_bugs_as_internal(capsys):
+    """In process: a DecaError's message goes to the client as it is; any other exception is a bug, reported
+    as an internal error with its traceback in the log (stderr)."""
+    import io
+
+    from core.frontend import NoFaceError
+    from core.worker import Worker
+
+    out = io.StringIO()
+    w = Worker(out)
+
+    user_error = NoFaceError("photo.jpg")
+
+    def no_face(rid):
+        raise user_error
+
+    def bug(rid):
+        return {}["missing"]
+
+    w.cmd_no_face, w.cmd_bug = no_face, bug
+    w.handle(1, "no_face", {})
+    w.handle(2, "bug", {})
+    first, second = (json.loads(line) for line in out.getvalue().splitlines())
+    assert first == {"id": 1, "type": "error", "error_type": "NoFaceError", "message": str(user_error)}
+    assert "photo.jpg" in first["message"]
+    assert second["id"] == 2 and second["error_type"] == "KeyError"
+    assert second["message"].startswith("internal error in the worker") and "worker log" in second["message"]
+    log = capsys.readouterr().err
+    assert "Traceback" in log and "KeyError: 'missing'" in log

@@ -190,7 +190,7 @@ def test_now_errors_rejects_bad_landmarks(template, template_lmk7):
 
 @pytest.fixture(scope="module")
 def face_model(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
 
     return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir)).eval()
 

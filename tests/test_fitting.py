@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -62,14 +63,14 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def face_assets(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets
+    from core.model.face_model import FaceAssets
 
     return FaceAssets.from_paths(test_flame_pkl, deca_data_dir)
 
 
 @pytest.fixture(scope="module")
 def face_model(face_assets):
-    from core.pipeline.face_model import FaceModel
+    from core.model.face_model import FaceModel
 
     return FaceModel(face_assets).eval()
 
@@ -161,7 +162,7 @@ def test_accuracy_on_synthetic_faces_with_ground_truth_landmarks(fitter, face_mo
 
 def test_real_photo_gives_a_complete_result_folder(fitter, photos_dir, deca_data_dir, tmp_path):
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
@@ -205,11 +206,11 @@ def test_same_person_fitting_shares_one_shape(fitter, synthetic):
 def test_fit_command_same_person_on_real_photos(tmp_path, tmp_path_factory, test_flame_pkl, deca_data_dir, photos_dir):
     from core.cli import main
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
-    from test_pipeline_support import random_checkpoint_home
+    from pipeline_support import random_checkpoint_home
 
     home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
     photos = [photos_dir / "id04657-PPHljWCZ53c-000565_inputs_inputs.jpg",
@@ -237,11 +238,11 @@ def test_reconstruct_mode_fit_delegates_to_the_fitter(tmp_path, tmp_path_factory
                                                       photos_dir):
     from core.cli import main
     from core.frontend import DlibDetector
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     if not DlibDetector.is_available():
         pytest.skip("dlib and its models are not installed")
-    from test_pipeline_support import random_checkpoint_home
+    from pipeline_support import random_checkpoint_home
 
     home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
     photo = sorted(p for p in photos_dir.iterdir() if p.suffix.lower() in (".jpg", ".png"))[0]
@@ -260,8 +261,8 @@ def test_deca_plus_fit_refines_the_regressor_and_keeps_animatable_details(tmp_pa
     detail decoder makes the details animatable (its weights are random: plumbing, not quality)."""
     from core.fitting.fitter import Fitter
     from core.pipeline.reconstruct import Reconstructor
-    from core.pipeline.result import ReconstructionResult
-    from test_pipeline_support import oracle_networks
+    from core.results.result import ReconstructionResult
+    from pipeline_support import oracle_networks
 
     gt, image, path = synthetic[2]  # frontal
     nets = oracle_networks(gt["shape"] * 0.5, gt["exp"] * 0.5, np.zeros(6), np.array([8.0, 0.0, -1.47]))
@@ -277,3 +278,29 @@ def test_deca_plus_fit_refines_the_regressor_and_keeps_animatable_details(tmp_pa
     assert r.wrinkles.maps.shape[0] >= 1 and np.abs(r.detail).sum() > 0
     assert float(r.extra["fit_reprojection_px"]) < 1.0
     np.testing.assert_allclose(r.displacement, rec.decode_displacement(r, r.exp, r.pose[3:]), atol=1e-5)
+
+
+def test_fit_names_a_photos_faces_as_reconstruct_does(face_assets, synthetic, tmp_path):
+    """photo, photo_face1 (as `reconstruct`), not photo-2_face1; both record the photo's face count, so
+    `--skip-existing` treats the photo as finished."""
+    from core.fitting.fitter import Fitter
+    from core.results.result import ReconstructionResult
+    from core.results.writing import finished_photos
+
+    gt, image, path = synthetic[2]
+    big = gt_detection(gt)
+    small = FaceDetection(box=big.box * 0.5, landmarks=big.landmarks * 0.5, score=0.9, detector="ground-truth")
+
+    class TwoFaces(GivenLandmarks):
+        def detect(self, image):
+            return [big, small]
+
+    fitter = Fitter(face_assets=face_assets, device="cpu", landmarks=TwoFaces({}), photometric=False)
+    summary = fitter.fit_photos([path], tmp_path, all_faces=True)
+    assert not summary.failed
+    names = sorted(Path(folder).name for _, _, folder in summary.succeeded)
+    assert names == [path.stem, f"{path.stem}_face1"]
+    for _, i, folder in summary.succeeded:
+        r = ReconstructionResult.load(folder)
+        assert r.face_index == i and int(r.extra["faces_in_photo"]) == 2
+    assert finished_photos(tmp_path) == {path.resolve()}

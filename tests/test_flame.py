@@ -162,16 +162,25 @@ def test_landmark_gradients_on_real_topology(test_flame, embedding):
     assert torch.autograd.gradcheck(lambda s, e, p: layer(s, e, p).landmarks2d, (shape, exp, pose), atol=1e-6, eps=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
-def test_cuda_matches_cpu(test_flame, embedding):
-    layer = FlameLayer(test_flame, embedding)
+_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float32, marks=_CUDA),
+    pytest.param("cuda", torch.float64, marks=_CUDA),
+])
+def test_every_device_and_dtype_matches_the_float64_cpu_layer(test_flame, embedding, device, dtype):
+    """CONVENTIONS.md: the same results on CPU or CUDA, float32 or float64, returned on the input's device/dtype."""
     rng = np.random.default_rng(6)
     shape, exp, full = random_params(rng, B=8)
-    args = [torch.as_tensor(a, dtype=torch.float32) for a in (shape, exp, full.reshape(8, 15))]
-    cpu = layer(*args)
-    gpu = layer.cuda()(*[a.cuda() for a in args])
-    np.testing.assert_allclose(gpu.vertices.cpu().numpy(), cpu.vertices.numpy(), atol=1e-5)
-    np.testing.assert_allclose(gpu.landmarks2d.cpu().numpy(), cpu.landmarks2d.numpy(), atol=1e-5)
+    args = [torch.as_tensor(a, dtype=torch.float64) for a in (shape, exp, full.reshape(8, 15))]
+    ref = FlameLayer(test_flame, embedding).double()(*args)
+    out = FlameLayer(test_flame, embedding).to(device, dtype)(*[a.to(device, dtype) for a in args])
+    assert out.vertices.device.type == device and out.vertices.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-9
+    np.testing.assert_allclose(out.vertices.cpu().double().numpy(), ref.vertices.numpy(), atol=tol)
+    np.testing.assert_allclose(out.landmarks2d.cpu().double().numpy(), ref.landmarks2d.numpy(), atol=tol)
 
 
 def test_far_side_contour_follows_the_silhouette(test_flame, embedding):

@@ -656,13 +656,14 @@ def test_crop_of_real_face_matches_landmarks(photo_detections):
 
 # ------------------------------------------------------------- FanDetector against a stand-in package
 # face_alignment is not installed here; a minimal stand-in with its public API checks the wrapper's
-# logic: enum names old and new, coordinates passed through, sorting, and that it never downloads.
+# logic: enum names old and new, coordinates passed through, sorting, and that it never downloads. The
+# stand-in lives in memory only (monkeypatch puts it in sys.modules and takes it out again).
 
 _FAKE_FA = """
 import enum, os
 import numpy as np
 import torch.hub
-from . import utils
+from face_alignment import utils
 
 class LandmarksType(enum.Enum):
     {enum_name} = 1
@@ -686,41 +687,50 @@ class FaceAlignment:
 """
 
 
-def _make_fake_fa(root: Path, new_api: bool) -> None:
-    pkg = root / "face_alignment"
-    pkg.mkdir(parents=True)
+def _fake_fa_modules(new_api: bool) -> dict:
+    """{name: module} of an in-memory face_alignment stand-in (old or new API)."""
+    import importlib.machinery
+    import types
+
+    import torch.hub
+
+    pkg = types.ModuleType("face_alignment")
+    pkg.__spec__ = importlib.machinery.ModuleSpec("face_alignment", None, is_package=True)
+    pkg.__path__ = []
+    utils = types.ModuleType("face_alignment.utils")
+    utils.__spec__ = importlib.machinery.ModuleSpec("face_alignment.utils", None)
+    utils.download_url_to_file = torch.hub.download_url_to_file
+    pkg.utils = utils
     kwargs = "return_bboxes=False, return_landmark_score=False" if new_api else "detected_faces=None"
     ret = ("return ([small, big], [None, None], boxes) if return_bboxes else [small, big]" if new_api
            else "return [small, big]")
-    (pkg / "__init__.py").write_text(_FAKE_FA.format(enum_name="TWO_D" if new_api else "_2D",
-                                                     kwargs=kwargs, ret=ret))
-    (pkg / "utils.py").write_text("from torch.hub import download_url_to_file\n")
+    return {"face_alignment": pkg, "face_alignment.utils": utils,
+            "_source": _FAKE_FA.format(enum_name="TWO_D" if new_api else "_2D", kwargs=kwargs, ret=ret)}
 
 
 @pytest.fixture
 def fake_fa(tmp_path, monkeypatch):
     import sys
+
     import torch.hub
     from core.frontend import landmarks as lmmod
 
     def install(new_api: bool, with_weights: bool):
-        root = tmp_path / ("new" if new_api else "old")
-        _make_fake_fa(root, new_api)
+        mods = _fake_fa_modules(new_api)
+        source = mods.pop("_source")
+        for name, module in mods.items():
+            monkeypatch.setitem(sys.modules, name, module)
+        exec(compile(source, "<face_alignment stand-in>", "exec"), mods["face_alignment"].__dict__)
         hub = tmp_path / "hub"
         (hub / "checkpoints").mkdir(parents=True, exist_ok=True)
         if with_weights:
             (hub / "checkpoints" / "2DFAN4-cd938726ad.zip").write_bytes(b"x")
             (hub / "checkpoints" / "s3fd-619a316812.pth").write_bytes(b"x")
-        monkeypatch.syspath_prepend(str(root))
-        for m in [m for m in sys.modules if m == "face_alignment" or m.startswith("face_alignment.")]:
-            monkeypatch.delitem(sys.modules, m)
         monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
         monkeypatch.setattr(lmmod, "_fan_cache", {})
         return hub / "checkpoints"
 
-    yield install
-    for m in [m for m in sys.modules if m == "face_alignment" or m.startswith("face_alignment.")]:
-        del sys.modules[m]
+    return install
 
 
 @pytest.mark.parametrize("new_api", [True, False])

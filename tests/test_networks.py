@@ -476,14 +476,14 @@ def test_save_refuses_incomplete(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_load_and_forward(saved_checkpoint, nets):
-    loaded = load_deca_checkpoint(saved_checkpoint, device="cuda")
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")])])
+def test_load_and_forward_on_each_device(saved_checkpoint, nets, device):
+    loaded = load_deca_checkpoint(saved_checkpoint, device=device)
     images = torch.rand(2, 3, 224, 224)
     with torch.no_grad():
-        out = loaded(images.cuda())
+        out = loaded(images.to(device))
         ref = nets(images)
-    assert out.displacement.device.type == "cuda" and out.displacement.shape == (2, 1, 256, 256)
+    assert out.displacement.device.type == device and out.displacement.shape == (2, 1, 256, 256)
     torch.testing.assert_close(out.codes.to_vector().cpu(), ref.codes.to_vector(), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(out.detail.cpu(), ref.detail, rtol=1e-3, atol=1e-3)

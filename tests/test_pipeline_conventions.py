@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 
 from core.frontend import crop_from_landmarks, write_png
-from core.pipeline.face_model import FaceAssets, FaceModel
+from core.model.face_model import FaceAssets, FaceModel
 from core.pipeline.reconstruct import Reconstructor, network_ndc_to_photo_pixels
-from core.pipeline.result import ReconstructionResult
-from test_pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
+from core.results.result import ReconstructionResult
+from pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
                                    oracle_networks, uv_pattern)
 
 RENDER = 448

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from core.frontend import read_png16, write_png
-from core.pipeline import textures as tx
-from core.pipeline import writing
+from core.obj import read_obj
+from core.results import encodings as enc
+from core.results import writing
 
 
 def test_folder_names_never_replace_existing_results(tmp_path):
@@ -73,7 +74,8 @@ def test_obj_round_trip(tmp_path):
     f = rng.integers(0, 10, size=(7, 3))
     ft = rng.integers(0, 12, size=(7, 3))
     obj, mtl = writing.write_obj(tmp_path, v, f, vt, ft)
-    v2, vt2, f2, ft2 = writing.read_obj(obj)
+    m = read_obj(obj)
+    v2, vt2, f2, ft2 = m.vertices, m.uv_coords, m.faces, m.uv_faces
     np.testing.assert_allclose(v2, v, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(vt2, vt, rtol=1e-6, atol=1e-9)
     np.testing.assert_array_equal(f2, f)
@@ -85,12 +87,12 @@ def test_obj_round_trip(tmp_path):
 
 def test_displacement_png_encoding_round_trip(tmp_path):
     d = np.random.default_rng(1).normal(size=(256, 256)) * 1e-3
-    scale = tx.displacement_scale(d)
+    scale = enc.displacement_scale(d)
     assert scale >= np.abs(d).max()
-    write_png(tmp_path / "d.png", tx.encode_displacement(d, scale), bits=16)
+    write_png(tmp_path / "d.png", enc.encode_displacement(d, scale), bits=16)
     q = read_png16(tmp_path / "d.png")
     assert q.dtype == np.uint16 and q.shape == (256, 256)
-    back = tx.decode_displacement_png(q, scale)
+    back = enc.decode_displacement_png(q, scale)
     assert np.abs(back - d).max() <= scale / 65535 + 1e-12
     # the documented formula
     np.testing.assert_array_equal(q, np.rint((d / scale + 1) / 2 * 65535).astype(np.uint16))
@@ -98,10 +100,10 @@ def test_displacement_png_encoding_round_trip(tmp_path):
 
 def test_draw_points_and_normal_encoding():
     img = np.zeros((20, 20, 3), np.float32)
-    tx.draw_points(img, np.array([[10.0, 5.0], [-3, 4], [np.nan, 1]]), (1, 0, 0), radius=1.5)
+    enc.draw_points(img, np.array([[10.0, 5.0], [-3, 4], [np.nan, 1]]), (1, 0, 0), radius=1.5)
     assert img[4, 9, 0] == 1 and img[4, 9, 1] == 0 and img[15, 15].sum() == 0
     n = np.zeros((2, 2, 3))
     n[0, 0] = [0, 0, 1]
-    enc = tx.encode_normals(n)
-    np.testing.assert_allclose(enc[0, 0], [0.5, 0.5, 1.0])
-    np.testing.assert_allclose(enc[1, 1], [0.5, 0.5, 0.5])
+    encoded = enc.encode_normals(n)
+    np.testing.assert_allclose(encoded[0, 0], [0.5, 0.5, 1.0])
+    np.testing.assert_allclose(encoded[1, 1], [0.5, 0.5, 0.5])

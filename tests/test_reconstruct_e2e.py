@@ -21,11 +21,11 @@ from core.assets import AssetManager, MissingAssetError
 from core.cli import main as cli_main
 from core.frontend import read_png16
 from core.networks import CheckpointError, build_deca_networks
-from core.pipeline import textures as tx
+from core.results import encodings as enc
 from core.pipeline.reconstruct import OUTPUT_FILES, Reconstructor
-from core.pipeline.result import ReconstructionResult
-from core.pipeline.writing import read_obj
-from test_pipeline_support import random_checkpoint_home
+from core.results.result import ReconstructionResult
+from core.obj import read_obj
+from pipeline_support import random_checkpoint_home
 
 WRINKLE = dict(wrinkle_samples=16, wrinkle_holdout=4)
 
@@ -140,7 +140,7 @@ def test_every_photo_gives_a_complete_result_folder(batch, real_photos, extras):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(t))  # no texture space installed
         q = read_png16(folder / "displacement.png")
         assert q.shape == (256, 256) and q.dtype == np.uint16
-        back = tx.decode_displacement_png(q, res.displacement_scale)
+        back = enc.decode_displacement_png(q, res.displacement_scale)
         assert np.abs(back - res.displacement).max() <= res.displacement_scale / 65535 * 1.01
         with Image.open(folder / "detail_normals.png") as im:
             assert im.mode == "RGB" and im.size == (256, 256)
@@ -150,7 +150,8 @@ def test_every_photo_gives_a_complete_result_folder(batch, real_photos, extras):
         assert np.abs(np.linalg.norm(n[inside], axis=-1) - 1).max() < 0.03
         with Image.open(folder / "overlay.png") as im:
             assert im.mode == "RGB" and 224 <= im.size[0] == im.size[1] <= 640
-        v, vt, f, ft = read_obj(folder / "mesh.obj")
+        m = read_obj(folder / "mesh.obj")
+        v, vt, f, ft = m.vertices, m.uv_coords, m.faces, m.uv_faces
         np.testing.assert_allclose(v, res.vertices, atol=1e-6)
         np.testing.assert_allclose(vt, res.uv_coords, atol=1e-6)
         np.testing.assert_array_equal(f, res.faces)
@@ -257,7 +258,7 @@ def test_the_pipeline_package_and_result_stay_free_of_torch():
     import subprocess
     import sys
 
-    code = ("import sys; import core.pipeline, core.pipeline.result, core.pipeline.commands; "
+    code = ("import sys; import core.pipeline, core.results.result, core.commands.reconstruct; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])
 

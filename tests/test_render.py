@@ -618,16 +618,25 @@ def test_unwrap_marks_occluded_texels_invisible():
     assert not visible[0, 0][~uvr.mask].any()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu():
-    renderer, verts, cam, albedo, light = _sphere_scene(torch.float32)
-    cpu = renderer(verts, cam, albedo, light)
-    gpu = renderer.cuda()(verts.cuda(), cam.cuda(), albedo.cuda(), light.cuda())
-    assert (gpu.fragments.face_ids.cpu() == cpu.fragments.face_ids).float().mean() > 0.999
-    assert torch.allclose(gpu.image.cpu(), cpu.image, atol=1e-4)
-    uv_cpu = renderer.cpu().uv_rasterization(64)
-    uv_gpu = render_uv_space(renderer.uv_coords.cuda(), renderer.uv_faces.cuda(), 64)
-    assert torch.equal(uv_gpu.face_ids.cpu(), uv_cpu.face_ids)
+_CUDA = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+@pytest.mark.parametrize("device, dtype", [
+    ("cpu", torch.float32),
+    pytest.param("cuda", torch.float32, marks=_CUDA),
+    pytest.param("cuda", torch.float64, marks=_CUDA),
+])
+def test_every_device_and_dtype_matches_the_float64_cpu_render(device, dtype):
+    renderer, verts, cam, albedo, light = _sphere_scene(torch.float64)
+    ref = renderer(verts, cam, albedo, light)
+    ref_uv = renderer.uv_rasterization(64)
+    r = renderer.to(device)
+    out = r(*[t.to(device, dtype) for t in (verts, cam, albedo, light)])
+    assert out.image.device.type == device and out.image.dtype == dtype
+    assert (out.fragments.face_ids.cpu() == ref.fragments.face_ids).float().mean() > 0.999
+    assert torch.allclose(out.image.cpu().double(), ref.image, atol=1e-4 if dtype == torch.float32 else 1e-7)
+    uv = render_uv_space(renderer.uv_coords.to(device, dtype), renderer.uv_faces.to(device), 64)
+    assert torch.equal(uv.face_ids.cpu(), ref_uv.face_ids)
 
 
 def test_face_attributes_and_double_precision_pipeline():

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.obj import read_obj as core_read_obj
 from core.render import (
     MeshRenderer,
     orthographic_project,
@@ -20,26 +21,10 @@ from core.render import (
 
 
 def read_obj(path: Path):
-    """Minimal OBJ reader for ``v``, ``vt`` and ``f a/ta b/tb c/tc`` triangles (1-based indices)."""
-    verts, uvs, faces, uv_faces = [], [], [], []
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            verts.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            uvs.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            corners = [p.split("/") for p in parts[1:4]]
-            faces.append([int(c[0]) - 1 for c in corners])
-            uv_faces.append([int(c[1]) - 1 for c in corners])
-    return (
-        torch.tensor(verts, dtype=torch.float64),
-        torch.tensor(faces, dtype=torch.long),
-        torch.tensor(uvs, dtype=torch.float64),
-        torch.tensor(uv_faces, dtype=torch.long),
-    )
+    """(vertices, faces, uv_coords, uv_faces) of an OBJ as tensors (core.obj reads it)."""
+    m = core_read_obj(path)
+    return (torch.tensor(m.vertices, dtype=torch.float64), torch.tensor(m.faces, dtype=torch.long),
+            torch.tensor(m.uv_coords, dtype=torch.float64), torch.tensor(m.uv_faces, dtype=torch.long))
 
 
 @pytest.fixture(scope="module")

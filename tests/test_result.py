@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.pipeline.result import RESULT_FILE, ReconstructionResult, ResultError, WrinkleModel
-from core.pipeline.rig import build_rig
+from core.results.result import RESULT_FILE, ReconstructionResult, ResultError, WrinkleModel
+from core.results.rig import build_rig
 from core.testmodels.procedural_head import build_procedural_head
 
 
@@ -64,3 +64,36 @@ def test_errors_name_the_file(tmp_path):
     np.savez(tmp_path / RESULT_FILE, schema_version=np.int64(1), shape=np.zeros(100))
     with pytest.raises(ResultError, match="lacks"):
         ReconstructionResult.load(tmp_path)
+
+
+def test_validate_names_the_broken_field_and_the_writer_refuses_it(tmp_path):
+    import dataclasses
+
+    from core.results.writing import FaceImages, write_result_folder
+
+    good = make_result(np.random.default_rng(2))
+    assert good.validate() is good
+    V = good.vertices.shape[0]
+    broken = {
+        "exp": (dataclasses.replace(good, exp=np.zeros(49)), "'exp' has shape (49,), expected (50)"),
+        "vertices": (dataclasses.replace(good, vertices=np.zeros((V - 1, 3))), "'vertices' has shape"),
+        "nan": (dataclasses.replace(good, light=np.full((9, 3), np.nan)), "'light' holds NaN"),
+        "faces": (dataclasses.replace(good, faces=good.faces + V), "'faces' indexes outside [0, "),
+        "wrinkles": (dataclasses.replace(good, wrinkles=WrinkleModel(good.wrinkles.base, good.wrinkles.maps,
+                                                                      good.wrinkles.matrix[:, :50], 0.9)),
+                     "'wrinkle_matrix' has shape"),
+        "scale": (dataclasses.replace(good, displacement_scale=0.0), "displacement_scale is 0.0"),
+    }
+    for name, (result, message) in broken.items():
+        with pytest.raises(ResultError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            result.validate("the/folder")
+    img = np.zeros((8, 8, 3), np.float32)
+    images = FaceImages(texture=img, albedo=img, detail_normals=img, overlay=img)
+    with pytest.raises(ResultError):
+        write_result_folder(broken["nan"][0], images, tmp_path, "face")
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even a temporary folder
+    folder = write_result_folder(good, images, tmp_path, "face")
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["result.npz", "mesh.obj", "mesh.mtl", "texture.png", "albedo.png", "displacement.png",
+         "detail_normals.png", "overlay.png"])
+    ReconstructionResult.load(folder).validate()

@@ -30,7 +30,7 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def face(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
 
     return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir))
 

@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _face_model(flame: str, data_dir: str):
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
 
     if flame or data_dir:
         if not (flame and data_dir):

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, get_origin, get_type_hints
 
+from core.errors import DecaError
+
 __all__ = [
     "STAGES", "ConfigError", "DataConfig", "ModelConfig", "LossConfig", "IdentityConfig", "MrfConfig",
     "OptimConfig", "TrainConfig", "TrainingConfig", "load_config", "config_from_dict", "config_to_dict",
@@ -34,7 +36,7 @@ BN_MODES = ("frozen", "train", "sync")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
-class ConfigError(ValueError):
+class ConfigError(DecaError, ValueError):
     """A configuration that cannot be used; the message says which key and why."""
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from core.errors import DecaError
 from core.networks import INPUT_SIZE
 
 __all__ = [
@@ -42,7 +43,7 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 GT_KEYS = ("gt_shape", "gt_exp", "gt_pose", "gt_cam", "gt_light", "gt_tex")
 
 
-class DatasetError(ValueError):
+class DatasetError(DecaError, ValueError):
     """A dataset folder that cannot be used; the message names the file or folder."""
 
 

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.errors import DecaError
+
 __all__ = ["FaceResNet50", "load_face_recognition", "IdentityLoss", "VGG19Features", "IdMrfLoss",
            "VGG19_LAYERS", "PretrainedWeightsError"]
 
 
-class PretrainedWeightsError(ValueError):
+class PretrainedWeightsError(DecaError, ValueError):
     """A weights file for the identity or ID-MRF network that cannot be used (message names the file)."""
 
 

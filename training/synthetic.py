@@ -2,7 +2,7 @@
 
 Identities get random shape codes (and, with a texture space, albedo codes) and a per-person detail
 pattern; each of their images gets a random expression, jaw opening, head rotation, light, framing and
-background. Images are rendered with the project's own :class:`~core.pipeline.face_model.FaceModel` at 224,
+background. Images are rendered with the project's own :class:`~core.model.face_model.FaceModel` at 224,
 framed with DECA's crop rule around the projected landmarks (plus jitter), so they look like what
 ``deca-train prepare`` produces. Each image's ``.npz`` stores the exact projected landmarks, the skin mask
 (rendered pixels inside FLAME's UV face mask, eyes excluded) and the ground-truth codes (``gt_*``) used by

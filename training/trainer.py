@@ -296,7 +296,7 @@ class Trainer:
     def _face_model(self, device: torch.device):
         if self._face is not None:
             return self._face.to(device)
-        from core.pipeline.face_model import FaceAssets, FaceModel
+        from core.model.face_model import FaceAssets, FaceModel
 
         m = self.cfg.model
         if m.flame or m.data_dir:

@@ -5,7 +5,10 @@ import argparse
 import json
 import sys
 
-from core.assets.manager import AssetError, AssetManager, describe_missing, status_as_json
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from core.assets.manager import AssetManager
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,11 +29,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=cmd_verify)
 
 
-def _manager(args: argparse.Namespace) -> AssetManager:
+def _manager(args: argparse.Namespace) -> "AssetManager":
+    from core.assets.manager import AssetManager  # numpy: not for `--help`
+
     return AssetManager(args.home) if args.home else AssetManager()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from core.assets.manager import describe_missing, status_as_json
+
     m = _manager(args)
     info = status_as_json(m)
     if args.json:
@@ -57,11 +64,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         print("nothing to install: give --flame, --deca, --data and/or --texture", file=sys.stderr)
         return 2
     m = _manager(args)
-    try:
-        notes = m.install(flame=args.flame, deca=args.deca, data=args.data, texture=args.texture, force=args.force)
-    except (AssetError, ValueError) as exc:  # FlameModelError, CheckpointError... are ValueErrors
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    # a refused file (AssetError, FlameModelError, CheckpointError: all DecaErrors) reaches the CLI's one-line
+    # error and exit code 2
+    notes = m.install(flame=args.flame, deca=args.deca, data=args.data, texture=args.texture, force=args.force)
     for n in notes:
         print(f"note: {n}")
     missing = m.missing()

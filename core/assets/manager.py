@@ -20,15 +20,17 @@ from typing import Callable
 
 import numpy as np
 
+from core import sizes
 from core.assets import catalog
 from core.assets.catalog import AssetSpec
 from core.atomic import atomic_write_bytes
+from core.errors import DecaError
 from core.flame.model_file import file_sha256
 
 REGISTRY_NAME = "assets.json"
 
 
-class AssetError(ValueError):
+class AssetError(DecaError, ValueError):
     """An asset is missing or fails its checks; the message says which file, why, and what to do."""
 
 
@@ -170,11 +172,17 @@ class AssetManager:
         return True
 
     def _install_flame(self, src: Path, force: bool, progress: Progress) -> list[str]:
-        from core.flame.model_file import load_flame_model, save_flame_npz
+        from core.flame.model_file import FLAME_DOWNLOAD_PAGE, load_flame_model, save_flame_npz
 
         spec = catalog.FLAME_MODEL
         progress(f"checking FLAME model {src} ...")
         data = load_flame_model(src)  # raises FlameModelError with the file's name and the problem
+        if data.n_shape < sizes.N_SHAPE or data.n_expression < sizes.N_EXP:
+            # DECA's codes need these many; accepting fewer only moves the failure to every photo
+            raise AssetError(
+                f"{src}: has {data.n_shape} shape and {data.n_expression} expression components; deca-blender "
+                f"needs at least {sizes.N_SHAPE} shape and {sizes.N_EXP} expression components (FLAME 2020's "
+                f"generic_model.pkl has 300 and 100). Download it from {FLAME_DOWNLOAD_PAGE}")
         if not self._guard_overwrite(spec, src, force):
             progress(f"{spec.name}: already installed from this file")
             return []

@@ -83,8 +83,19 @@ def cmd_now(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _int(token: str, text: str) -> int:
+    from core.evaluation.dataset import EvaluationError
+
+    try:
+        return int(token)
+    except ValueError:
+        raise EvaluationError(f"invalid --sizes {text!r}: {token!r} is not a whole number") from None
+
+
 def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
     """'224,448,640x480' -> ((224, 224), (448, 448), (480, 640)) as (H, W)."""
+    from core.evaluation.dataset import EvaluationError  # numpy: not at import time (--help)
+
     out = []
     for part in text.split(","):
         part = part.strip().lower()
@@ -92,11 +103,11 @@ def parse_sizes(text: str) -> tuple[tuple[int, int], ...]:
             continue
         if "x" in part:
             w, h = part.split("x")
-            out.append((int(h), int(w)))
+            out.append((_int(h, text), _int(w, text)))
         else:
-            out.append((int(part), int(part)))
+            out.append((_int(part, text), _int(part, text)))
     if not out or any(h < 32 or w < 32 for h, w in out):
-        raise ValueError(f"invalid --sizes {text!r}")
+        raise EvaluationError(f"invalid --sizes {text!r}: give sizes of at least 32, e.g. 224,640x480")
     return tuple(out)
 
 
@@ -106,13 +117,14 @@ def test_model_assets():
     import tempfile
     from pathlib import Path
 
-    from core.pipeline.face_model import FaceAssets
+    from core.evaluation.dataset import EvaluationError
+    from core.model.face_model import FaceAssets
     from core.testmodels.synthetic_flame import write_test_flame
 
     shared = Path(os.environ.get("DECA_SHARED", Path(__file__).resolve().parents[2].parent / "shared"))
     data, jr = shared / "assets" / "deca", shared / "assets" / "flame" / "flame2020_joint_regressor.npz"
     if not (data / "head_template.obj").is_file() or not jr.is_file():
-        raise ValueError(f"the test model needs DECA's data and FLAME's joint regressor under {shared / 'assets'} "
+        raise EvaluationError(f"the test model needs DECA's data and FLAME's joint regressor under {shared / 'assets'} "
                          "(set DECA_SHARED)")
     with tempfile.TemporaryDirectory(prefix="deca-test-flame-") as tmp:  # read into memory, then removed
         pkl = Path(tmp) / "test_flame.pkl"
@@ -121,21 +133,20 @@ def test_model_assets():
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
+    from core.evaluation.dataset import EvaluationError
     from core.evaluation.synthetic import SyntheticConfig, SyntheticGenerator
-    from core.pipeline.face_model import FaceAssets, FaceModel
+    from core.model.face_model import FaceAssets, FaceModel
 
-    try:
-        sizes = parse_sizes(args.sizes)
-        if args.n < 1:
-            raise ValueError("-n must be at least 1")
-        if args.test_model:
-            assets = test_model_assets()
-        else:
-            from core.assets import AssetManager
+    # bad sizes, missing assets: DecaErrors, printed in one line by the CLI
+    sizes = parse_sizes(args.sizes)
+    if args.n < 1:
+        raise EvaluationError("-n must be at least 1")
+    if args.test_model:
+        assets = test_model_assets()
+    else:
+        from core.assets import AssetManager
 
-            assets = FaceAssets.from_manager(AssetManager(args.home) if args.home else AssetManager())
-    except Exception as exc:  # missing assets, bad sizes
-        return _error(str(exc))
+        assets = FaceAssets.from_manager(AssetManager(args.home) if args.home else AssetManager())
     model = FaceModel(assets).eval()
     cfg = SyntheticConfig(n=args.n, sizes=sizes, max_yaw_deg=args.max_yaw, seed=args.seed, write_obj=args.obj)
     gen = SyntheticGenerator(model, cfg, photos_dir=args.backgrounds)

@@ -22,10 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DecaError
 from core.evaluation.now import NOW_LANDMARKS_68, now_errors, summarize
+from core.obj import read_obj
 
 
-class EvaluationError(ValueError):
+class EvaluationError(DecaError, ValueError):
     """The folders cannot be evaluated; the message says why."""
 
 
@@ -38,19 +40,9 @@ class GroundTruth:
 
 
 def read_obj_vertices_faces(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    v, f = [], []
-    for line in Path(path).read_text(errors="replace").splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            v.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "f":
-            idx = [int(p.split("/")[0]) for p in parts[1:]]
-            idx = [i - 1 if i > 0 else len(v) + i for i in idx]
-            for k in range(1, len(idx) - 1):  # fan-triangulate polygons
-                f.append([idx[0], idx[k], idx[k + 1]])
-    return np.asarray(v, np.float64).reshape(-1, 3), np.asarray(f, np.int64).reshape(-1, 3)
+    """(V, 3) vertices and (F, 3) triangles (polygons fan-triangulated) of a scan or prediction OBJ."""
+    mesh = read_obj(path)
+    return mesh.vertices, mesh.faces
 
 
 def _read_lmk7(path: Path) -> np.ndarray:
@@ -128,7 +120,7 @@ def load_prediction(path: Path, geometry: str, embedding=None) -> tuple[np.ndarr
     """(vertices, faces, 7 landmarks) of one prediction (a result folder or an .obj with .npy)."""
     path = Path(path)
     if path.is_dir():
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
 
         r = ReconstructionResult.load(path)
         verts = r.rig_template if geometry == "neutral" else r.vertices

@@ -175,7 +175,7 @@ class SyntheticFace:
 
 
 class SyntheticGenerator:
-    """Renders synthetic faces of `face_model` (a `core.pipeline.face_model.FaceModel`)."""
+    """Renders synthetic faces of `face_model` (a `core.model.face_model.FaceModel`)."""
 
     def __init__(self, face_model, config: SyntheticConfig | None = None, photos_dir: str | Path | None = None,
                  flame_description: str = "") -> None:
@@ -318,10 +318,9 @@ def _vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor
 
 def write_simple_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray) -> Path:
     """A plain OBJ (v and f lines, 1-based)."""
-    lines = [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in np.asarray(vertices, np.float64).tolist()]
-    lines += [f"f {a} {b} {c}" for a, b, c in (np.asarray(faces, np.int64) + 1).tolist()]
-    Path(path).write_text("\n".join(lines) + "\n")
-    return Path(path)
+    from core.obj import write_obj
+
+    return write_obj(path, vertices, faces)
 
 
 def load_ground_truth(path: str | Path) -> dict:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.pipeline.result import WrinkleModel
+from core.results.result import WrinkleModel
 
 HIGHPASS_SIGMA_PX = 3.0
 GAIN_M = 0.002  # metres of displacement per unit of high-passed log-luminance ratio

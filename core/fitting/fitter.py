@@ -63,6 +63,7 @@ class FaceFit:
     albedo: torch.Tensor | None  # (1, 3, S, S) fitted albedo (None without stage 2)
     mode: str = "fit"
     detail: np.ndarray | None = None  # (128,) regressor's detail code (deca+fit)
+    faces_in_photo: int = 1  # faces fitted in this face's photo (recorded so a rerun can resume)
     timings: dict = field(default_factory=dict)
 
     def target_ndc(self) -> np.ndarray:
@@ -74,6 +75,7 @@ class FitFailure:
     photo: str
     error: str
     message: str
+    exception: BaseException | None = field(default=None, repr=False, compare=False)  # re-raised by fit_photo
 
 
 @dataclass
@@ -88,7 +90,8 @@ class FitSummary:
 
     def to_dict(self) -> dict:
         return {"succeeded": [{"photo": p, "face_index": i, "folder": f} for p, i, f in self.succeeded],
-                "failed": [f.__dict__ for f in self.failed], "seconds": self.seconds}
+                "failed": [{"photo": f.photo, "error": f.error, "message": f.message} for f in self.failed],
+                "seconds": self.seconds}
 
 
 class Fitter:
@@ -109,7 +112,7 @@ class Fitter:
                  landmark_config: LandmarkFitConfig | None = None,
                  photometric_config: PhotometricFitConfig | None = None, photometric: bool = True,
                  landmark_sigma_px: dict[str, float] | None = None) -> None:
-        from core.pipeline.face_model import FaceAssets, FaceModel
+        from core.model.face_model import FaceAssets, FaceModel
 
         if mode not in MODES:
             raise ValueError(f"unknown fitting mode {mode!r}: use one of {MODES}")
@@ -172,7 +175,7 @@ class Fitter:
 
     def _regressor_init(self, source: str, face_index: int) -> tuple[FitCodes, np.ndarray] | None:
         """DECA's codes for one face of a photo (through the reconstructor's public API)."""
-        from core.pipeline.result import ReconstructionResult
+        from core.results.result import ReconstructionResult
 
         with tempfile.TemporaryDirectory(prefix="deca-fit-init-") as tmp:
             folders = self.reconstructor.reconstruct_photo(source, tmp, all_faces=face_index > 0)
@@ -278,7 +281,7 @@ class Fitter:
 
         With `same_person` the largest face of every photo is fitted jointly with one shared shape."""
         from core.fitting.writer import write_fit_result
-        from core.pipeline import writing
+        from core.results import writing
         from core.pipeline.reconstruct import collect_photos
 
         t_start = time.perf_counter()
@@ -286,6 +289,7 @@ class Fitter:
         photos = collect_photos(paths)
         summary = FitSummary()
         reserved: set[str] = set()
+        stems: dict[str, str] = {}
         prepared = []
         for k, p in enumerate(photos):
             t0 = time.perf_counter()
@@ -294,13 +298,17 @@ class Fitter:
             except (KeyboardInterrupt, SystemExit):
                 raise
             except Exception as exc:
-                summary.failed.append(FitFailure(str(p), type(exc).__name__, str(exc) or type(exc).__name__))
+                summary.failed.append(FitFailure(str(p), type(exc).__name__, str(exc) or type(exc).__name__, exc))
                 continue
+            # one base name per photo, as `reconstruct` does: photo, photo_face1, ... (not photo-2_face1)
+            stems[str(p)] = writing.pick_base_stem(out, writing.safe_stem(Path(p).stem), len(dets), overwrite,
+                                                   reserved)
             prepared.append((p, image, dets, time.perf_counter() - t0))
             if progress:
                 progress(0.2 * (k + 1) / max(1, len(photos)), f"{Path(p).name}: landmarks")
 
         jobs = []  # (photo, image, detection, face index, detect time)
+        n_faces = {str(p): len(dets) for p, _, dets, _ in prepared}
         for p, image, dets, dt in prepared:
             for i, d in enumerate(dets):
                 jobs.append((p, image, d, i, dt / len(dets)))
@@ -321,21 +329,23 @@ class Fitter:
                 raise
             except Exception as exc:
                 for b in batch:
-                    summary.failed.append(FitFailure(str(b[0]), type(exc).__name__, str(exc) or type(exc).__name__))
+                    summary.failed.append(FitFailure(str(b[0]), type(exc).__name__, str(exc) or type(exc).__name__,
+                                                     exc))
                 continue
             for k, (fit, b) in enumerate(zip(fits, batch)):
                 fit.timings["detect"] = b[4]
+                fit.faces_in_photo = n_faces[str(b[0])]
                 if self.mode == "deca+fit":
                     fit.detail = details[k]
                 try:
-                    stem = writing.pick_base_stem(out, writing.safe_stem(Path(b[0]).stem), 1, overwrite, reserved)
-                    name = writing.folder_name(stem, b[3])
+                    name = writing.folder_name(stems[str(b[0])], b[3])
                     folder = write_fit_result(self, fit, out, name, overwrite)
                     summary.succeeded.append((str(b[0]), b[3], str(folder)))
                 except (KeyboardInterrupt, SystemExit, writing.OutputDirError):
                     raise
                 except Exception as exc:
-                    summary.failed.append(FitFailure(str(b[0]), type(exc).__name__, str(exc) or type(exc).__name__))
+                    summary.failed.append(FitFailure(str(b[0]), type(exc).__name__, str(exc) or type(exc).__name__,
+                                                     exc))
                 done += 1
                 if progress:
                     progress(0.2 + 0.8 * done / max(1, len(jobs)), f"{Path(b[0]).name}: done")
@@ -347,8 +357,7 @@ class Fitter:
         """Fit one photo; returns its result folders. Raises the photo's error (unreadable, no face)."""
         summary = self.fit_photos([path], out_dir, all_faces=all_faces, overwrite=overwrite)
         if summary.failed and not summary.succeeded:
-            f = summary.failed[0]
-            raise RuntimeError(f"{f.photo}: {f.error}: {f.message}")
+            raise summary.failed[0].exception  # the photo's own error (NoFaceError, ImageReadError, ...)
         return [Path(s[2]) for s in summary.succeeded]
 
 

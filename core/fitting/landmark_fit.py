@@ -212,7 +212,7 @@ def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = 
     """Fit FLAME codes to 68 landmarks per face.
 
     Args:
-        face_model: a `core.pipeline.face_model.FaceModel` (any device/dtype; codes follow it).
+        face_model: a `core.model.face_model.FaceModel` (any device/dtype; codes follow it).
         target_ndc: (B, 68, 2) target landmarks in the crop's image NDC.
         init: starting codes (e.g. the regressor's); default: closed-form rigid init, zero shape/exp.
         shared_shape: one identity for the whole batch (several photos of one person).

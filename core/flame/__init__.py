@@ -1,19 +1,27 @@
-"""FLAME: reading the model files safely, linear blend skinning, the torch layer, landmarks."""
-from core.flame.landmarks import LandmarkEmbedding, LandmarkEmbeddingError, load_embedding, read_official_embedding
-from core.flame.layer import FlameLayer, FlameOutput, expand_pose
-from core.flame.model_file import (
-    FLAME_DOWNLOAD_PAGE,
-    JOINT_NAMES,
-    FlameModelData,
-    FlameModelError,
-    load_flame_model,
-    load_flame_npz,
-    load_flame_pickle,
-    save_flame_npz,
-)
+"""FLAME: reading the model files safely, linear blend skinning, the torch layer, landmarks.
 
-__all__ = [
-    "FLAME_DOWNLOAD_PAGE", "JOINT_NAMES", "FlameLayer", "FlameModelData", "FlameModelError", "FlameOutput",
-    "LandmarkEmbedding", "LandmarkEmbeddingError", "expand_pose", "load_embedding", "load_flame_model",
-    "load_flame_npz", "load_flame_pickle", "read_official_embedding", "save_flame_npz",
-]
+The names below load on first use (PEP 562), so `core.flame.model_file` and `core.flame.template`
+(numpy only) can be imported by `core.results` inside Blender without pulling in torch.
+"""
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "LandmarkEmbedding": "landmarks", "LandmarkEmbeddingError": "landmarks", "load_embedding": "landmarks",
+    "read_official_embedding": "landmarks",
+    "FlameLayer": "layer", "FlameOutput": "layer", "expand_pose": "layer",
+    "FLAME_DOWNLOAD_PAGE": "model_file", "JOINT_NAMES": "model_file", "FlameModelData": "model_file",
+    "FlameModelError": "model_file", "load_flame_model": "model_file", "load_flame_npz": "model_file",
+    "load_flame_pickle": "model_file", "save_flame_npz": "model_file",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'core.flame' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"core.flame.{_HOMES[name]}"), name)
+    globals()[name] = value  # later lookups skip this function
+    return value

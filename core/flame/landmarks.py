@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from numpy.lib import format as npy_format
 
+from core.errors import DecaError
 from core.safe_pickle import UnsafePickleError, load_restricted, to_array
 
 N_LANDMARKS = 68
@@ -21,7 +22,7 @@ N_CONTOUR = 17
 MAX_YAW_DEG = 39
 
 
-class LandmarkEmbeddingError(ValueError):
+class LandmarkEmbeddingError(DecaError, ValueError):
     """The landmark embedding file is missing or malformed; the message names the file."""
 
 

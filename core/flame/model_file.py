@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.errors import DecaError
 from core.atomic import atomic_write_bytes
 from core.safe_pickle import UnsafePickleError, load_restricted, to_array
 
@@ -27,7 +28,7 @@ FLAME_DOWNLOAD_PAGE = "https://flame.is.tue.mpg.de/download.php"
 REQUIRED_PICKLE_KEYS = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights", "kintree_table")
 
 
-class FlameModelError(ValueError):
+class FlameModelError(DecaError, ValueError):
     """A FLAME file is missing, unreadable or not a FLAME model. The message names the file."""
 
 

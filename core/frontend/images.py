@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from core.errors import DecaError
 from core.atomic import atomic_write_bytes
 
 __all__ = ["ImageReadError", "read_image", "read_png16", "write_png"]
@@ -39,7 +40,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
                   MemoryError, Image.DecompressionBombError)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(DecaError, ValueError):
     """A photo could not be read. ``path`` is the file, the message says why."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

@@ -28,6 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
+from core.errors import DecaError
+
 __all__ = [
     "FaceDetection", "LandmarkDetector", "DlibDetector", "FanDetector", "get_detector",
     "select_faces", "detect_faces", "NoFaceError", "DetectorUnavailableError",
@@ -39,7 +41,7 @@ FAN_INSTALL_HINT = ("pip install face-alignment, then let it download its weight
                     "internet access (they are cached in the torch hub folder)")
 
 
-class NoFaceError(ValueError):
+class NoFaceError(DecaError, ValueError):
     """No face was found in a photo."""
 
     def __init__(self, path: str | os.PathLike | None = None, detector: str | None = None):
@@ -52,7 +54,7 @@ class NoFaceError(ValueError):
         super().__init__(msg)
 
 
-class DetectorUnavailableError(RuntimeError):
+class DetectorUnavailableError(DecaError, RuntimeError):
     """A requested landmark detector cannot be used here; the message says what to install."""
 
 

@@ -22,6 +22,7 @@ from typing import Any, Mapping, NamedTuple
 import torch
 from torch import nn
 
+from core.errors import DecaError
 from core.atomic import atomic_write_bytes
 
 from .detail_decoder import DetailDecoder
@@ -49,7 +50,7 @@ _FACTORIES = {"E_flame": FlameEncoder, "E_detail": DetailEncoder, "D_detail": De
 _MAX_LISTED = 6
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DecaError, ValueError):
     """A DECA checkpoint that cannot be used. ``path`` names the file; ``problems`` lists the
     individual mismatches when the file was readable but holds another architecture."""
 

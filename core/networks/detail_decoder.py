@@ -15,12 +15,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core import sizes
+
 from .encoders import DETAIL_CODE_DIM
 
 __all__ = ["DetailDecoder", "DETAIL_DECODER_INPUT", "DETAIL_MAP_SIZE", "DETAIL_OUT_SCALE"]
 
-JAW_DIM = 3
-EXP_DIM = 50
+JAW_DIM = sizes.N_JAW
+EXP_DIM = sizes.N_EXP
 DETAIL_DECODER_INPUT = JAW_DIM + EXP_DIM + DETAIL_CODE_DIM  # 181
 INIT_SIZE = 8
 INIT_CHANNELS = 128

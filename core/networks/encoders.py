@@ -14,6 +14,8 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
+from core import sizes
+
 from .resnet import RESNET_FEATURES, ResNetTrunk
 
 __all__ = [
@@ -30,15 +32,15 @@ __all__ = [
 
 #: sizes of the parts of E_flame's output, in the official order
 FLAME_CODE_SIZES: dict[str, int] = {
-    "shape": 100,
-    "tex": 50,
-    "exp": 50,
-    "pose": 6,
-    "cam": 3,
-    "light": 27,
+    "shape": sizes.N_SHAPE,
+    "tex": sizes.N_TEX,
+    "exp": sizes.N_EXP,
+    "pose": sizes.N_POSE,
+    "cam": sizes.N_CAM,
+    "light": sizes.N_SH * 3,
 }
 FLAME_CODE_DIM = sum(FLAME_CODE_SIZES.values())  # 236
-DETAIL_CODE_DIM = 128
+DETAIL_CODE_DIM = sizes.N_DETAIL
 #: side of the square crops the encoders were trained on
 INPUT_SIZE = 224
 HIDDEN = 1024

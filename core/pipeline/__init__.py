@@ -1,5 +1,5 @@
-"""From photo to result folder: decoding, textures, detail, the wrinkle model, writing results.
+"""Reconstruction with DECA's networks: from photo to codes, meshes, textures, details and the wrinkle model.
 
-This package's __init__ imports nothing heavy: the Blender add-on reads `core.pipeline.result` with
-numpy alone, and must not pull torch into Blender's process.
+The result it produces and the folder it writes live in `core.results` (numpy only); the face model it
+decodes with lives in `core.model`.
 """

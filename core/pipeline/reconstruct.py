@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,17 +43,23 @@ import torch
 
 from core.assets import AssetManager
 from core.atomic import atomic_write_bytes
-from core.flame.lbs import axis_angle_to_matrix
+from core.errors import DecaError
+from core.flame.layer import FlameOutput
 from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
+from core.model.face_model import FaceAssets, FaceModel
+from core.pipeline import overlay
 from core.pipeline import textures as tx
 from core.pipeline import wrinkles as wr
-from core.pipeline import writing
-from core.pipeline.face_model import FaceAssets, FaceModel
-from core.pipeline.result import ReconstructionResult, WrinkleModel
-from core.pipeline.rig import build_rig
+from core.results import encodings as enc
+from core.results import writing
+from core.results.result import ReconstructionResult, ResultError, WrinkleModel
+from core.results.rig import build_rig
+from core.results.writing import FaceImages
+from core import sizes
+from core.sizes import N_DETAIL, N_EXP, N_JAW, N_TEX
 
 __all__ = [
     "Reconstructor", "ReconstructionSummary", "FaceOutcome", "PhotoFailure", "AnimationSummary",
@@ -66,25 +71,18 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 OUTPUT_FILES = ("result.npz", "mesh.obj", "mesh.mtl", "albedo.png", "texture.png", "displacement.png",
                 "detail_normals.png", "overlay.png")
 NETWORK_SIZE = 224
-TEXTURE_SIZE = 512
+TEXTURE_SIZE = sizes.TEXTURE_SIZE
 WRINKLE_DECODE_BATCH = 16
 OutputDirError = writing.OutputDirError
-
-# A fixed light for the overlay render: ambient plus frontal (+z) and a little from above (+y).
-_C0 = 1.0 / math.sqrt(4 * math.pi)
-_C1 = (2 * math.pi / 3) * math.sqrt(3 / (4 * math.pi))
-_OVERLAY_LIGHT = np.zeros((9, 3), np.float32)
-_OVERLAY_LIGHT[0] = 0.5 / _C0
-_OVERLAY_LIGHT[3] = 0.45 / _C1  # nz
-_OVERLAY_LIGHT[2] = 0.12 / _C1  # ny
-_OVERLAY_GREY = 0.78
-_OVERLAY_OPACITY = 0.75
-_RED, _GREEN = (1.0, 0.15, 0.1), (0.1, 1.0, 0.2)
 
 Progress = Callable[[float, str], None]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+class DeviceError(DecaError, ValueError):
+    """The device asked for is not there (e.g. CUDA on a machine without it)."""
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' = CUDA when available, else the CPU. A CUDA request without CUDA is an error."""
@@ -95,7 +93,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here (use auto or cpu)")
+        raise DeviceError("--device cuda was asked for, but torch sees no CUDA device here (use auto or cpu)")
     return dev
 
 
@@ -180,6 +178,23 @@ class AnimationSummary:
 
 
 @dataclass
+class DecodedFace:
+    """Everything `_decode_face` computes for one face besides its codes (tensors batch 1, on the device)."""
+
+    geom: FlameOutput  # vertices (1, V, 3), landmarks2d/3d
+    pose: torch.Tensor  # (1, 6) with the jaw used
+    exp: torch.Tensor  # (1, N_EXP) the expression used
+    landmarks2d: np.ndarray  # (68, 2) projected model landmarks, photo pixels
+    displacement: np.ndarray  # (256, 256) metres along the normal
+    texture: torch.Tensor  # (1, 3, 512, 512) the photo unwrapped
+    albedo: torch.Tensor  # (1, 3, 512, 512); `texture` itself when there is no texture space
+    albedo_source: str  # texture_space | photo_texture
+    images: FaceImages  # what the result folder stores besides result.npz
+    texture_crop_size: int
+    wrinkles: tuple[WrinkleModel, wr.WrinkleFitInfo]
+
+
+@dataclass
 class _Photo:
     path: Path
     image: np.ndarray  # (H, W, 3) float32
@@ -230,6 +245,8 @@ class Reconstructor:
             weights). The detail decoder always runs in float32.
         profile: synchronise the device at stage boundaries so `timings` are exact on CUDA.
     """
+
+    mode = "deca"  # core.commands.modes.Reconstructor: the fit modes are core.commands.modes.FitReconstructor
 
     def __init__(self, assets: AssetManager | None = None, device: str | torch.device = "auto",
                  landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
@@ -362,7 +379,7 @@ class Reconstructor:
             maps = []
             for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
                 b = xt[i:i + WRINKLE_DECODE_BATCH]
-                uv_z = self._decode_uv_z(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
+                uv_z = self._decode_uv_z(b[:, N_EXP:], b[:, :N_EXP], detail.expand(len(b), -1))
                 maps.append(self.face_model.displacement(uv_z)[:, 0])
             return torch.cat(maps).cpu().numpy()
         return decode
@@ -381,7 +398,7 @@ class Reconstructor:
 
     def _decode_face(self, face: _Face, exp: torch.Tensor | None = None, jaw: torch.Tensor | None = None,
                      texture: tuple[torch.Tensor, torch.Tensor] | None = None,
-                     wrinkles: tuple[WrinkleModel, wr.WrinkleFitInfo] | None = None) -> dict:
+                     wrinkles: tuple[WrinkleModel, wr.WrinkleFitInfo] | None = None) -> DecodedFace:
         """Everything a result folder holds, for one face (optionally with another expression and jaw)."""
         fm = self.face_model
         c = face.codes
@@ -396,10 +413,7 @@ class Reconstructor:
                 uv_z = face.uv_z if (exp is c.exp and jaw is None) else self._decode_uv_z(pose[:, 3:], exp, face.detail)
                 disp = fm.displacement(uv_z)
                 normals, _ = fm.detail_normals(geom.vertices, uv_z)
-                rot = axis_angle_to_matrix(pose[:, :3])  # (1, 3, 3) global rotation
-                normals_object = torch.einsum("bji,bjhw->bihw", rot.to(normals), normals)  # R^T n
-                # unit length for the PNG (the soft mask edge blends detail and coarse normals); 0 stays 0
-                normals_object = torch.nn.functional.normalize(normals_object, dim=1, eps=1e-8)
+                normals_object = overlay.object_frame_normals(normals, pose[:, :3])
             with self._stage("texture"):
                 tcrop, crop_img, inside = self._texture_crop(face.photo, crop)
                 tcam = tx.texture_crop_camera(c.cam)
@@ -417,43 +431,37 @@ class Reconstructor:
                     albedo_source = "texture_space" if fm.has_texture_space else "photo_texture"
                 tex_img, albedo_img = texture
             with self._stage("render"):
-                grey = torch.full((1, 3, 8, 8), _OVERLAY_GREY, device=self.device)
-                light = torch.as_tensor(_OVERLAY_LIGHT, device=self.device)[None]
-                r = fm.render(geom.vertices, tcam, albedo=grey, light=light, normal_map=normals,
-                              image_size=tcrop.size)
-                a = r.alpha * _OVERLAY_OPACITY
-                overlay = (crop_img * (1 - a) + r.image.clamp(0, 1) * a).clamp(0, 1)
-                overlay_np = tx.to_hwc(overlay)
-                radius = max(1.2, tcrop.size / 250)
-                tx.draw_points(overlay_np, tcrop.apply(face.detection.landmarks), _GREEN, radius=radius)
-                tx.draw_points(overlay_np, tcrop.apply(lmk_photo), _RED, radius=radius)
+                overlay_np = overlay.render_overlay(fm, geom.vertices, tcam, normals, crop_img, tcrop,
+                                                    face.detection.landmarks, lmk_photo)
+            tex_np = tx.to_hwc(tex_img)
+            images = FaceImages(texture=tex_np, albedo=tex_np if albedo_img is tex_img else tx.to_hwc(albedo_img),
+                                detail_normals=tx.to_hwc(normals_object), overlay=overlay_np)
         if wrinkles is None:
             with self._stage("wrinkle model"):
                 wrinkles = self.fit_wrinkles(face.detail)
-        return {
-            "geom": geom, "pose": pose, "exp": exp, "landmarks2d": lmk_photo,
-            "displacement": disp[0, 0].cpu().numpy(), "normals_object": tx.to_hwc(normals_object),
-            "texture": tex_img, "albedo": albedo_img, "albedo_source": albedo_source,
-            "overlay": overlay_np, "texture_crop_size": tcrop.size, "wrinkles": wrinkles,
-        }
+        return DecodedFace(geom=geom, pose=pose, exp=exp, landmarks2d=lmk_photo,
+                           displacement=disp[0, 0].cpu().numpy(), texture=tex_img, albedo=albedo_img,
+                           albedo_source=albedo_source, images=images, texture_crop_size=tcrop.size,
+                           wrinkles=wrinkles)
 
-    def _result(self, face: _Face, dec: dict, extra: dict | None = None) -> ReconstructionResult:
+    def _result(self, face: _Face, dec: DecodedFace, extra: dict | None = None) -> ReconstructionResult:
         c = face.codes
 
         def np1(t: torch.Tensor) -> np.ndarray:
             return t[0].detach().float().cpu().numpy()
 
-        geom = dec["geom"]
+        geom = dec.geom
         shape = np1(c.shape)
-        rig = build_rig(self.face_assets.flame, shape, n_expression=50)
-        model, info = dec["wrinkles"]
-        disp = dec["displacement"]
-        tex_code = np1(c.tex) if self.face_model.has_texture_space else np.zeros(50, np.float32)
+        rig = build_rig(self.face_assets.flame, shape, n_expression=N_EXP)
+        model, info = dec.wrinkles
+        disp = dec.displacement
+        tex_code = np1(c.tex) if self.face_model.has_texture_space else np.zeros(N_TEX, np.float32)
         h, w = face.photo.image.shape[:2]
         extra_all = {
-            "albedo_source": np.str_(dec["albedo_source"]),
+            "albedo_source": np.str_(dec.albedo_source),
             "detector": np.str_(face.detection.detector),
-            "texture_crop_size": np.int64(dec["texture_crop_size"]),
+            "texture_crop_size": np.int64(dec.texture_crop_size),
+            "faces_in_photo": np.int64(len(face.photo.crops)),  # lets a rerun tell a finished photo
             "wrinkle_samples": np.int64(info.n_samples), "wrinkle_holdout": np.int64(info.n_holdout),
             "wrinkle_rank": np.int64(info.rank),
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
@@ -463,37 +471,22 @@ class Reconstructor:
         }
         return ReconstructionResult(
             source_image=str(face.photo.path), image_size=np.array([h, w], np.int64), face_index=int(face.index),
-            shape=shape, exp=np1(dec["exp"]), pose=np1(dec["pose"]), cam=np1(c.cam), tex=tex_code,
+            shape=shape, exp=np1(dec.exp), pose=np1(dec.pose), cam=np1(c.cam), tex=tex_code,
             light=np1(c.light), detail=np1(face.detail),
-            vertices=np1(geom.vertices), landmarks2d=dec["landmarks2d"], landmarks3d=np1(geom.landmarks3d),
+            vertices=np1(geom.vertices), landmarks2d=dec.landmarks2d, landmarks3d=np1(geom.landmarks3d),
             detected_landmarks=face.detection.landmarks.copy(), crop_matrix=face.crop.matrix.copy(),
             faces=self._faces, uv_coords=self._uv_coords, uv_faces=self._uv_faces,
             rig_template=rig.template, rig_expr_basis=rig.expr_basis, rig_posedirs=rig.posedirs,
             rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
-            displacement=disp, displacement_scale=tx.displacement_scale(disp), wrinkles=model,
+            displacement=disp, displacement_scale=enc.displacement_scale(disp), wrinkles=model,
             flame_model=self.flame_description, is_test_model=bool(self.face_assets.flame.is_test_model),
             extra=extra_all,
         )
 
-    def _write(self, result: ReconstructionResult, dec: dict, out_dir: Path, name: str, overwrite: bool) -> Path:
+    def _write(self, result: ReconstructionResult, dec: DecodedFace, out_dir: Path, name: str,
+               overwrite: bool) -> Path:
         with self._stage("writing"):
-            tmp = writing.new_temp_folder(out_dir, name)
-            try:
-                result.save(tmp)
-                writing.write_obj(tmp, result.vertices, result.faces, result.uv_coords, result.uv_faces)
-                png = writing.encode_png
-                texture = png(tx.to_hwc(dec["texture"]))
-                writing.write_bytes(tmp / "texture.png", texture)
-                writing.write_bytes(tmp / "albedo.png",
-                                    texture if dec["albedo"] is dec["texture"] else png(tx.to_hwc(dec["albedo"])))
-                writing.write_bytes(tmp / "displacement.png", png(
-                    tx.encode_displacement(result.displacement, result.displacement_scale), bits=16))
-                writing.write_bytes(tmp / "detail_normals.png", png(tx.encode_normals(dec["normals_object"])))
-                writing.write_bytes(tmp / "overlay.png", png(dec["overlay"]))
-                return writing.commit_folder(tmp, out_dir / name, overwrite)
-            except BaseException:
-                writing.discard(tmp)
-                raise
+            return writing.write_result_folder(result, dec.images, out_dir, name, overwrite)
 
     # ------------------------------------------------------------------ public API
 
@@ -598,14 +591,19 @@ class Reconstructor:
         """The exact detail decoder for a result's person: displacement (256, 256) float32 (metres along
         the normal, ``uv_z * mask + fixed``) at expression ``exp`` (50,) and jaw axis-angle ``jaw`` (3,)."""
         detail = np.asarray(result.detail, np.float32).ravel()
-        if detail.size != 128:
-            raise ValueError(f"{result.source_image}: the result holds no 128-d detail code (got {detail.size} "
-                             "values); exact re-evaluation needs a result written by `reconstruct`")
+        if detail.size != N_DETAIL:
+            raise ResultError(f"{result.source_image}: the result holds no {N_DETAIL}-d detail code (got "
+                              f"{detail.size} values); exact re-evaluation needs a result written by `reconstruct`")
+        return self.decode_displacement_code(detail, exp, jaw)
+
+    def decode_displacement_code(self, detail, exp, jaw) -> np.ndarray:
+        """`decode_displacement` from a detail code (N_DETAIL,) instead of a result."""
+        detail = np.asarray(detail, np.float32).ravel()
         e = torch.as_tensor(np.asarray(exp, np.float32).ravel()[None], device=self.device)
         j = torch.as_tensor(np.asarray(jaw, np.float32).ravel()[None], device=self.device)
-        if e.shape[1] != 50 or j.shape[1] != 3:
-            raise ValueError(f"decode_displacement needs 50 expression and 3 jaw values, "
-                             f"got {e.shape[1]} and {j.shape[1]}")
+        if e.shape[1] != N_EXP or j.shape[1] != N_JAW or detail.size != N_DETAIL:
+            raise ValueError(f"decode_displacement needs {N_EXP} expression, {N_JAW} jaw and {N_DETAIL} detail values, "
+                             f"got {e.shape[1]}, {j.shape[1]} and {detail.size}")
         d = torch.as_tensor(detail[None], device=self.device)
         with torch.inference_mode():
             disp = self.face_model.displacement(self._decode_uv_z(j, e, d))
@@ -625,8 +623,8 @@ class Reconstructor:
         codes, detail, uv_z = self._forward(self._network_inputs([ident]))
         face = _Face(ident, 0, _slice_codes(codes, 0), detail[0:1], uv_z[0:1])
         base = self._decode_face(face)
-        texture = (base["texture"], base["albedo"])
-        wrinkles = base["wrinkles"]
+        texture = (base.texture, base.albedo)
+        wrinkles = base.wrinkles
         summary = AnimationSummary(identity=str(identity_photo))
         sources = collect_photos(expression_photos)
         id_stem = writing.safe_stem(Path(identity_photo).stem)

@@ -44,9 +44,10 @@ from typing import Callable
 
 import numpy as np
 
-from core.pipeline.result import WrinkleModel
+from core import sizes
+from core.results.result import WrinkleModel
 
-N_EXP, N_JAW = 50, 3
+N_EXP, N_JAW = sizes.N_EXP, sizes.N_JAW  # the decoder's input x = [exp, jaw]
 N_INPUT = N_EXP + N_JAW
 PRIOR_MEAN = np.r_[np.zeros(N_EXP), 0.15, 0.0, 0.0]
 PRIOR_STD = np.r_[np.ones(N_EXP), 0.12, 0.03, 0.03]

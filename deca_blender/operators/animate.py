@@ -20,7 +20,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 def read_codes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(exp (E,), jaw axis-angle (3,)) of a result folder. Raises ResultError."""
-    from core.pipeline.result import ReconstructionResult
+    from core.results.result import ReconstructionResult
 
     res = ReconstructionResult.load(folder)
     return np.asarray(res.exp, np.float64).ravel(), np.asarray(res.pose, np.float64).ravel()[3:6]
@@ -80,7 +80,7 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
         return {"RUNNING_MODAL"}
 
     def _sources(self) -> list[Path]:
-        from core.pipeline.result import RESULT_FILE
+        from core.results.result import RESULT_FILE
 
         if self.use_folder or (self.directory and not self.filepath):
             folder = Path(bpy.path.abspath(self.directory or str(Path(self.filepath).parent)))
@@ -96,7 +96,7 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
         return [Path(bpy.path.abspath(self.filepath))]
 
     def task(self, context):
-        from core.pipeline.result import RESULT_FILE
+        from core.results.result import RESULT_FILE
 
         from ..preferences import get_prefs, output_dir, worker_client
 

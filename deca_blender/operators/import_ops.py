@@ -14,7 +14,7 @@ IMAGE_FILTER = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
 
 def result_folders(path: str | Path) -> list[Path]:
     """The result folders a path names: a result.npz, a result folder, or a folder of result folders."""
-    from core.pipeline.result import RESULT_FILE, ResultError
+    from core.results.result import RESULT_FILE, ResultError
 
     path = Path(bpy.path.abspath(str(path)))
     if path.is_file():

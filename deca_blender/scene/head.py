@@ -33,31 +33,12 @@ class ImportOptions:
 
 def load_result(folder: str | Path):
     """ReconstructionResult of a folder (or result.npz), with the rig's shapes checked. Raises ResultError."""
-    from core.pipeline.result import ReconstructionResult, ResultError
+    from core.results.result import ReconstructionResult, ResultError
 
-    result = ReconstructionResult.load(folder)
-    V = result.rig_template.shape[0] if result.rig_template.ndim == 2 else -1
-    checks = {
-        "rig_template": (result.rig_template, (V, 3)),
-        "rig_expr_basis": (result.rig_expr_basis, (V, 3, None)),
-        "rig_posedirs": (result.rig_posedirs, (V, 3, 36)),
-        "rig_weights": (result.rig_weights, (V, N_JOINTS)),
-        "rig_joints": (result.rig_joints, (N_JOINTS, 3)),
-        "rig_parents": (result.rig_parents, (N_JOINTS,)),
-        "faces": (result.faces, (None, 3)),
-        "uv_faces": (result.uv_faces, (result.faces.shape[0], 3)),
-        "uv_coords": (result.uv_coords, (None, 2)),
-        "wrinkle_maps": (result.wrinkles.maps, (None, None, None)),
-        "wrinkle_matrix": (result.wrinkles.matrix, (result.wrinkles.maps.shape[0], None)),
-    }
-    for key, (arr, shape) in checks.items():
-        arr = np.asarray(arr)
-        if arr.ndim != len(shape) or any(s is not None and a != s for a, s in zip(arr.shape, shape)):
-            raise ResultError(f"{folder}: '{key}' has shape {arr.shape}, expected {shape}; the result folder is damaged")
-    if V < 1 or result.faces.max() >= V or result.uv_faces.max() >= len(result.uv_coords):
-        raise ResultError(f"{folder}: faces index beyond the vertices or UVs; the result folder is damaged")
-    if not all(np.all(np.isfinite(a)) for a in (result.rig_template, result.rig_expr_basis, result.rig_weights)):
-        raise ResultError(f"{folder}: holds NaN or infinite values; the result folder is damaged")
+    result = ReconstructionResult.load(folder).validate(folder)  # shapes, index ranges, NaN (core.results)
+    if result.rig_joints.shape[0] != N_JOINTS:
+        raise ResultError(f"{folder}: the rig has {result.rig_joints.shape[0]} joints, expected FLAME's {N_JOINTS}; "
+                          "the result folder is damaged")
     return result
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core import sizes
 from core.assets import AssetManager
 from core.assets import catalog
 from core.flame import FlameLayer, FlameModelData, LandmarkEmbedding, load_embedding, load_flame_model
@@ -21,8 +22,8 @@ from core.flame.template import TemplateMesh, read_template_obj
 from core.render import MeshRenderer, RenderResult, vertex_normals
 from core.render.camera import orthographic_project
 
-N_SHAPE, N_TEX, N_EXP = 100, 50, 50
-UV_SIZE, TEX_SIZE = 256, 512
+N_SHAPE, N_TEX, N_EXP = sizes.N_SHAPE, sizes.N_TEX, sizes.N_EXP
+UV_SIZE, TEX_SIZE = sizes.DISPLACEMENT_SIZE, sizes.TEXTURE_SIZE
 
 
 @dataclass

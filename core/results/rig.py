@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from core.flame.model_file import FlameModelData
+from core.sizes import N_EXP
 
 
 @dataclass
@@ -23,7 +24,7 @@ class Rig:
     parents: np.ndarray  # (J,)
 
 
-def build_rig(model: FlameModelData, shape: np.ndarray, n_expression: int = 50) -> Rig:
+def build_rig(model: FlameModelData, shape: np.ndarray, n_expression: int = N_EXP) -> Rig:
     """Bake `shape` (S,) into FLAME's template; keep the first `n_expression` expression components."""
     shape = np.asarray(shape, np.float64).ravel()
     template = model.v_template + model.shape_basis[:, :, : shape.size] @ shape

@@ -11,13 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
+from core import sizes
 from core.atomic import atomic_write_bytes
+from core.errors import DecaError
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.npz"
 
 
-class ResultError(ValueError):
+class ResultError(DecaError, ValueError):
     """A result file is missing, from another schema version, or malformed; names the file."""
 
 
@@ -25,7 +27,7 @@ class ResultError(ValueError):
 class WrinkleModel:
     """A linear model of the detail decoder for one person.
 
-    displacement(x) ~= base + sum_k (matrix @ x)_k * maps[k], with x = [exp (50), jaw axis-angle (3)].
+    displacement(x) ~= base + sum_k (matrix @ x)_k * maps[k], with x = [exp (N_EXP = 50), jaw axis-angle (3)].
     base (S, S), maps (K, S, S), matrix (K, 53); explained_variance is measured on held-out samples.
     """
 
@@ -80,6 +82,53 @@ class ReconstructionResult:
     animatable_detail: bool = True  # False for a static displacement from shading (fit-only mode)
     mode: str = "deca"  # deca | fit | deca+fit
     extra: dict = field(default_factory=dict)  # further arrays a mode adds (saved as extra_<name>)
+
+    # ------------------------------------------------------------------ checking
+
+    def validate(self, where: str | Path | None = None) -> "ReconstructionResult":
+        """Check every array's shape against the others and docs/CONVENTIONS.md, indices against their
+        ranges, and that nothing is NaN or infinite. Raises `ResultError` naming the field (and ``where``);
+        returns self. The writer calls it before writing, the Blender importer after reading."""
+        name = f"{where}: " if where is not None else (f"{self.source_image}: " if self.source_image else "")
+        V = np.shape(self.rig_template)[0] if np.ndim(self.rig_template) == 2 else -1
+        J = np.shape(self.rig_joints)[0] if np.ndim(self.rig_joints) == 2 else -1
+        F = np.shape(self.faces)[0] if np.ndim(self.faces) == 2 else -1
+        K = np.shape(self.wrinkles.maps)[0] if np.ndim(self.wrinkles.maps) == 3 else -1
+        S = np.shape(self.displacement)[0] if np.ndim(self.displacement) == 2 else -1
+        L = sizes.N_LANDMARKS
+        expected = {  # None: any size (but the number of dimensions is fixed)
+            "image_size": (self.image_size, (2,)),
+            "shape": (self.shape, (None,)), "exp": (self.exp, (sizes.N_EXP,)), "pose": (self.pose, (sizes.N_POSE,)),
+            "cam": (self.cam, (sizes.N_CAM,)), "tex": (self.tex, (sizes.N_TEX,)), "light": (self.light, (sizes.N_SH, 3)),
+            "detail": (self.detail, (sizes.N_DETAIL,)),
+            "vertices": (self.vertices, (V, 3)), "landmarks2d": (self.landmarks2d, (L, 2)),
+            "landmarks3d": (self.landmarks3d, (L, 3)), "detected_landmarks": (self.detected_landmarks, (L, 2)),
+            "crop_matrix": (self.crop_matrix, (3, 3)), "faces": (self.faces, (F, 3)),
+            "uv_coords": (self.uv_coords, (None, 2)), "uv_faces": (self.uv_faces, (F, 3)),
+            "rig_template": (self.rig_template, (V, 3)), "rig_expr_basis": (self.rig_expr_basis, (V, 3, None)),
+            "rig_posedirs": (self.rig_posedirs, (V, 3, 36)), "rig_weights": (self.rig_weights, (V, J)),
+            "rig_joints": (self.rig_joints, (J, 3)), "rig_parents": (self.rig_parents, (J,)),
+            "displacement": (self.displacement, (S, S)),
+            "wrinkle_base": (self.wrinkles.base, (S, S)), "wrinkle_maps": (self.wrinkles.maps, (K, S, S)),
+            "wrinkle_matrix": (self.wrinkles.matrix, (K, sizes.N_EXP + sizes.N_JAW)),
+        }
+        for key, (value, shape) in expected.items():
+            a = np.asarray(value)
+            if a.ndim != len(shape) or any(s is not None and n != s for n, s in zip(a.shape, shape)):
+                want = "(" + ", ".join("any" if s is None else str(s) for s in shape) + ")"
+                raise ResultError(f"{name}'{key}' has shape {a.shape}, expected {want}; the result is damaged")
+            if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
+                raise ResultError(f"{name}'{key}' holds NaN or infinite values; the result is damaged")
+        if V < 1 or J < 1 or F < 1:
+            raise ResultError(f"{name}the mesh is empty ({V} vertices, {F} faces, {J} joints)")
+        for key, idx, n in (("faces", self.faces, V), ("uv_faces", self.uv_faces, len(self.uv_coords)),
+                            ("rig_parents", np.asarray(self.rig_parents)[1:], J)):
+            idx = np.asarray(idx)
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise ResultError(f"{name}'{key}' indexes outside [0, {n}); the result is damaged")
+        if not (np.isfinite(self.displacement_scale) and self.displacement_scale > 0):
+            raise ResultError(f"{name}displacement_scale is {self.displacement_scale}; it must be positive")
+        return self
 
     # ------------------------------------------------------------------ saving
 

@@ -12,23 +12,47 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from core import obj
 from core.atomic import atomic_write_bytes
+from core.errors import DecaError
+from core.results import encodings
+from core.results.result import RESULT_FILE, ReconstructionResult
 
 MESH_FILE, MTL_FILE = "mesh.obj", "mesh.mtl"
 MATERIAL_NAME = "deca_face"
 
 
-class OutputDirError(OSError):
+class OutputDirError(DecaError, OSError):
     """The output folder cannot be created or written; raised before any work is done."""
+
+
+def probe_output_dir(out_dir: str | Path) -> Path:
+    """Check that ``out_dir`` can be used without creating it (so a run that fails before any work leaves no
+    empty folder behind): it is a folder, or the nearest existing parent is a writable folder. Raises
+    OutputDirError."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"the output path {out} is a file, not a folder: give --out a folder (it is created "
+                             "if needed)")
+    parent = out if out.exists() else next((p for p in out.absolute().parents if p.exists()), None)
+    if parent is None or not parent.is_dir():
+        raise OutputDirError(f"cannot create the output folder {out}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"the output folder {out} cannot be written ({parent} is not writable)")
+    return out
 
 
 def check_output_dir(out_dir: str | Path) -> Path:
     """Create ``out_dir`` if needed and prove it is writable (a temporary file). Raises OutputDirError."""
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():  # before mkdir, whose answer would be a bare "File exists"
+        raise OutputDirError(f"the output path {out} is a file, not a folder: give --out a folder (it is created "
+                             "if needed)")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -112,43 +136,17 @@ def discard(tmp: Path) -> None:
 
 def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray, uv_faces: np.ndarray,
               texture_file: str = "texture.png") -> tuple[Path, Path]:
-    """``mesh.obj`` (v, vt, f v/vt, 1-based) referencing ``mesh.mtl`` whose diffuse map is ``texture_file``."""
-    v = np.asarray(vertices, np.float64)
-    vt = np.asarray(uv_coords, np.float64)
-    f = np.asarray(faces, np.int64) + 1
-    ft = np.asarray(uv_faces, np.int64) + 1
-    lines = [f"# deca-blender reconstruction: {len(v)} vertices, {len(f)} faces (FLAME space, metres)",
-             f"mtllib {MTL_FILE}", "o face"]
-    lines += [f"v {x:.7g} {y:.7g} {z:.7g}" for x, y, z in v.tolist()]
-    lines += [f"vt {a:.7g} {b:.7g}" for a, b in vt.tolist()]
-    lines.append(f"usemtl {MATERIAL_NAME}")
-    lines.append("s 1")
-    lines += [f"f {a}/{d} {b}/{e} {c}/{g}" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())]
-    obj = ("\n".join(lines) + "\n").encode()
+    """``mesh.obj`` (v, vt, f v/vt, 1-based; `core.obj`) referencing ``mesh.mtl`` whose diffuse map is
+    ``texture_file``."""
+    obj_path = obj.write_obj(folder / MESH_FILE, vertices, faces, uv_coords, uv_faces, mtllib=MTL_FILE,
+                             material=MATERIAL_NAME,
+                             header=f"deca-blender reconstruction: {len(vertices)} vertices, {len(faces)} faces "
+                                    "(FLAME space, metres)")
     mtl = (f"# deca-blender material\nnewmtl {MATERIAL_NAME}\nKa 1 1 1\nKd 1 1 1\nKs 0 0 0\nd 1\nillum 1\n"
            f"map_Kd {texture_file}\n").encode()
-    obj_path, mtl_path = folder / MESH_FILE, folder / MTL_FILE
-    atomic_write_bytes(obj_path, lambda fh: fh.write(obj))
+    mtl_path = folder / MTL_FILE
     atomic_write_bytes(mtl_path, lambda fh: fh.write(mtl))
     return obj_path, mtl_path
-
-
-def read_obj(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Read back what `write_obj` writes: vertices, uv_coords, faces, uv_faces (0-based)."""
-    v, vt, f, ft = [], [], [], []
-    for line in Path(path).read_text().splitlines():
-        parts = line.split()
-        if not parts:
-            continue
-        if parts[0] == "v":
-            v.append([float(x) for x in parts[1:4]])
-        elif parts[0] == "vt":
-            vt.append([float(x) for x in parts[1:3]])
-        elif parts[0] == "f":
-            corners = [p.split("/") for p in parts[1:4]]
-            f.append([int(c[0]) - 1 for c in corners])
-            ft.append([int(c[1]) - 1 for c in corners])
-    return np.array(v), np.array(vt), np.array(f, np.int64), np.array(ft, np.int64)
 
 
 def encode_png(array: np.ndarray, bits: int = 8, compress_level: int = 3) -> bytes:
@@ -183,3 +181,68 @@ def write_bytes(path: Path, data: bytes) -> Path:
     with open(path, "wb") as f:
         f.write(data)
     return path
+
+
+@dataclass
+class FaceImages:
+    """The images of one result folder besides result.npz: float32 numpy in [0, 1], (H, W, 3)."""
+
+    texture: np.ndarray  # (TEXTURE_SIZE, TEXTURE_SIZE, 3) the photo unwrapped into UV
+    albedo: np.ndarray  # (TEXTURE_SIZE, TEXTURE_SIZE, 3); may be `texture` itself (then encoded once)
+    detail_normals: np.ndarray  # (DISPLACEMENT_SIZE, DISPLACEMENT_SIZE, 3) unit normals in FLAME's object frame
+    overlay: np.ndarray  # (h, w, 3) the texture crop with the fit drawn over it
+
+
+RESULT_IMAGES = ("texture.png", "albedo.png", "displacement.png", "detail_normals.png", "overlay.png")
+
+
+def write_result_folder(result: ReconstructionResult, images: FaceImages, out_dir: str | Path, name: str,
+                        overwrite: bool = False) -> Path:
+    """The one writer of a result folder (every mode): result.npz, mesh.obj/.mtl and the images, built in a
+    hidden temporary folder and renamed into place, so a folder either exists complete or not at all.
+
+    ``result`` is validated first (`ResultError` on a bad shape or NaN, nothing written). Without
+    ``overwrite`` an existing folder is kept and ``<name>-2`` ... is used; returns the final path."""
+    result.validate()
+    out = Path(out_dir)
+    tmp = new_temp_folder(out, name)
+    try:
+        result.save(tmp)
+        write_obj(tmp, result.vertices, result.faces, result.uv_coords, result.uv_faces)
+        texture = encode_png(images.texture)
+        write_bytes(tmp / "texture.png", texture)
+        write_bytes(tmp / "albedo.png", texture if images.albedo is images.texture else encode_png(images.albedo))
+        write_bytes(tmp / "displacement.png", encode_png(
+            encodings.encode_displacement(result.displacement, result.displacement_scale), bits=16))
+        write_bytes(tmp / "detail_normals.png", encode_png(encodings.encode_normals(images.detail_normals)))
+        write_bytes(tmp / "overlay.png", encode_png(images.overlay))
+        return commit_folder(tmp, out / name, overwrite)
+    except BaseException:  # Ctrl-C included: no half-written folder is left behind
+        discard(tmp)
+        raise
+
+
+def finished_photos(out_dir: str | Path) -> set[Path]:
+    """The photos (resolved paths) that already have every face's result folder in ``out_dir``.
+
+    A result folder only appears once complete (written in a temporary folder, then renamed), so a batch
+    that was interrupted leaves the photo in progress out of this set. A photo counts as finished when its
+    folders hold face indices 0..n-1, n being the face count its results record (``extra_faces_in_photo``;
+    1 when absent). Expression-transfer frames (`animate`) are not photos of their own and are ignored."""
+    seen: dict[Path, set[int]] = {}
+    expected: dict[Path, int] = {}
+    for npz in sorted(Path(out_dir).glob(f"*/{RESULT_FILE}")):
+        if npz.parent.name.startswith("."):
+            continue
+        try:
+            with np.load(npz, allow_pickle=False) as z:
+                if "extra_expression_source" in z.files:
+                    continue
+                source = Path(str(z["source_image"])).resolve()
+                index = int(z["face_index"])
+                n = int(z["extra_faces_in_photo"]) if "extra_faces_in_photo" in z.files else 1
+        except (OSError, ValueError, KeyError):  # unreadable: not finished, the photo is done again
+            continue
+        seen.setdefault(source, set()).add(index)
+        expected[source] = max(expected.get(source, 1), n)
+    return {p for p, idx in seen.items() if set(range(expected[p])) <= idx}

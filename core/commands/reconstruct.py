@@ -1,16 +1,26 @@
-"""`deca-blender reconstruct` and `deca-blender animate`.
+"""`deca-blender reconstruct` and `deca-blender animate` (and the shared options of `fit`).
 
 Exit codes: 0 every photo worked; 1 some photos (or faces) failed, the others were written; 2 usage
 errors, missing assets, an unusable checkpoint, no landmark detector or an unwritable output folder
-(nothing was done). torch is imported inside the commands so `deca-blender --help` stays fast.
+(nothing was done, no output folder created); 130 interrupted (Ctrl-C: the photo in progress is discarded,
+the finished ones are kept; rerun with --skip-existing to continue). torch is imported inside the commands
+so `deca-blender --help` stays fast.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+from core.commands.modes import MODES, ModeOptions, make_reconstructor
+from core.errors import DecaError
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(DecaError, ValueError):
+    """Options or inputs that cannot work (no photos, a bad number)."""
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -39,8 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("photos", nargs="+", metavar="PHOTO_OR_FOLDER")
     _common(r)
     r.add_argument("--all-faces", action="store_true", help="reconstruct every face (default: the largest)")
-    from core.fitting.commands import add_mode_options  # --mode fit|deca+fit, --same-person (core.fitting)
-    add_mode_options(r)
+    add_skip_existing(r)
+    r.add_argument("--mode", choices=MODES, default="deca",
+                   help="deca: DECA's regressor (default); fit: fit FLAME to the photo without DECA's checkpoint; "
+                        "deca+fit: the regressor, then the fit refines it")
+    add_fit_options(r)
     r.set_defaults(func=cmd_reconstruct)
 
     a = sub.add_parser("animate", help="transfer expressions: one person's head with other photos' expressions",
@@ -50,55 +63,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--expressions", required=True, nargs="+", metavar="PHOTO_OR_FOLDER",
                    help="photos whose expression and jaw are transferred (one frame each)")
     _common(a)
-    a.set_defaults(func=cmd_animate)
+    a.set_defaults(func=cmd_animate, **FIT_DEFAULTS)  # animate is DECA only
 
 
-def usage_error(msg: str) -> int:
-    print(f"error: {msg}", file=sys.stderr)
-    return EXIT_USAGE
+def add_skip_existing(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--skip-existing", action="store_true",
+                   help="resume an interrupted batch: skip the photos whose result folders are already in --out")
 
 
-def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos"):
-    """The photos named by files/folders and a checked output folder, or the usage exit code after
-    printing why. Shared by reconstruct, animate and fit, so each fails the same way before any work."""
+FIT_DEFAULTS = {"same_person": False, "no_photometric": False, "iterations": None}
+DECA_DEFAULTS = {"batch_size": 8, "bf16": False, "wrinkle_samples": None, "wrinkle_components": 16}
+
+
+def add_fit_options(p: argparse.ArgumentParser) -> None:
+    """The fitting options (modes fit and deca+fit; `reconstruct --mode deca` ignores them)."""
+    p.add_argument("--same-person", action="store_true",
+                   help="the photos show one person: fit them together with one shared shape")
+    p.add_argument("--no-photometric", action="store_true", help="landmark fitting only (skip stage 2)")
+    p.add_argument("--iterations", type=int, default=None, metavar="N",
+                   help="photometric iterations (default 60)")
+
+
+def mode_options(args: argparse.Namespace) -> ModeOptions:
+    """The `ModeOptions` of parsed `reconstruct`/`fit`/`animate` arguments (each parser sets every field:
+    the options it does not offer take `FIT_DEFAULTS` / `DECA_DEFAULTS`)."""
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be at least 1")
+    return ModeOptions(device=args.device, landmarks=args.landmarks, home=args.home, bf16=args.bf16,
+                       wrinkle_samples=args.wrinkle_samples, wrinkle_components=args.wrinkle_components,
+                       same_person=args.same_person, photometric=not args.no_photometric,
+                       iterations=args.iterations)
+
+
+def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos") -> list[Path]:
+    """The photos named by files/folders, after checking that ``out_dir`` can be used (it is created only
+    once the models have loaded, so a run that fails before any work leaves no empty folder)."""
     from core.pipeline.reconstruct import collect_photos
-    from core.pipeline.writing import OutputDirError, check_output_dir
+    from core.results.writing import probe_output_dir
 
     photos = collect_photos(inputs)
     if not photos:
-        return usage_error(f"no {what} found in " + ", ".join(inputs))
-    try:
-        check_output_dir(out_dir)
-    except OutputDirError as exc:
-        return usage_error(str(exc))
+        raise UsageError(f"no {what} found in " + ", ".join(inputs))
+    probe_output_dir(out_dir)
     return photos
-
-
-def _build(args: argparse.Namespace):
-    """The Reconstructor, or an exit code with the message printed."""
-    from core.assets import AssetError, AssetManager
-    from core.frontend import DetectorUnavailableError
-    from core.networks import CheckpointError
-    from core.pipeline import wrinkles
-    from core.pipeline.reconstruct import Reconstructor, resolve_device
-
-    if args.batch_size < 1:
-        return usage_error("--batch-size must be at least 1")
-    try:
-        device = resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:
-        return usage_error(str(exc))
-    try:
-        manager = AssetManager(args.home) if args.home else AssetManager()
-        rec = Reconstructor(manager, device=device, landmarks=args.landmarks,
-                            wrinkle_components=args.wrinkle_components,
-                            wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16)
-        rec.detector  # fail now, not on the first photo
-    except (AssetError, CheckpointError, DetectorUnavailableError) as exc:
-        return usage_error(str(exc))
-    except ValueError as exc:  # FlameModelError, TemplateError, ...: a damaged asset
-        return usage_error(str(exc))
-    return rec
 
 
 def _progress_bar(total: int, enabled: bool):
@@ -119,28 +126,35 @@ def _progress_bar(total: int, enabled: bool):
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    if getattr(args, "mode", "deca") != "deca":  # the fitting modes live in core.fitting
-        from core.fitting.commands import cmd_fit
-        return cmd_fit(args)
-    from core.pipeline.reconstruct import OutputDirError
+    """`reconstruct` in any mode, and `fit` (which is `reconstruct` with the fit modes only)."""
+    from core.results.writing import check_output_dir, finished_photos
 
     photos = photos_and_output(args.photos, args.out)
-    if isinstance(photos, int):
-        return photos
-    rec = _build(args)
-    if isinstance(rec, int):
-        return rec
+    rec = make_reconstructor(args.mode, mode_options(args))
+    out = check_output_dir(args.out)
+    skipped = 0
+    if args.skip_existing:
+        done = finished_photos(out)
+        todo = [p for p in photos if Path(p).resolve() not in done]
+        skipped, photos = len(photos) - len(todo), todo
     bar, update = _progress_bar(len(photos), enabled=len(photos) > 1 and not args.json)
     try:
-        summary = rec.reconstruct_many(photos, args.out, batch_size=args.batch_size, all_faces=args.all_faces,
-                                       progress=update, overwrite=args.overwrite)
-    except OutputDirError as exc:
-        return usage_error(str(exc))
+        summary = rec.reconstruct_many(photos, out, batch_size=args.batch_size,
+                                       all_faces=args.all_faces, progress=update, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        # the photo in progress was discarded (results are written to a temporary folder, then renamed)
+        if bar is not None:
+            bar.close()  # before the summary, so the summary is the last line
+            bar = None
+        n_done = len(finished_photos(out) & {Path(p).resolve() for p in photos})
+        print(f"interrupted: {n_done} of {len(photos)} photo(s) finished in {out}; rerun with --skip-existing "
+              "to do the rest", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps({**summary.to_dict(), "skipped": skipped}, indent=2))
     else:
         for s in summary.succeeded:
             print(f"ok      {s.photo} (face {s.face_index}) -> {s.folder}")
@@ -148,21 +162,17 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             face = f" (face {f.face_index})" if f.face_index is not None else ""
             print(f"failed  {f.photo}{face}: {f.message}", file=sys.stderr)
         note = "  [TEST model: results are for testing only]" if rec.face_assets.flame.is_test_model else ""
+        skip = f"; {skipped} photo(s) skipped (already done)" if skipped else ""
         print(f"{len(summary.succeeded)} result folder(s) from {summary.n_photos} photo(s) in "
-              f"{summary.seconds:.1f} s; {len(summary.failed)} failure(s){note}")
+              f"{summary.seconds:.1f} s; {len(summary.failed)} failure(s){skip}{note}")
     return EXIT_OK if summary.ok else EXIT_SOME_FAILED
 
 
 def cmd_animate(args: argparse.Namespace) -> int:
     from core.frontend import ImageReadError, NoFaceError
-    from core.pipeline.reconstruct import OutputDirError
 
     expressions = photos_and_output(args.expressions, args.out, "expression photos")
-    if isinstance(expressions, int):
-        return expressions
-    rec = _build(args)
-    if isinstance(rec, int):
-        return rec
+    rec = make_reconstructor("deca", mode_options(args))
     bar, update = _progress_bar(len(expressions), enabled=len(expressions) > 1 and not args.json)
     try:
         summary = rec.animate(args.identity, expressions, args.out, overwrite=args.overwrite, progress=update,
@@ -170,8 +180,6 @@ def cmd_animate(args: argparse.Namespace) -> int:
     except (ImageReadError, NoFaceError) as exc:
         print(f"error: the identity photo: {exc}", file=sys.stderr)
         return EXIT_SOME_FAILED
-    except OutputDirError as exc:
-        return usage_error(str(exc))
     finally:
         if bar is not None:
             bar.close()
