@@ -59,17 +59,18 @@ def scene(request, face_model, tmp_path_factory):
                 vertices=g.vertices, canvas=canvas)
 
 
-def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scene):
+@pytest.mark.parametrize("convention", ["deca", "continuous"])
+def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scene, convention):
     points = scene["points"]
     assert points.min() > 0 and points[:, 0].max() < CANVAS_HW[1] and points[:, 1].max() < CANVAS_HW[0]
-    crop = crop_from_landmarks(points)
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(points, convention=convention)
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     t = lambda a: torch.as_tensor(np.asarray(a, np.float64))[None]  # noqa: E731
     fm64 = FaceModel(face_model.assets).double()
     with torch.no_grad():
         g = fm64.geometry(t(scene["shape"]), t(scene["exp"]), t(scene["pose"]), t(cam_crop))
-    # test-local math: crop NDC -> crop pixels -> photo pixels
-    crop_px = (g.landmarks2d[0].numpy() + 1) * 224 / 2
+    # test-local math: crop NDC -> crop pixels (DECA: indices, so +0.5 in continuous pixels) -> photo pixels
+    crop_px = (g.landmarks2d[0].numpy() + 1) * 224 / 2 + (0.5 if convention == "deca" else 0.0)
     photo_px = crop_px @ np.linalg.inv(crop.matrix)[:2, :2].T + np.linalg.inv(crop.matrix)[:2, 2]
     err = np.linalg.norm(photo_px - points, axis=1)
     assert err.max() < 0.5, err.max()
@@ -79,17 +80,20 @@ def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scen
     assert crop_px.min() > 0 and crop_px.max() < 224
 
 
-def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model, scene, tmp_path):
+@pytest.mark.parametrize("convention", ["deca", "continuous"])
+def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model, scene, tmp_path, convention):
     points = scene["points"]
-    crop = crop_from_landmarks(points)
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(points, convention=convention)
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     nets = oracle_networks(scene["shape"], scene["exp"], scene["pose"], cam_crop)
+    kw = {} if convention == "deca" else {"conventions": convention}  # deca is the default
     rec = Reconstructor(device="cpu", landmarks=OracleDetector(points), face_assets=face_assets, networks=nets,
-                        wrinkle_samples=8, wrinkle_holdout=4)
+                        wrinkle_samples=8, wrinkle_holdout=4, **kw)
     folders = rec.reconstruct_photo(scene["photo"], tmp_path / "out")
     assert len(folders) == 1
     res = ReconstructionResult.load(folders[0])
     np.testing.assert_allclose(res.crop_matrix, crop.matrix, atol=1e-12)
+    assert str(res.extra["crop_convention"]) == convention
     np.testing.assert_allclose(res.detected_landmarks, points, atol=1e-4)
     err = np.linalg.norm(res.landmarks2d - points, axis=1)
     assert err.max() < 0.5, f"projected landmarks miss the rendered points by up to {err.max():.3f} px"
@@ -128,8 +132,8 @@ def test_albedo_comes_from_the_texture_space_when_installed(face_assets, scene, 
     assets = dataclasses.replace(face_assets, texture_mean=face_assets.mean_texture[::2, ::2].copy(),
                                  texture_basis=basis)
     tex = rng.normal(size=50).astype(np.float32)
-    crop = crop_from_landmarks(scene["points"])
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(scene["points"], convention="deca")
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     nets = oracle_networks(scene["shape"], scene["exp"], scene["pose"], cam_crop, tex=tex)
     rec = Reconstructor(device="cpu", landmarks=OracleDetector(scene["points"]), face_assets=assets, networks=nets,
                         wrinkle_samples=8, wrinkle_holdout=4)

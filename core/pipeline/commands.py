@@ -29,6 +29,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wrinkle-samples", type=int, default=None, metavar="N",
                    help="decoder samples for the wrinkle model fit (default 56)")
     p.add_argument("--wrinkle-components", type=int, default=16, metavar="K", help="wrinkle maps (default 16)")
+    p.add_argument("--conventions", default="deca", choices=("deca", "continuous"),
+                   help="crop convention for the DECA network (docs/CONVENTIONS.md): deca (default) is DECA's "
+                        "released crop, continuous maps the face square onto [0, 224] with a box prefilter")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +95,8 @@ def _build(args: argparse.Namespace):
         manager = AssetManager(args.home) if args.home else AssetManager()
         rec = Reconstructor(manager, device=device, landmarks=args.landmarks,
                             wrinkle_components=args.wrinkle_components,
-                            wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16)
+                            wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16,
+                            conventions=args.conventions)
         rec.detector  # fail now, not on the first photo
     except (AssetError, CheckpointError, DetectorUnavailableError) as exc:
         return usage_error(str(exc))

@@ -47,6 +47,7 @@ from core.atomic import atomic_write_bytes
 from core.flame.lbs import axis_angle_to_matrix
 from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
+from core.frontend.crop import check_convention
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.pipeline import textures as tx
@@ -102,11 +103,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def network_ndc_to_photo_pixels(points_ndc, crop: CropTransform) -> np.ndarray:
     """Points in the network crop's image NDC (``(..., 2)``, x right, y down) -> photo pixels (float64).
 
-    Crop pixels are ``(p + 1) * size / 2`` (CONVENTIONS.md), then the crop's inverse similarity."""
+    Crop pixels are ``(p + 1) * size / 2`` (+ 0.5 for DECA's crop, whose NDC pixels are indices;
+    CONVENTIONS.md), then the crop's inverse similarity."""
     if isinstance(points_ndc, torch.Tensor):
         points_ndc = points_ndc.detach().cpu().double().numpy()
     p = np.asarray(points_ndc, np.float64)
-    return crop.apply_inverse((p + 1.0) * crop.size / 2.0)
+    return crop.apply_inverse(crop.ndc_to_pixels(p))
 
 
 def collect_photos(inputs: Iterable[str | Path]) -> list[Path]:
@@ -235,8 +237,9 @@ class Reconstructor:
                  landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
                  networks: DecaNetworks | None = None, wrinkle_components: int = wr.DEFAULT_COMPONENTS, *,
                  wrinkle_samples: int = wr.DEFAULT_SAMPLES, wrinkle_holdout: int = wr.DEFAULT_HOLDOUT,
-                 bf16: bool = False, profile: bool = False) -> None:
+                 bf16: bool = False, profile: bool = False, conventions: str = "deca") -> None:
         self.device = resolve_device(device)
+        self.conventions = check_convention(conventions)  # "deca" (DECA's crop) or "continuous"
         self.manager = assets
         if face_assets is None or networks is None:
             self.manager = assets if assets is not None else AssetManager()
@@ -329,7 +332,7 @@ class Reconstructor:
         with self._stage("landmarks"):
             dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
         with self._stage("crop"):
-            crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE) for d in dets]
+            crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE, convention=self.conventions) for d in dets]
         return _Photo(Path(path), image, dets, crops)
 
     def _network_inputs(self, photos: Sequence[_Photo]) -> torch.Tensor:
@@ -374,7 +377,7 @@ class Reconstructor:
                                     n_components=self.wrinkle_components)
 
     def _texture_crop(self, photo: _Photo, crop: CropTransform) -> tuple[CropTransform, torch.Tensor, torch.Tensor]:
-        tcrop = tx.texture_crop(crop)
+        tcrop = tx.texture_crop(crop.ndc_frame())  # the frame the camera's NDC maps into exactly
         img = warp_image(photo.image, tcrop)[None].to(self.device)
         inside = tx.inside_photo_mask(tcrop, photo.image.shape[:2])
         return tcrop, img, torch.as_tensor(inside, device=self.device)[None, None]
@@ -459,6 +462,7 @@ class Reconstructor:
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
+            "crop_convention": np.str_(face.crop.convention),
             **(extra or {}),
         }
         return ReconstructionResult(
