@@ -199,3 +199,28 @@ def test_both_conventions_share_the_centre_and_differ_by_the_scale():
     assert math.isclose(d.scale / c.scale, 223 / 224, rel_tol=1e-12)
     with pytest.raises(ValueError, match="convention"):
         crop_from_landmarks(lm, convention="skimage")
+
+
+def test_a_camera_moves_from_decas_crop_into_the_continuous_crop():
+    """deca+fit starts the fit (continuous crop) from DECA's camera (DECA's crop): the same 3D points must
+    land on the same photo pixels through either crop."""
+    import torch
+    from types import SimpleNamespace
+
+    from core.fitting.fitter import _camera_in_fit_crop
+    from core.render.camera import orthographic_project
+
+    rng = np.random.default_rng(3)
+    lm = rng.uniform(150, 420, size=(68, 2))
+    deca = crop_from_landmarks(lm, convention="deca")
+    cam = np.array([7.5, 0.01, -0.02], np.float32)
+    res = SimpleNamespace(crop_matrix=deca.matrix, cam=cam, detected_landmarks=lm,
+                          extra={"crop_convention": np.str_("deca")})
+    cam2 = _camera_in_fit_crop(res)
+    pts = torch.as_tensor(rng.normal(scale=0.08, size=(1, 50, 3)))
+    p1 = orthographic_project(pts, torch.as_tensor(cam, dtype=torch.float64)[None])[0, :, :2].numpy()
+    p2 = orthographic_project(pts, torch.as_tensor(cam2, dtype=torch.float64)[None])[0, :, :2].numpy()
+    on_photo_deca = network_ndc_to_photo_pixels(p1, deca)
+    on_photo_fit = network_ndc_to_photo_pixels(p2, crop_from_landmarks(lm))
+    assert np.abs(on_photo_deca - on_photo_fit).max() < 1e-3  # float32 camera
+    assert abs(cam2[0] / cam[0] - 224 / 223) < 1e-6

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.frontend import crop_from_landmarks, write_png
+from core.frontend import crop_from_landmarks, read_png16, write_png
+from core.pipeline.textures import decode_displacement_png
 from core.pipeline.face_model import FaceAssets, FaceModel
 from core.pipeline.reconstruct import Reconstructor, network_ndc_to_photo_pixels
 from core.pipeline.result import ReconstructionResult
@@ -103,6 +104,19 @@ def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model,
     np.testing.assert_allclose(res.cam, cam_crop, rtol=1e-5, atol=1e-6)
     # posed vertices in FLAME space equal the rendered ones (the camera does not enter them)
     np.testing.assert_allclose(res.vertices, scene["vertices"][0].numpy(), atol=1e-5)
+
+    # the stored displacements: DECA's unmasked displacement_map = uv_z + fixed, and the masked one the rig
+    # and displacement.png use (uv_z * uv_face_eye_mask + fixed), from the decoder run here on the same codes
+    with torch.no_grad():
+        t = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
+        uv_z = nets.D_detail.decode(t(scene["pose"][3:]), t(scene["exp"]), t(res.detail))[0, 0].numpy()
+    fixed, mask = face_model.fixed_displacement[0, 0].numpy(), face_model.uv_face_eye_mask[0, 0].numpy()
+    np.testing.assert_allclose(res.extra["displacement_map"], uv_z + fixed, atol=1e-6)
+    np.testing.assert_allclose(res.displacement, uv_z * mask + fixed, atol=1e-6)
+    assert np.abs(res.extra["displacement_map"] - res.displacement)[mask < 0.5].max() > 1e-4
+    q = read_png16(folders[0] / "displacement.png")
+    back = decode_displacement_png(q, res.displacement_scale)
+    assert np.abs(back - res.displacement).max() <= res.displacement_scale / 65535 * 1.01
 
     # texture.png reproduces the rendered albedo where the face was visible
     texture = np.asarray(Image.open(folders[0] / "texture.png"), np.float32) / 255

@@ -121,6 +121,14 @@ class CropTransform:
             return (points_ndc + 1.0) * (self.size / 2.0) + self.ndc_offset
         return (np.asarray(points_ndc, np.float64) + 1.0) * (self.size / 2.0) + self.ndc_offset
 
+    def ndc_transform_to(self, other: "CropTransform") -> np.ndarray:
+        """3x3 matrix taking this crop's network NDC to ``other``'s (through the photo): e.g. to move a
+        camera found in DECA's crop into a continuous crop of the same face."""
+        def ndc_to_px(c: "CropTransform") -> np.ndarray:
+            h = c.size / 2.0
+            return np.array([[h, 0.0, h + c.ndc_offset], [0.0, h, h + c.ndc_offset], [0.0, 0.0, 1.0]])
+        return np.linalg.inv(ndc_to_px(other)) @ other.matrix @ self.inverse() @ ndc_to_px(self)
+
     def ndc_frame(self) -> "CropTransform":
         """The continuous transform whose pixels are ``(p + 1) * size / 2`` for network NDC ``p``: this crop
         moved by ``-ndc_offset`` (itself for a continuous crop). Renders in the network's camera and the

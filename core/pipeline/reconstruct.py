@@ -16,7 +16,8 @@ Per face (docs/CONVENTIONS.md has every key and convention):
    image NDC, then to crop pixels ``(p + 1) * 224 / 2`` and onto the photo by the crop's inverse
    (`network_ndc_to_photo_pixels`);
 4. ``D_detail(jaw, exp, detail)`` gives ``uv_z``; the stored displacement is ``uv_z * uv_face_eye_mask +
-   fixed`` and the detail normals come from it (FaceModel);
+   fixed`` and the detail normals come from it (FaceModel, DECA's ``displacement2normal``); DECA's own
+   unmasked ``displacement_map = uv_z + fixed`` is stored too (``extra_displacement_map``);
 5. ``texture.png`` is the photo unwrapped into UV (see `core.pipeline.textures`); ``albedo.png`` is FLAME's
    texture-space albedo when that optional asset is installed, else the same image as ``texture.png``
    (``extra_albedo_source`` says which);
@@ -436,6 +437,8 @@ class Reconstructor:
         return {
             "geom": geom, "pose": pose, "exp": exp, "landmarks2d": lmk_photo,
             "displacement": disp[0, 0].cpu().numpy(), "normals_object": tx.to_hwc(normals_object),
+            # DECA's output `displacement_map`: uv_z + fixed, unmasked (the masked one above drives the rig)
+            "displacement_map": (uv_z + fm.fixed_displacement)[0, 0].float().cpu().numpy(),
             "texture": tex_img, "albedo": albedo_img, "albedo_source": albedo_source,
             "overlay": overlay_np, "texture_crop_size": tcrop.size, "wrinkles": wrinkles,
         }
@@ -463,6 +466,7 @@ class Reconstructor:
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
             "crop_convention": np.str_(face.crop.convention),
+            "displacement_map": dec["displacement_map"],
             **(extra or {}),
         }
         return ReconstructionResult(
