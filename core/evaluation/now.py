@@ -14,8 +14,8 @@ Protocol (as the NoW evaluation defines it; written here from its description, n
    from the predicted 7 landmarks onto the scan's: NoW's ``procrustes(..., reflection='best')``, i.e. the
    orthogonal matrix of the SVD *without* the determinant correction, so a mirrored prediction is aligned
    by a reflection. Then it is **refined** by minimising the squared scan-to-mesh distances over a proper
-   similarity (scale, rotation, translation) applied after it (NoW does this with a Gauss-Newton solver on
-   ``s, Rodrigues(r), t``; here an ICP on exact closest points, which decreases the same objective).
+   similarity (scale, rotation, translation) applied after it, with a Gauss-Newton solver on the
+   scan-to-mesh distances as NoW's ``rigid_scan_2_mesh_alignment`` (chumpy) does (`refine_alignment`).
 4. **Error**: for each cropped scan point, the unsigned distance to the closest point of the aligned
    predicted *surface* (point-to-triangle). The benchmark reports the median, mean and standard deviation
    of all distances of all scans together, in millimetres.
@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 NOW_LANDMARKS_68 = (36, 39, 42, 45, 33, 48, 54)
 NOW_LANDMARK_NAMES = ("eye_outer_a", "eye_inner_a", "eye_inner_b", "eye_outer_b", "nose_bottom", "mouth_a", "mouth_b")
@@ -283,23 +284,48 @@ def scan_to_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.nd
 # ----------------------------------------------------------------------------------------- alignment
 
 def refine_alignment(scan: np.ndarray, mesh: MeshDistance, init: Similarity, iterations: int = 100,
-                     tol: float = 1e-7) -> Similarity:
-    """Similarity T (applied to the mesh) minimising sum_i dist(scan_i, T(mesh))^2, by ICP from `init`.
+                     tol: float = 1e-12) -> Similarity:
+    """Similarity T (applied to the mesh) minimising sum_i dist(scan_i, T(mesh))^2 from `init`.
 
-    T = P o init with P a proper similarity (as NoW refines ``s R x + t`` on the landmark-aligned mesh), so a
-    reflection in `init` is kept. Works in the mesh's frame: the scan is mapped by T^-1 (distances scale by
-    T's scale), so the mesh's KD-tree is built once. Each step matches every scan point to its exact closest
-    surface point and solves P in closed form; the objective never increases.
+    T = P o init with P = (s, R, t) a proper similarity, as NoW refines ``s R x + t`` on the landmark-aligned
+    mesh (so a reflection in `init` is kept), and like NoW's solver a Gauss-Newton method (with
+    Levenberg-Marquardt damping; a step is taken only if it lowers the objective). Residuals are the
+    distances d_i = |p_i - q_i| to the closest surface points q_i, which move rigidly with the surface, so
+    ``dd_i/dt = -u_i``, ``dd_i/ds = -u_i . (q_i - t) / s``, ``dd_i/dw = u_i x (q_i - t)`` for a rotation
+    increment w (``u_i = (p_i - q_i) / d_i``). Closest points are queried in the mesh's frame (the scan
+    mapped by T^-1), so the mesh's KD-tree is built once.
     """
-    T = init
-    prev = None
-    for _ in range(iterations):
+    scan = np.asarray(scan, np.float64)
+
+    def evaluate(P: Similarity):
+        T = P.compose(init)
         dist, closest, _ = mesh.query(T.inverse_apply(scan), exact=False)
-        cost = float(np.mean((T.scale * dist) ** 2))
-        if prev is not None and prev - cost <= tol * prev:
+        d = T.scale * dist
+        return T, d, T.apply(closest), float(d @ d)
+
+    P = Similarity.identity()
+    T, d, q, cost = evaluate(P)
+    lam = 1e-6
+    for _ in range(iterations):
+        # unit directions; a zero residual has no direction and no gradient
+        u = np.divide(scan - q, d[:, None], out=np.zeros_like(q), where=d[:, None] > 0)
+        a = q - P.translation
+        J = np.concatenate([-(u * a).sum(1, keepdims=True) / P.scale, np.cross(u, a), -u], 1)
+        H, g = J.T @ J, J.T @ d
+        while True:
+            step = np.linalg.solve(H + lam * np.diag(np.diag(H)) + 1e-300 * np.eye(7), -g)
+            rot = Rotation.from_rotvec(step[1:4]).as_matrix()
+            cand = Similarity(P.scale + step[0], rot @ P.rotation, P.translation + step[4:])
+            T2, d2, q2, cost2 = evaluate(cand) if cand.scale > 0 else (None, None, None, np.inf)
+            if cost2 < cost:
+                break
+            lam *= 10.0
+            if lam > 1e8:
+                return T
+        converged = cost - cost2 <= tol * cost
+        P, T, d, q, cost, lam = cand, T2, d2, q2, cost2, lam / 3.0
+        if converged:
             break
-        prev = cost
-        T = fit_similarity(init.apply(closest), scan).compose(init)
     return T
 
 
@@ -328,7 +354,7 @@ class NowErrors:
 def now_errors(scan_points: np.ndarray, scan_lmk7: np.ndarray, pred_vertices: np.ndarray,
                pred_faces: np.ndarray, pred_lmk7: np.ndarray, refine: bool = True, crop: bool = True,
                units_to_mm: float = 1000.0, crop_factor: float = NOW_CROP_FACTOR,
-               icp_iterations: int = 100, allow_reflection: bool = True) -> NowErrors:
+               refine_iterations: int = 100, allow_reflection: bool = True) -> NowErrors:
     """NoW error of one predicted mesh against one scan (see the module docstring).
 
     Args:
@@ -349,7 +375,7 @@ def now_errors(scan_points: np.ndarray, scan_lmk7: np.ndarray, pred_vertices: np
     T = fit_similarity(pred_lmk7, scan_lmk7, allow_reflection=allow_reflection)
     mesh = MeshDistance(pred_vertices, pred_faces)
     if refine:
-        T = refine_alignment(scan, mesh, T, iterations=icp_iterations)
+        T = refine_alignment(scan, mesh, T, iterations=refine_iterations)
     dist, _, _ = mesh.query(T.inverse_apply(scan))
     return NowErrors(distances=dist * T.scale * units_to_mm, transform=T, crop=mask,
                      aligned_vertices=T.apply(pred_vertices))
