@@ -87,7 +87,8 @@ def write_pp(path: Path, lmk):
     head = ['<!DOCTYPE PickedPoints>', '<PickedPoints>', ' <DocumentData>',
             '  <DateTime time="12:00:00" date="2019-03-01"/>', '  <User name="annotator"/>',
             '  <DataFileName name="scan.obj"/>', '  <templateName name=""/>', ' </DocumentData>']
-    pts = [f' <point x="{x:.6f}" y="{y:.6f}" z="{z:.6f}" active="1" name="{k + 1}"/>' for k, (x, y, z) in enumerate(lmk)]
+    pts = [f' <point x="{x:.6f}" y="{y:.6f}" z="{z:.6f}" active="1" name="{k + 1}"/>'
+           for k, (x, y, z) in enumerate(lmk)]
     path.write_text("\n".join(head + pts + ['</PickedPoints>']) + "\n")
 
 
@@ -199,11 +200,14 @@ def now_tree(tmp_path_factory):
         write_pp(data / "scans_lmks_onlypp" / subject / f"{subject[6:19]}_picked_points.pp", lmk)
         scans[subject] = (sv, lmk)
     A, B = scan_height
-    cases = [  # subject, experiment, image, surface, pose (R, t, scale), mirror, mesh format, landmark format
-        (A, "multiview_neutral", "IMG_0041", lambda x, y: face_height(x, y) + 0.4 * np.cos(x / 25), 1e-3, False, "obj", "npy"),
-        (A, "multiview_expressions", "IMG_0068", lambda x, y: face_height(x, y) * 0.97 + 0.3 * np.sin(y / 9), 1e-3, False, "ply_bin", "txt"),
-        (B, "selfie", "IMG_0102", lambda x, y: face_height(x, y) * 1.02 + 0.6 * np.sin(x / 13 + y / 17), 1e-3, True, "obj", "txt"),
-        (B, "multiview_neutral", "IMG_0007", lambda x, y: face_height(x, y) + 0.2 * x / 50, 1.0, False, "ply_ascii", "npy"),
+    fh = face_height
+    cases = [  # subject, experiment, image, surface, unit (prediction), mirrored, mesh format, landmark format
+        (A, "multiview_neutral", "IMG_0041", lambda x, y: fh(x, y) + 0.4 * np.cos(x / 25), 1e-3, False, "obj", "npy"),
+        (A, "multiview_expressions", "IMG_0068", lambda x, y: fh(x, y) * 0.97 + 0.3 * np.sin(y / 9), 1e-3, False,
+         "ply_bin", "txt"),
+        (B, "selfie", "IMG_0102", lambda x, y: fh(x, y) * 1.02 + 0.6 * np.sin(x / 13 + y / 17), 1e-3, True,
+         "obj", "txt"),
+        (B, "multiview_neutral", "IMG_0007", lambda x, y: fh(x, y) + 0.2 * x / 50, 1.0, False, "ply_ascii", "npy"),
     ]
     lines, expected = [], {}
     for subject, exp, img, h, unit, mirror, mfmt, lfmt in cases:
@@ -259,7 +263,8 @@ def test_bad_now_files_are_refused_with_the_file_named(tmp_path):
     (tmp_path / "bad.txt").write_text("1 2 3\n4 5 6\n")
     with pytest.raises(ValueError, match="bad.txt.*7 landmarks"):
         read_landmarks(tmp_path / "bad.txt")
-    (tmp_path / "x.ply").write_bytes(b"ply\nformat binary_big_endian 1.0\nelement vertex 1\nproperty float x\nend_header\n\0\0\0\0")
+    (tmp_path / "x.ply").write_bytes(b"ply\nformat binary_big_endian 1.0\nelement vertex 1\nproperty float x\n"
+                                     b"end_header\n\0\0\0\0")
     with pytest.raises(ValueError, match="x.ply.*lack x, y or z"):
         read_ply(tmp_path / "x.ply")
 

@@ -92,7 +92,8 @@ def cmd_now(args: argparse.Namespace) -> int:
         return EXIT_OK
     for it in report["items"]:
         note = "  (reflected)" if it.get("reflected") else ""
-        print(f"{it['name']:40s} median {it['median_mm']:.3f}  mean {it['mean_mm']:.3f}  std {it['std_mm']:.3f} mm{note}")
+        print(f"{it['name']:40s} median {it['median_mm']:.3f}  mean {it['mean_mm']:.3f}  "
+              f"std {it['std_mm']:.3f} mm{note}")
     o = report["overall"]
     print(f"{len(report['items'])} item(s), {o['n_points']} points ({report['geometry']} geometry, {report['protocol']}): "
           f"median {o['median_mm']:.3f} mm, mean {o['mean_mm']:.3f} mm, std {o['std_mm']:.3f} mm")

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropTransform", "CONVENTIONS", "check_convention", "crop_from_landmarks", "crop_from_box", "warp_image", "warp_images"]
+__all__ = ["CropTransform", "CONVENTIONS", "check_convention", "crop_from_landmarks", "crop_from_box", "warp_image",
+           "warp_images"]
 
 CONVENTIONS = ("deca", "continuous")
 
