@@ -9,12 +9,13 @@
 Per face (docs/CONVENTIONS.md has every key and convention):
 
 1. the photo is read upright (EXIF), 68 landmarks are detected (FAN or dlib), DECA's crop maps the face
-   square onto the 224x224 network input;
+   square onto the 224x224 network input (``conventions="deca"``, default: exactly DECA's released crop;
+   ``"continuous"``: ours, CONVENTIONS.md "Crop");
 2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, channels_last on
    the CPU; bfloat16 autocast only when asked: it is off by default until checked on the real weights);
 3. FLAME gives the posed mesh and the landmarks, projected by the orthographic camera into the crop's
-   image NDC, then to crop pixels ``(p + 1) * 224 / 2`` and onto the photo by the crop's inverse
-   (`network_ndc_to_photo_pixels`);
+   image NDC, then to crop pixels ``(p + 1) * 224 / 2`` (+ 0.5 for DECA's crop) and onto the photo by the
+   crop's inverse (`network_ndc_to_photo_pixels`);
 4. ``D_detail(jaw, exp, detail)`` gives ``uv_z``; the stored displacement is ``uv_z * uv_face_eye_mask +
    fixed`` and the detail normals come from it (FaceModel, DECA's ``displacement2normal``); DECA's own
    unmasked ``displacement_map = uv_z + fixed`` is stored too (``extra_displacement_map``);
