@@ -105,6 +105,17 @@ def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model,
     # posed vertices in FLAME space equal the rendered ones (the camera does not enter them)
     np.testing.assert_allclose(res.vertices, scene["vertices"][0].numpy(), atol=1e-5)
 
+    # the stored landmarks are DECA's inverse (index matrix from DECA's own formula, test_deca_crop) of the
+    # network's NDC landmarks, +0.5 into continuous photo pixels
+    if convention == "deca":
+        from test_deca_crop import deca_landmarks_on_photo, deca_tform
+
+        t64 = lambda a: torch.as_tensor(np.asarray(a, np.float64))[None]  # noqa: E731
+        with torch.no_grad():
+            ndc = FaceModel(face_model.assets).double().geometry(
+                t64(res.shape), t64(res.exp), t64(res.pose), t64(res.cam)).landmarks2d[0].numpy()
+        want = deca_landmarks_on_photo(ndc, deca_tform(points - 0.5)) + 0.5
+        assert np.abs(res.landmarks2d - want).max() < 1e-3
     # the stored displacements: DECA's unmasked displacement_map = uv_z + fixed, and the masked one the rig
     # and displacement.png use (uv_z * uv_face_eye_mask + fixed), from the decoder run here on the same codes
     with torch.no_grad():
