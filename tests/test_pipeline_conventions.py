@@ -14,8 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from core.frontend import crop_from_landmarks, write_png
+from core.frontend import crop_from_landmarks, read_png16, write_png
 from core.model.face_model import FaceAssets, FaceModel
+from core.results.encodings import decode_displacement_png
 from core.pipeline.reconstruct import Reconstructor, network_ndc_to_photo_pixels
 from core.results.result import ReconstructionResult
 from pipeline_support import (OracleDetector, crop_frame_camera, framing_camera, known_codes,
@@ -59,17 +60,18 @@ def scene(request, face_model, tmp_path_factory):
                 vertices=g.vertices, canvas=canvas)
 
 
-def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scene):
+@pytest.mark.parametrize("convention", ["deca", "continuous"])
+def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scene, convention):
     points = scene["points"]
     assert points.min() > 0 and points[:, 0].max() < CANVAS_HW[1] and points[:, 1].max() < CANVAS_HW[0]
-    crop = crop_from_landmarks(points)
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(points, convention=convention)
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     t = lambda a: torch.as_tensor(np.asarray(a, np.float64))[None]  # noqa: E731
     fm64 = FaceModel(face_model.assets).double()
     with torch.no_grad():
         g = fm64.geometry(t(scene["shape"]), t(scene["exp"]), t(scene["pose"]), t(cam_crop))
-    # test-local math: crop NDC -> crop pixels -> photo pixels
-    crop_px = (g.landmarks2d[0].numpy() + 1) * 224 / 2
+    # test-local math: crop NDC -> crop pixels (DECA: indices, so +0.5 in continuous pixels) -> photo pixels
+    crop_px = (g.landmarks2d[0].numpy() + 1) * 224 / 2 + (0.5 if convention == "deca" else 0.0)
     photo_px = crop_px @ np.linalg.inv(crop.matrix)[:2, :2].T + np.linalg.inv(crop.matrix)[:2, 2]
     err = np.linalg.norm(photo_px - points, axis=1)
     assert err.max() < 0.5, err.max()
@@ -79,17 +81,20 @@ def test_landmarks_land_on_the_rendered_points_through_the_crop(face_model, scen
     assert crop_px.min() > 0 and crop_px.max() < 224
 
 
-def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model, scene, tmp_path):
+@pytest.mark.parametrize("convention", ["deca", "continuous"])
+def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model, scene, tmp_path, convention):
     points = scene["points"]
-    crop = crop_from_landmarks(points)
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(points, convention=convention)
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     nets = oracle_networks(scene["shape"], scene["exp"], scene["pose"], cam_crop)
+    kw = {} if convention == "deca" else {"conventions": convention}  # deca is the default
     rec = Reconstructor(device="cpu", landmarks=OracleDetector(points), face_assets=face_assets, networks=nets,
-                        wrinkle_samples=8, wrinkle_holdout=4)
+                        wrinkle_samples=8, wrinkle_holdout=4, **kw)
     folders = rec.reconstruct_photo(scene["photo"], tmp_path / "out")
     assert len(folders) == 1
     res = ReconstructionResult.load(folders[0])
     np.testing.assert_allclose(res.crop_matrix, crop.matrix, atol=1e-12)
+    assert str(res.extra["crop_convention"]) == convention
     np.testing.assert_allclose(res.detected_landmarks, points, atol=1e-4)
     err = np.linalg.norm(res.landmarks2d - points, axis=1)
     assert err.max() < 0.5, f"projected landmarks miss the rendered points by up to {err.max():.3f} px"
@@ -99,6 +104,30 @@ def test_pipeline_maps_network_landmarks_onto_the_photo(face_assets, face_model,
     np.testing.assert_allclose(res.cam, cam_crop, rtol=1e-5, atol=1e-6)
     # posed vertices in FLAME space equal the rendered ones (the camera does not enter them)
     np.testing.assert_allclose(res.vertices, scene["vertices"][0].numpy(), atol=1e-5)
+
+    # the stored landmarks are DECA's inverse (index matrix from DECA's own formula, test_deca_crop) of the
+    # network's NDC landmarks, +0.5 into continuous photo pixels
+    if convention == "deca":
+        from test_deca_crop import deca_landmarks_on_photo, deca_tform
+
+        t64 = lambda a: torch.as_tensor(np.asarray(a, np.float64))[None]  # noqa: E731
+        with torch.no_grad():
+            ndc = FaceModel(face_model.assets).double().geometry(
+                t64(res.shape), t64(res.exp), t64(res.pose), t64(res.cam)).landmarks2d[0].numpy()
+        want = deca_landmarks_on_photo(ndc, deca_tform(points - 0.5)) + 0.5
+        assert np.abs(res.landmarks2d - want).max() < 1e-3
+    # the stored displacements: DECA's unmasked displacement_map = uv_z + fixed, and the masked one the rig
+    # and displacement.png use (uv_z * uv_face_eye_mask + fixed), from the decoder run here on the same codes
+    with torch.no_grad():
+        t = lambda a: torch.as_tensor(np.asarray(a, np.float32))[None]  # noqa: E731
+        uv_z = nets.D_detail.decode(t(scene["pose"][3:]), t(scene["exp"]), t(res.detail))[0, 0].numpy()
+    fixed, mask = face_model.fixed_displacement[0, 0].numpy(), face_model.uv_face_eye_mask[0, 0].numpy()
+    np.testing.assert_allclose(res.extra["displacement_map"], uv_z + fixed, atol=1e-6)
+    np.testing.assert_allclose(res.displacement, uv_z * mask + fixed, atol=1e-6)
+    assert np.abs(res.extra["displacement_map"] - res.displacement)[mask < 0.5].max() > 1e-4
+    q = read_png16(folders[0] / "displacement.png")
+    back = decode_displacement_png(q, res.displacement_scale)
+    assert np.abs(back - res.displacement).max() <= res.displacement_scale / 65535 * 1.01
 
     # texture.png reproduces the rendered albedo where the face was visible
     texture = np.asarray(Image.open(folders[0] / "texture.png"), np.float32) / 255
@@ -128,8 +157,8 @@ def test_albedo_comes_from_the_texture_space_when_installed(face_assets, scene, 
     assets = dataclasses.replace(face_assets, texture_mean=face_assets.mean_texture[::2, ::2].copy(),
                                  texture_basis=basis)
     tex = rng.normal(size=50).astype(np.float32)
-    crop = crop_from_landmarks(scene["points"])
-    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop)
+    crop = crop_from_landmarks(scene["points"], convention="deca")
+    cam_crop = crop_frame_camera(scene["cam"], RENDER, OFFSET, crop.ndc_frame())
     nets = oracle_networks(scene["shape"], scene["exp"], scene["pose"], cam_crop, tex=tex)
     rec = Reconstructor(device="cpu", landmarks=OracleDetector(scene["points"]), face_assets=assets, networks=nets,
                         wrinkle_samples=8, wrinkle_holdout=4)

@@ -34,6 +34,7 @@ class ModeOptions:
     home: str | None = None  # asset folder (None: $DECA_BLENDER_HOME or the user data folder)
     # deca
     bf16: bool = False
+    conventions: str = "deca"  # DECA's crop (deca) or ours (continuous): docs/CONVENTIONS.md
     wrinkle_samples: int | None = None
     wrinkle_components: int = 16
     # fit, deca+fit
@@ -116,7 +117,7 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
         rec = DecaReconstructor(manager, face_assets=face_assets, device=options.device, landmarks=options.landmarks,
                                 wrinkle_components=options.wrinkle_components,
                                 wrinkle_samples=options.wrinkle_samples or wrinkles.DEFAULT_SAMPLES,
-                                bf16=options.bf16)
+                                bf16=options.bf16, conventions=options.conventions)
     else:
         from core.fitting.fitter import Fitter
         from core.fitting.photometric_fit import PhotometricFitConfig

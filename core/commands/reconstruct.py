@@ -39,6 +39,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wrinkle-samples", type=int, default=None, metavar="N",
                    help="decoder samples for the wrinkle model fit (default 56)")
     p.add_argument("--wrinkle-components", type=int, default=16, metavar="K", help="wrinkle maps (default 16)")
+    p.add_argument("--conventions", default="deca", choices=("deca", "continuous"),
+                   help="crop convention for the DECA network (docs/CONVENTIONS.md): deca (default) is DECA's "
+                        "released crop, continuous maps the face square onto [0, 224] with a box prefilter")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,7 +75,8 @@ def add_skip_existing(p: argparse.ArgumentParser) -> None:
 
 
 FIT_DEFAULTS = {"same_person": False, "no_photometric": False, "iterations": None}
-DECA_DEFAULTS = {"batch_size": 8, "bf16": False, "wrinkle_samples": None, "wrinkle_components": 16}
+DECA_DEFAULTS = {"batch_size": 8, "bf16": False, "wrinkle_samples": None, "wrinkle_components": 16,
+                 "conventions": "deca"}
 
 
 def add_fit_options(p: argparse.ArgumentParser) -> None:
@@ -90,7 +94,7 @@ def mode_options(args: argparse.Namespace) -> ModeOptions:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     return ModeOptions(device=args.device, landmarks=args.landmarks, home=args.home, bf16=args.bf16,
-                       wrinkle_samples=args.wrinkle_samples, wrinkle_components=args.wrinkle_components,
+                       conventions=args.conventions, wrinkle_samples=args.wrinkle_samples, wrinkle_components=args.wrinkle_components,
                        same_person=args.same_person, photometric=not args.no_photometric,
                        iterations=args.iterations)
 

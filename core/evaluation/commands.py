@@ -22,9 +22,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "in NoW's face crop to the predicted surface. Reports median, mean and std in "
                                     "mm over all points of all scans, as the NoW benchmark does.")
     n.add_argument("--pred", required=True, metavar="DIR",
-                   help="result folders (<name>/result.npz) or <name>.obj + <name>.npy (7 landmarks)")
+                   help="result folders (<name>/result.npz) or <name>.obj/.ply + <name>.npy/.txt (7 landmarks); for "
+                        "NoW's layout <subject>/<experiment>/<image stem>.obj/.ply + .npy/.txt")
     n.add_argument("--gt", required=True, metavar="DIR",
-                   help="ground truth: <name>.npz from 'eval synth', or <name>.obj + <name>.txt/.npy (7 landmarks)")
+                   help="NoW's dataset folder as shipped (scans/, scans_lmks_onlypp/, imagepaths*.txt), or a folder "
+                        "of <name>.npz from 'eval synth' or <name>.obj/.ply + <name>.pp/.txt/.npy (7 landmarks)")
+    n.add_argument("--scan-unit", choices=("auto", "mm", "cm", "m"), default="auto",
+                   help="length unit of the ground-truth scans (default auto: read from the landmarks' size; "
+                        "NoW's scans are in mm)")
+    n.add_argument("--image-set", choices=("val", "test"), default="val",
+                   help="NoW layout: which image list (imagepathsvalidation.txt or imagepathstest.txt)")
+    n.add_argument("--imgs-list", metavar="FILE", help="NoW layout: another image list")
+    n.add_argument("--challenge", default="",
+                   choices=("", "multiview_neutral", "multiview_expressions", "multiview_occlusions", "selfie"),
+                   help="NoW layout: only this experiment (default: all)")
     n.add_argument("--geometry", choices=("neutral", "posed"), default="neutral",
                    help="neutral identity mesh (NoW's convention, default) or the posed mesh at the photo's expression")
     n.add_argument("--no-refine", action="store_true", help="landmark alignment only (no scan-to-mesh refinement)")
@@ -57,6 +68,7 @@ def _error(msg: str) -> int:
 
 
 def cmd_now(args: argparse.Namespace) -> int:
+    from core.evaluation import now_layout
     from core.evaluation.dataset import EvaluationError, evaluate_folders
 
     embedding = None
@@ -65,15 +77,23 @@ def cmd_now(args: argparse.Namespace) -> int:
             from core.flame import load_embedding
 
             embedding = load_embedding(args.embedding)
-        report = evaluate_folders(args.pred, args.gt, geometry=args.geometry, refine=not args.no_refine,
-                                  embedding=embedding)
+        if now_layout.is_now_layout(args.gt):
+            report = now_layout.evaluate_now_layout(args.gt, args.pred, image_set=args.image_set,
+                                                    imgs_list=args.imgs_list, challenge=args.challenge,
+                                                    geometry=args.geometry, refine=not args.no_refine,
+                                                    embedding=embedding, scan_unit=args.scan_unit)
+        else:
+            report = evaluate_folders(args.pred, args.gt, geometry=args.geometry, refine=not args.no_refine,
+                                      embedding=embedding, scan_unit=args.scan_unit)
     except (EvaluationError, ValueError, OSError) as exc:
         return _error(str(exc))
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
     for it in report["items"]:
-        print(f"{it['name']:40s} median {it['median_mm']:.3f}  mean {it['mean_mm']:.3f}  std {it['std_mm']:.3f} mm")
+        note = "  (reflected)" if it.get("reflected") else ""
+        print(f"{it['name']:40s} median {it['median_mm']:.3f}  mean {it['mean_mm']:.3f}  "
+              f"std {it['std_mm']:.3f} mm{note}")
     o = report["overall"]
     print(f"{len(report['items'])} item(s), {o['n_points']} points ({report['geometry']} geometry, {report['protocol']}): "
           f"median {o['median_mm']:.3f} mm, mean {o['mean_mm']:.3f} mm, std {o['std_mm']:.3f} mm")

@@ -5,7 +5,12 @@ Ground truth (``--gt DIR``), one item per name:
 - ``<name>.npz`` written by `core.evaluation.synthetic` (both the posed mesh as rendered and the neutral
   identity mesh; ``scan_mask`` selects the skin vertices), or any ``.npz`` with ``scan_vertices (N, 3)`` and
   ``scan_landmarks (7, 3)`` (and ``scan_unit_to_mm``, default 1000 for metres);
-- ``<name>.obj`` with ``<name>.txt`` or ``<name>.npy`` (7 x 3 landmarks in NoW's order), as NoW's scans.
+- ``<name>.obj`` (or ``.ply``) with ``<name>.pp`` (Meshlab picked points, as NoW ships them), ``<name>.txt`` or
+  ``<name>.npy`` (7 x 3 landmarks in NoW's order). The scan's unit is read from its landmarks' size
+  (`core.evaluation.now.unit_to_mm_from_landmarks`: NoW's scans are in mm) unless ``scan_unit`` names it.
+
+A folder in NoW's own layout (``scans/``, ``scans_lmks_onlypp/``, an image list) is read by
+`core.evaluation.now_layout` instead (``eval now`` tells them apart).
 
 Predictions (``--pred DIR``), matched by name:
 
@@ -23,8 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DecaError
-from core.evaluation.now import NOW_LANDMARKS_68, now_errors, summarize
-from core.obj import read_obj
+from core.evaluation.now import NOW_LANDMARKS_68, UNIT_TO_MM, now_errors, summarize, unit_to_mm_from_landmarks
+from core.evaluation.now_files import read_landmarks, read_mesh
+from core.evaluation.now_files import read_obj as read_obj_vertices_faces  # noqa: F401  (kept name)
 
 
 class EvaluationError(DecaError, ValueError):
@@ -39,21 +45,29 @@ class GroundTruth:
     unit_to_mm: float
 
 
-def read_obj_vertices_faces(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(V, 3) vertices and (F, 3) triangles (polygons fan-triangulated) of a scan or prediction OBJ."""
-    mesh = read_obj(path)
-    return mesh.vertices, mesh.faces
-
-
 def _read_lmk7(path: Path) -> np.ndarray:
-    lm = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path)
-    lm = np.asarray(lm, np.float64).reshape(-1, 3)
-    if lm.shape != (7, 3):
-        raise EvaluationError(f"{path}: expected 7 landmarks (x y z), found {lm.shape[0]}")
-    return lm
+    try:
+        return read_landmarks(path)
+    except ValueError as exc:
+        raise EvaluationError(str(exc)) from None
 
 
-def load_ground_truth_item(path: Path, geometry: str = "neutral") -> GroundTruth:
+def scan_unit_to_mm(landmarks: np.ndarray, scan_unit: str = "auto", where: str = "") -> float:
+    """``scan_unit`` 'mm', 'cm' or 'm', or 'auto': read from the landmarks' size."""
+    if scan_unit != "auto":
+        if scan_unit not in UNIT_TO_MM:
+            raise EvaluationError(f"unknown scan unit {scan_unit!r}: use auto, mm, cm or m")
+        return UNIT_TO_MM[scan_unit]
+    try:
+        return unit_to_mm_from_landmarks(landmarks)
+    except ValueError as exc:
+        raise EvaluationError(f"{where}: {exc}" if where else str(exc)) from None
+
+
+_LANDMARK_SUFFIXES = (".pp", ".txt", ".npy")
+
+
+def load_ground_truth_item(path: Path, geometry: str = "neutral", scan_unit: str = "auto") -> GroundTruth:
     path = Path(path)
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
@@ -67,13 +81,14 @@ def load_ground_truth_item(path: Path, geometry: str = "neutral") -> GroundTruth
             raise EvaluationError(f"{path}: not a ground-truth file (lacks {exc})") from None
         mask = d["scan_mask"].astype(bool) if "scan_mask" in d else np.ones(len(verts), bool)
         return GroundTruth(path.stem, verts[mask], lmk, 1000.0)
-    if path.suffix == ".obj":
-        for ext in (".txt", ".npy"):
+    if path.suffix in (".obj", ".ply"):
+        for ext in _LANDMARK_SUFFIXES:
             lp = path.with_suffix(ext)
             if lp.is_file():
-                v, _ = read_obj_vertices_faces(path)
-                return GroundTruth(path.stem, v, _read_lmk7(lp), 1000.0)
-        raise EvaluationError(f"{path}: no landmark file {path.stem}.txt or .npy beside the scan")
+                v, _ = read_mesh(path)
+                lm = _read_lmk7(lp)
+                return GroundTruth(path.stem, v, lm, scan_unit_to_mm(lm, scan_unit, str(path)))
+        raise EvaluationError(f"{path}: no landmark file {path.stem}.pp, .txt or .npy beside the scan")
     raise EvaluationError(f"{path}: unsupported ground-truth file")
 
 
@@ -85,10 +100,11 @@ def ground_truth_items(gt_dir: Path) -> dict[str, Path]:
     for p in sorted(gt_dir.iterdir()):
         if p.name.startswith("."):
             continue
-        if p.suffix == ".npz" or (p.suffix == ".obj" and (p.with_suffix(".txt").is_file() or p.with_suffix(".npy").is_file())):
+        if p.suffix == ".npz" or (p.suffix in (".obj", ".ply")
+                                  and any(p.with_suffix(e).is_file() for e in _LANDMARK_SUFFIXES)):
             items[p.stem] = p
     if not items:
-        raise EvaluationError(f"{gt_dir}: holds no ground truth (.npz, or .obj with .txt/.npy landmarks)")
+        raise EvaluationError(f"{gt_dir}: holds no ground truth (.npz, or .obj/.ply with .pp/.txt/.npy landmarks)")
     return items
 
 
@@ -134,22 +150,23 @@ def load_prediction(path: Path, geometry: str, embedding=None) -> tuple[np.ndarr
                 emb = embedding if embedding is not None else _default_embedding()
                 lmk = _EmbeddingLandmarks(emb)(verts, r.faces)
         return np.asarray(verts, np.float64), np.asarray(r.faces, np.int64), lmk
-    v, f = read_obj_vertices_faces(path)
-    lp = path.with_suffix(".npy")
-    if not lp.is_file():
-        raise EvaluationError(f"{path}: no {lp.name} with its 7 landmarks")
-    return v, f, _read_lmk7(lp)
+    v, f = read_mesh(path)
+    for ext in (".npy", ".txt"):  # NoW's order of preference
+        lp = path.with_suffix(ext)
+        if lp.is_file():
+            return v, f, _read_lmk7(lp)
+    raise EvaluationError(f"{path}: no {path.stem}.npy or .txt with its 7 landmarks")
 
 
 def find_prediction(pred_dir: Path, name: str) -> Path | None:
-    for cand in (pred_dir / name, pred_dir / f"{name}.obj"):
+    for cand in (pred_dir / f"{name}.obj", pred_dir / f"{name}.ply", pred_dir / name):
         if (cand.is_dir() and (cand / "result.npz").is_file()) or cand.is_file():
             return cand
     return None
 
 
 def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, geometry: str = "neutral", refine: bool = True,
-                     embedding=None, progress=None) -> dict:
+                     embedding=None, progress=None, scan_unit: str = "auto") -> dict:
     """NoW errors of every prediction that has a ground truth. Returns a JSON-able dict with per-item and
     overall median/mean/std (mm, over all distances together as NoW reports them) and the missing names."""
     if geometry not in ("neutral", "posed"):
@@ -164,7 +181,7 @@ def evaluate_folders(pred_dir: str | Path, gt_dir: str | Path, geometry: str = "
         if pred is None:
             missing.append(name)
             continue
-        gt = load_ground_truth_item(gt_path, geometry)
+        gt = load_ground_truth_item(gt_path, geometry, scan_unit)
         v, f, lmk = load_prediction(pred, geometry, embedding)
         # Predictions are in metres (FLAME); scale them into the scan's units for the alignment.
         to_scan_units = 1000.0 / gt.unit_to_mm

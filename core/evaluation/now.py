@@ -10,15 +10,18 @@ Protocol (as the NoW evaluation defines it; written here from its description, n
    ``c = nose_bottom + 0.3 (nose_bridge - nose_bottom)`` (nose bridge = midpoint of the inner eye
    corners) of radius ``1.4 (|eye_outer_a - eye_outer_b| + |nose_bridge - nose_bottom|) / 2`` (NoW's current
    factor; its first release used 1.2).
-3. **Alignment**: a similarity (scale, rotation, translation; the predicted mesh is not metrical) from the
-   predicted 7 landmarks onto the scan's (Umeyama's closed form, reflections excluded), then **refined**
-   by minimising the squared scan-to-mesh distances over the same similarity (NoW does this with a
-   Gauss-Newton solver; here an ICP on exact closest points, which decreases the same objective).
+3. **Alignment**: a similarity (scale, orthogonal matrix, translation; the predicted mesh is not metrical)
+   from the predicted 7 landmarks onto the scan's: NoW's ``procrustes(..., reflection='best')``, i.e. the
+   orthogonal matrix of the SVD *without* the determinant correction, so a mirrored prediction is aligned
+   by a reflection. Then it is **refined** by minimising the squared scan-to-mesh distances over a proper
+   similarity (scale, rotation, translation) applied after it, with a Gauss-Newton solver on the
+   scan-to-mesh distances as NoW's ``rigid_scan_2_mesh_alignment`` (chumpy) does (`refine_alignment`).
 4. **Error**: for each cropped scan point, the unsigned distance to the closest point of the aligned
    predicted *surface* (point-to-triangle). The benchmark reports the median, mean and standard deviation
    of all distances of all scans together, in millimetres.
 
-Units: inputs in metres (FLAME space) by default; `units_to_mm` converts the distances (1000 for metres).
+Units: the distances are in the scan's units times `units_to_mm` (NoW's scans are in millimetres: 1; FLAME
+space is metres: 1000). `unit_to_mm_from_landmarks` reads the unit from the landmarks' size.
 The closest-point query is exact: a KD-tree over triangle centroids proposes candidates, the exact
 point-triangle distance decides, and a ball query with the largest triangle radius catches any triangle
 the first candidates could have missed.
@@ -29,10 +32,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 NOW_LANDMARKS_68 = (36, 39, 42, 45, 33, 48, 54)
 NOW_LANDMARK_NAMES = ("eye_outer_a", "eye_inner_a", "eye_inner_b", "eye_outer_b", "nose_bottom", "mouth_a", "mouth_b")
 NOW_CROP_FACTOR = 1.4
+# Outer eye corner distance of adult faces is about 80-110 mm: a generous window per unit.
+_EYE_SPAN_MM = (30.0, 300.0)
+UNIT_TO_MM = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
+
+
+def unit_to_mm_from_landmarks(lmk7: np.ndarray) -> float:
+    """The length unit of a scan, read from its 7 landmarks: the outer eye corners of a real face are
+    30-300 mm apart, so that span in mm, cm or m names the unit. Raises ValueError when no unit fits."""
+    lm = _check_lmk7(lmk7, "scan landmarks")
+    span = float(np.linalg.norm(lm[0] - lm[3]))
+    for name, k in UNIT_TO_MM.items():
+        if _EYE_SPAN_MM[0] <= span * k <= _EYE_SPAN_MM[1]:
+            return k
+    raise ValueError(f"cannot tell the scan's unit: its outer eye corners are {span:g} units apart "
+                     "(expected about 90 mm); give the unit explicitly (--scan-unit mm|cm|m)")
 
 
 def now_landmarks(landmarks68: np.ndarray) -> np.ndarray:
@@ -95,8 +114,10 @@ class Similarity:
 
 
 def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None,
-                   scale: bool = True) -> Similarity:
-    """Least-squares similarity mapping ``src`` (N, 3) onto ``dst`` (Umeyama 1991), no reflection."""
+                   scale: bool = True, allow_reflection: bool = False) -> Similarity:
+    """Least-squares similarity mapping ``src`` (N, 3) onto ``dst`` (Umeyama 1991). With
+    ``allow_reflection`` the orthogonal part is the best one with either determinant (NoW's
+    ``procrustes(reflection='best')``: ``U V^T`` of the SVD as it comes), else a proper rotation."""
     src = np.asarray(src, np.float64)
     dst = np.asarray(dst, np.float64)
     w = np.ones(len(src)) if weights is None else np.asarray(weights, np.float64)
@@ -106,7 +127,7 @@ def fit_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None 
     cov = (xd * w[:, None]).T @ xs  # (3, 3) = sum w dst src^T
     U, S, Vt = np.linalg.svd(cov)
     D = np.eye(3)
-    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+    if not allow_reflection and np.linalg.det(U) * np.linalg.det(Vt) < 0:
         D[2, 2] = -1.0
     R = U @ D @ Vt
     var_s = float(w @ (xs ** 2).sum(1))
@@ -263,22 +284,48 @@ def scan_to_mesh_distance(points: np.ndarray, vertices: np.ndarray, faces: np.nd
 # ----------------------------------------------------------------------------------------- alignment
 
 def refine_alignment(scan: np.ndarray, mesh: MeshDistance, init: Similarity, iterations: int = 100,
-                     tol: float = 1e-7) -> Similarity:
-    """Similarity T (applied to the mesh) minimising sum_i dist(scan_i, T(mesh))^2, by ICP from `init`.
+                     tol: float = 1e-12) -> Similarity:
+    """Similarity T (applied to the mesh) minimising sum_i dist(scan_i, T(mesh))^2 from `init`.
 
-    Works in the mesh's frame: the scan is mapped by T^-1 (distances scale by T's scale), so the
-    mesh's KD-tree is built once. Each step matches every scan point to its exact closest surface point
-    and solves the similarity in closed form; the objective never increases.
+    T = P o init with P = (s, R, t) a proper similarity, as NoW refines ``s R x + t`` on the landmark-aligned
+    mesh (so a reflection in `init` is kept), and like NoW's solver a Gauss-Newton method (with
+    Levenberg-Marquardt damping; a step is taken only if it lowers the objective). Residuals are the
+    distances d_i = |p_i - q_i| to the closest surface points q_i, which move rigidly with the surface, so
+    ``dd_i/dt = -u_i``, ``dd_i/ds = -u_i . (q_i - t) / s``, ``dd_i/dw = u_i x (q_i - t)`` for a rotation
+    increment w (``u_i = (p_i - q_i) / d_i``). Closest points are queried in the mesh's frame (the scan
+    mapped by T^-1), so the mesh's KD-tree is built once.
     """
-    T = init
-    prev = None
-    for _ in range(iterations):
+    scan = np.asarray(scan, np.float64)
+
+    def evaluate(P: Similarity):
+        T = P.compose(init)
         dist, closest, _ = mesh.query(T.inverse_apply(scan), exact=False)
-        cost = float(np.mean((T.scale * dist) ** 2))
-        if prev is not None and prev - cost <= tol * prev:
+        d = T.scale * dist
+        return T, d, T.apply(closest), float(d @ d)
+
+    P = Similarity.identity()
+    T, d, q, cost = evaluate(P)
+    lam = 1e-6
+    for _ in range(iterations):
+        # unit directions; a zero residual has no direction and no gradient
+        u = np.divide(scan - q, d[:, None], out=np.zeros_like(q), where=d[:, None] > 0)
+        a = q - P.translation
+        J = np.concatenate([-(u * a).sum(1, keepdims=True) / P.scale, np.cross(u, a), -u], 1)
+        H, g = J.T @ J, J.T @ d
+        while True:
+            step = np.linalg.solve(H + lam * np.diag(np.diag(H)) + 1e-300 * np.eye(7), -g)
+            rot = Rotation.from_rotvec(step[1:4]).as_matrix()
+            cand = Similarity(P.scale + step[0], rot @ P.rotation, P.translation + step[4:])
+            T2, d2, q2, cost2 = evaluate(cand) if cand.scale > 0 else (None, None, None, np.inf)
+            if cost2 < cost:
+                break
+            lam *= 10.0
+            if lam > 1e8:
+                return T
+        converged = cost - cost2 <= tol * cost
+        P, T, d, q, cost, lam = cand, T2, d2, q2, cost2, lam / 3.0
+        if converged:
             break
-        prev = cost
-        T = fit_similarity(closest, scan)
     return T
 
 
@@ -307,7 +354,7 @@ class NowErrors:
 def now_errors(scan_points: np.ndarray, scan_lmk7: np.ndarray, pred_vertices: np.ndarray,
                pred_faces: np.ndarray, pred_lmk7: np.ndarray, refine: bool = True, crop: bool = True,
                units_to_mm: float = 1000.0, crop_factor: float = NOW_CROP_FACTOR,
-               icp_iterations: int = 100) -> NowErrors:
+               refine_iterations: int = 100, allow_reflection: bool = True) -> NowErrors:
     """NoW error of one predicted mesh against one scan (see the module docstring).
 
     Args:
@@ -315,7 +362,8 @@ def now_errors(scan_points: np.ndarray, scan_lmk7: np.ndarray, pred_vertices: np
         pred_vertices, pred_faces: the predicted mesh; pred_lmk7: (7, 3) its NoW landmarks.
         refine: run the scan-to-mesh refinement of the alignment (NoW does).
         crop: keep only the scan points in NoW's face sphere (NoW does).
-        units_to_mm: 1000 for metres (FLAME), 1 for millimetres.
+        units_to_mm: the scan's unit in mm: 1000 for metres (FLAME), 1 for millimetres (NoW's scans).
+        allow_reflection: NoW's landmark Procrustes (``reflection='best'``); False forces a rotation.
     """
     scan_points = np.asarray(scan_points, np.float64)
     scan_lmk7 = _check_lmk7(scan_lmk7, "scan landmarks")
@@ -324,10 +372,10 @@ def now_errors(scan_points: np.ndarray, scan_lmk7: np.ndarray, pred_vertices: np
     scan = scan_points[mask]
     if len(scan) == 0:
         raise ValueError("no scan point lies in the face crop; are the scan landmarks in the scan's units?")
-    T = fit_similarity(pred_lmk7, scan_lmk7)
+    T = fit_similarity(pred_lmk7, scan_lmk7, allow_reflection=allow_reflection)
     mesh = MeshDistance(pred_vertices, pred_faces)
     if refine:
-        T = refine_alignment(scan, mesh, T, iterations=icp_iterations)
+        T = refine_alignment(scan, mesh, T, iterations=refine_iterations)
     dist, _, _ = mesh.query(T.inverse_apply(scan))
     return NowErrors(distances=dist * T.scale * units_to_mm, transform=T, crop=mask,
                      aligned_vertices=T.apply(pred_vertices))

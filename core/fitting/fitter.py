@@ -94,6 +94,18 @@ class FitSummary:
                 "seconds": self.seconds}
 
 
+def _camera_in_fit_crop(res) -> np.ndarray:
+    """The regressor's camera (in its crop's NDC: DECA's convention by default) moved into the continuous crop
+    the fit works in (same landmarks), so that deca+fit starts where the regressor put the face."""
+    src = CropTransform.from_matrix(res.crop_matrix, convention=str(res.extra.get("crop_convention", "continuous")))
+    dst = crop_from_landmarks(res.detected_landmarks, size=CROP_SIZE)
+    m = src.ndc_transform_to(dst)  # q = k p + c, axis-aligned (DECA's crops never rotate)
+    k, c = m[0, 0], m[:2, 2]
+    s, tx, ty = (float(v) for v in res.cam)
+    s2 = k * s
+    return np.array([s2, tx + c[0] / s2, ty - c[1] / s2], np.float32)  # image y is down, FLAME's y up
+
+
 class Fitter:
     """Analysis-by-synthesis fitting of FLAME to photos (see the module docstring).
 
@@ -182,7 +194,8 @@ class Fitter:
             if face_index >= len(folders):
                 return None
             res = ReconstructionResult.load(folders[face_index])
-        codes = FitCodes.from_numpy({"shape": res.shape, "exp": res.exp, "pose": res.pose, "cam": res.cam,
+        cam = _camera_in_fit_crop(res)
+        codes = FitCodes.from_numpy({"shape": res.shape, "exp": res.exp, "pose": res.pose, "cam": cam,
                                      "tex": res.tex, "light": res.light}, device=self.device)
         return codes, np.asarray(res.detail, np.float32)
 

@@ -1,15 +1,29 @@
 """DECA's test-time crop (REFERENCE.md "Cropping") and the warp into the 224x224 network input.
 
-All coordinates are continuous pixel coordinates (docs/CONVENTIONS.md): pixel ``(i, j)`` covers
-``[j, j+1) x [i, i+1)``. The square of side ``src_size`` centred at ``center`` maps exactly onto
-``[0, size] x [0, size]`` of the crop, so crop pixel ``(v, u)`` (centre ``(u + 0.5, v + 0.5)``) samples the
-photo at ``inverse() @ (u + 0.5, v + 0.5, 1)``.
+All coordinates and matrices here are continuous pixel coordinates (docs/CONVENTIONS.md): pixel ``(i, j)``
+covers ``[j, j+1) x [i, i+1)``, its centre is ``(j + 0.5, i + 0.5)``. Crop pixel ``(v, u)`` samples the photo
+at ``inverse() @ (u + 0.5, v + 0.5, 1)``. Two conventions place the landmark square in the crop:
 
-`warp_image` samples bilinearly with ``grid_sample(align_corners=False)`` (which uses exactly these
-continuous coordinates) and zero padding outside the photo. With ``antialias=True`` (default), when the crop
-shrinks the photo by a factor of 2 or more, the photo is first box-averaged by the integer factor
-``k = floor(src_size / size)`` (which maps continuous coordinates by ``x / k`` exactly) so that large photos
-do not alias; DECA itself samples without prefiltering (``antialias=False`` reproduces that).
+* ``"deca"`` (DECA's released ``TestData``): scikit-image's similarity maps the square's corners onto the
+  pixel *indices* ``(0, 0), (0, size-1), (size-1, 0)``, so the scale is ``(size - 1) / src_size`` and the
+  square's corners land on pixel centres. With index coordinates ``x_idx = x - 0.5`` on both sides, DECA's
+  index matrix ``T`` is this module's ``matrix = S(+0.5) @ T @ S(-0.5)`` (``S`` a translation). No prefilter.
+* ``"continuous"``: the square maps exactly onto ``[0, size]^2``, scale ``size / src_size``. With
+  ``antialias=True`` a crop that shrinks the photo 2x or more first box-averages it.
+
+Both have the same centre: photo point ``center`` goes to crop point ``(size/2, size/2)``.
+
+`warp_image` samples bilinearly with ``grid_sample(align_corners=False)`` and zero padding outside the photo.
+That is exactly scikit-image's ``warp(order=1, mode='constant', cval=0)`` on index coordinates (both take
+the four neighbouring pixels, out-of-photo ones as 0), so DECA's crop image needs only DECA's matrix.
+With antialiasing, when the crop shrinks the photo by a factor of 2 or more, the photo is first
+box-averaged by the integer factor ``k = floor(src_size / size)`` (which maps continuous coordinates by
+``x / k`` exactly) so that large photos do not alias; by default only the continuous convention does this.
+
+The network's image NDC ``p`` (x right, y down, [-1, 1]) gives crop pixels ``(p + 1) * size / 2`` in DECA's
+code, which treats them as pixel *indices* (``transform_points``): `CropTransform.ndc_to_pixels` adds the
+0.5 for a DECA crop, and `CropTransform.ndc_frame` is the continuous transform in which NDC maps to
+``(p + 1) * size / 2`` exactly (for renders and the texture crop).
 """
 from __future__ import annotations
 
@@ -21,7 +35,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["CropTransform", "crop_from_landmarks", "crop_from_box", "warp_image", "warp_images"]
+__all__ = ["CropTransform", "CONVENTIONS", "check_convention", "crop_from_landmarks", "crop_from_box", "warp_image",
+           "warp_images"]
+
+CONVENTIONS = ("deca", "continuous")
+
+
+def check_convention(convention: str) -> str:
+    if convention not in CONVENTIONS:
+        raise ValueError(f"unknown crop convention {convention!r}; expected one of {', '.join(CONVENTIONS)}")
+    return convention
 
 
 @dataclass(frozen=True)
@@ -29,13 +52,15 @@ class CropTransform:
     """Similarity from photo pixels to crop pixels (``matrix`` 3x3 float64, acting on ``(x, y, 1)``).
 
     ``size`` is the crop's resolution (224). ``center`` and ``src_size`` describe the source square in the
-    photo (informative; ``matrix`` is authoritative).
+    photo (informative; ``matrix`` is authoritative). ``convention`` ("deca" or "continuous", module
+    docstring) says how network NDC relates to crop pixels and whether the warp prefilters by default.
     """
 
     matrix: np.ndarray
     size: int = 224
     center: tuple[float, float] | None = None
     src_size: float | None = None
+    convention: str = "continuous"
 
     def __post_init__(self):
         m = np.array(self.matrix, dtype=np.float64).reshape(3, 3)
@@ -46,6 +71,7 @@ class CropTransform:
         m.setflags(write=False)
         object.__setattr__(self, "matrix", m)
         object.__setattr__(self, "size", int(self.size))
+        check_convention(self.convention)
 
     @classmethod
     def from_square(cls, center, src_size: float, size: int = 224) -> "CropTransform":
@@ -61,9 +87,58 @@ class CropTransform:
         return cls(matrix=m, size=size, center=(cx, cy), src_size=src_size)
 
     @classmethod
-    def from_matrix(cls, matrix, size: int = 224) -> "CropTransform":
-        """Rebuild from a stored matrix (e.g. ``result.npz['crop_matrix']``)."""
-        return cls(matrix=np.asarray(matrix, dtype=np.float64), size=size)
+    def deca_from_square(cls, center, src_size: float, size: int = 224) -> "CropTransform":
+        """DECA's crop of the square of side ``src_size`` centred at ``center`` (continuous coordinates).
+
+        DECA's index-space similarity sends the corners ``c_idx -/+ src_size/2`` (``c_idx = center - 0.5``)
+        to indices 0 and ``size - 1``: ``T(x_idx) = s * (x_idx - c_idx + src_size / 2)``, ``s = (size-1)/src_size``.
+        In continuous coordinates ``M(x) = T(x - 0.5) + 0.5 = s * (x - center) + size / 2``: the centre
+        lands on the crop's centre like the continuous crop, only the scale differs."""
+        cx, cy = float(center[0]), float(center[1])
+        src_size = float(src_size)
+        if not (math.isfinite(cx) and math.isfinite(cy) and math.isfinite(src_size)) or src_size <= 0:
+            raise ValueError(f"invalid crop square: center {center}, side {src_size}")
+        if size < 2:
+            raise ValueError("DECA's crop needs size >= 2")
+        s = (size - 1) / src_size
+        m = np.array([[s, 0.0, size / 2.0 - s * cx],
+                      [0.0, s, size / 2.0 - s * cy],
+                      [0.0, 0.0, 1.0]])
+        return cls(matrix=m, size=size, center=(cx, cy), src_size=src_size, convention="deca")
+
+    @classmethod
+    def from_matrix(cls, matrix, size: int = 224, convention: str = "continuous") -> "CropTransform":
+        """Rebuild from a stored matrix (e.g. ``result.npz['crop_matrix']`` with its ``crop_convention``)."""
+        return cls(matrix=np.asarray(matrix, dtype=np.float64), size=size, convention=convention)
+
+    @property
+    def ndc_offset(self) -> float:
+        """Crop pixels ``= (p + 1) * size / 2 + ndc_offset``: 0.5 for DECA (its NDC pixels are indices)."""
+        return 0.5 if self.convention == "deca" else 0.0
+
+    def ndc_to_pixels(self, points_ndc):
+        """Network image NDC ``(..., 2)`` -> continuous crop pixels (numpy float64 or torch)."""
+        if isinstance(points_ndc, torch.Tensor):
+            return (points_ndc + 1.0) * (self.size / 2.0) + self.ndc_offset
+        return (np.asarray(points_ndc, np.float64) + 1.0) * (self.size / 2.0) + self.ndc_offset
+
+    def ndc_transform_to(self, other: "CropTransform") -> np.ndarray:
+        """3x3 matrix taking this crop's network NDC to ``other``'s (through the photo): e.g. to move a
+        camera found in DECA's crop into a continuous crop of the same face."""
+        def ndc_to_px(c: "CropTransform") -> np.ndarray:
+            h = c.size / 2.0
+            return np.array([[h, 0.0, h + c.ndc_offset], [0.0, h, h + c.ndc_offset], [0.0, 0.0, 1.0]])
+        return np.linalg.inv(ndc_to_px(other)) @ other.matrix @ self.inverse() @ ndc_to_px(self)
+
+    def ndc_frame(self) -> "CropTransform":
+        """The continuous transform whose pixels are ``(p + 1) * size / 2`` for network NDC ``p``: this crop
+        moved by ``-ndc_offset`` (itself for a continuous crop). Renders in the network's camera and the
+        texture crop use it so that they agree with `ndc_to_pixels`."""
+        if self.ndc_offset == 0.0:
+            return self
+        m = self.matrix.copy()
+        m[:2, 2] -= self.ndc_offset
+        return CropTransform(matrix=m, size=self.size, convention="continuous")
 
     @property
     def scale(self) -> float:
@@ -97,9 +172,17 @@ class CropTransform:
         return self._apply(self.inverse(), points)
 
 
-def crop_from_landmarks(landmarks, scale: float = 1.25, size: int = 224) -> CropTransform:
+def _square_crop(center, src: int, size: int, convention: str) -> CropTransform:
+    if check_convention(convention) == "deca":
+        return CropTransform.deca_from_square(center, src, size)
+    return CropTransform.from_square(center, src, size)
+
+
+def crop_from_landmarks(landmarks, scale: float = 1.25, size: int = 224,
+                        convention: str = "continuous") -> CropTransform:
     """DECA's rule for 68 landmarks: ``old_size = (w + h) / 2 * 1.1`` of their extent, centre = extent
-    centre, square side ``int(old_size * scale)``."""
+    centre, square side ``int(old_size * scale)``; placed in the crop by ``convention`` ("deca" or
+    "continuous", module docstring). Landmarks are continuous photo pixels."""
     lm = np.asarray(landmarks, dtype=np.float64)
     if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] < 2:
         raise ValueError(f"landmarks must be (N, 2), got {lm.shape}")
@@ -112,10 +195,10 @@ def crop_from_landmarks(landmarks, scale: float = 1.25, size: int = 224) -> Crop
     src = int(old_size * scale)
     if src < 1:
         raise ValueError(f"landmarks span too small a region to crop (square side {old_size * scale:.3f})")
-    return CropTransform.from_square(center, src, size)
+    return _square_crop(center, src, size, convention)
 
 
-def crop_from_box(box, scale: float = 1.25, size: int = 224) -> CropTransform:
+def crop_from_box(box, scale: float = 1.25, size: int = 224, convention: str = "continuous") -> CropTransform:
     """DECA's rule for a detector box ``(x0, y0, x1, y1)``: ``old_size = (w + h) / 2``, centre moved down
     by ``0.12 * old_size``, square side ``int(old_size * scale)``."""
     b = np.asarray(box, dtype=np.float64).reshape(-1)
@@ -129,7 +212,7 @@ def crop_from_box(box, scale: float = 1.25, size: int = 224) -> CropTransform:
     src = int(old_size * scale)
     if src < 1:
         raise ValueError(f"box too small to crop (square side {old_size * scale:.3f})")
-    return CropTransform.from_square(center, src, size)
+    return _square_crop(center, src, size, convention)
 
 
 # ------------------------------------------------------------------------------------------------ warp
@@ -158,7 +241,9 @@ def _image_to_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1))).to(dtype).unsqueeze(0)
 
 
-def _pool_factor(transform: CropTransform, out_size: int, antialias: bool) -> int:
+def _pool_factor(transform: CropTransform, out_size: int, antialias: bool | None) -> int:
+    if antialias is None:  # each convention's own default: DECA samples the photo as it is
+        antialias = transform.convention == "continuous"
     if not antialias:
         return 1
     photo_px_per_out_px = (transform.size / out_size) / transform.scale
@@ -189,12 +274,13 @@ def _grid(transform: CropTransform, out_size: int, k: int, h: int, w: int, dtype
 
 
 def warp_images(image, transforms: Sequence[CropTransform], out_size: int | None = None,
-                antialias: bool = True) -> torch.Tensor:
+                antialias: bool | None = None) -> torch.Tensor:
     """Many crops of one photo: ``(N, 3, out_size, out_size)``.
 
     ``image``: ``(H, W, 3)`` numpy (float in [0, 1] or uint8; float32 result unless float64) or
     ``(3, H, W)`` torch (result keeps its dtype and device). ``out_size`` defaults to each transform's
-    ``size`` (all must agree); a different ``out_size`` resamples the same square.
+    ``size`` (all must agree); a different ``out_size`` resamples the same square. ``antialias``: None
+    (default) box-filters shrinking continuous crops and never DECA crops; True/False force it.
     """
     transforms = list(transforms)
     img = _image_to_tensor(image)
@@ -228,6 +314,6 @@ def warp_images(image, transforms: Sequence[CropTransform], out_size: int | None
 
 
 def warp_image(image, transform: CropTransform, out_size: int | None = None,
-               antialias: bool = True) -> torch.Tensor:
+               antialias: bool | None = None) -> torch.Tensor:
     """One crop: ``(3, out_size, out_size)`` (see `warp_images`)."""
     return warp_images(image, [transform], out_size=out_size, antialias=antialias)[0]

@@ -19,8 +19,9 @@ from core.assets import AssetManager
 from core.assets import catalog
 from core.flame import FlameLayer, FlameModelData, LandmarkEmbedding, load_embedding, load_flame_model
 from core.flame.template import TemplateMesh, read_template_obj
-from core.render import MeshRenderer, RenderResult, vertex_normals
+from core.render import MeshRenderer, RenderResult
 from core.render.camera import orthographic_project
+from core.render.detail_normals import deca_vertex_normals, displacement_normals, uv_grid_faces
 
 N_SHAPE, N_TEX, N_EXP = sizes.N_SHAPE, sizes.N_TEX, sizes.N_EXP
 UV_SIZE, TEX_SIZE = sizes.DISPLACEMENT_SIZE, sizes.TEXTURE_SIZE
@@ -102,14 +103,6 @@ class Geometry:
     verts_screen: torch.Tensor
 
 
-def grid_faces(size: int) -> torch.Tensor:
-    """Triangles of a size x size grid of texels (row-major vertex ids), two per quad: (2 (S-1)^2, 3)."""
-    idx = torch.arange(size * size).reshape(size, size)
-    a, b = idx[:-1, :-1].reshape(-1), idx[:-1, 1:].reshape(-1)
-    c, d = idx[1:, :-1].reshape(-1), idx[1:, 1:].reshape(-1)
-    return torch.cat([torch.stack([a, c, b], 1), torch.stack([b, c, d], 1)])
-
-
 class FaceModel(nn.Module):
     """FLAME, the renderer and DECA's UV data as one module (move with `.to(device, dtype)`)."""
 
@@ -133,7 +126,8 @@ class FaceModel(nn.Module):
         if self.has_texture_space:
             self.register_buffer("texture_mean", torch.as_tensor(assets.texture_mean, dtype=f32).permute(2, 0, 1)[None])
             self.register_buffer("texture_basis", torch.as_tensor(assets.texture_basis[..., :N_TEX], dtype=f32).permute(3, 2, 0, 1))
-        self.register_buffer("dense_faces", grid_faces(UV_SIZE), persistent=False)
+        # DECA's dense grid (margins 2, 5): border texels in no triangle, as in its displacement2normal
+        self.register_buffer("dense_faces", uv_grid_faces(UV_SIZE), persistent=False)
 
     @property
     def is_test_model(self) -> bool:
@@ -160,22 +154,18 @@ class FaceModel(nn.Module):
         return self.mean_texture.expand(B, -1, -1, -1)
 
     def detail_normals(self, vertices: torch.Tensor, uv_z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Detail normals from a displacement map (REFERENCE "Camera, lighting, details").
+        """Detail normals from a displacement map, exactly DECA's ``displacement2normal``
+        (`core.render.detail_normals`: its grid margins and ``F.normalize`` eps, also for the coarse normals).
 
         Args:
             vertices: (B, V, 3) coarse mesh; uv_z: (B, 1, 256, 256) decoder displacement.
         Returns:
             uv_detail_normals (B, 3, 256, 256) and uv_detail_vertices (B, 3, 256, 256).
         """
-        B = vertices.shape[0]
         uv_vertices = self.renderer.world_to_uv(vertices, UV_SIZE)
-        uv_normals = self.renderer.world_to_uv(vertex_normals(vertices, self.flame.faces), UV_SIZE)
-        disp = uv_z * self.uv_face_eye_mask + self.fixed_displacement
-        uv_detail_vertices = uv_vertices + disp * uv_normals
-        dense = uv_detail_vertices.permute(0, 2, 3, 1).reshape(B, -1, 3)
-        dense_normals = vertex_normals(dense, self.dense_faces).reshape(B, UV_SIZE, UV_SIZE, 3).permute(0, 3, 1, 2)
-        m = self.uv_face_eye_mask
-        return dense_normals * m + uv_normals * (1 - m), uv_detail_vertices
+        uv_normals = self.renderer.world_to_uv(deca_vertex_normals(vertices, self.flame.faces), UV_SIZE)
+        return displacement_normals(uv_vertices, uv_normals, uv_z, self.uv_face_eye_mask, self.fixed_displacement,
+                                    self.dense_faces)
 
     def displacement(self, uv_z: torch.Tensor) -> torch.Tensor:
         """(B, 1, 256, 256) total displacement along the normal: masked decoder output + fixed map."""

@@ -9,14 +9,16 @@
 Per face (docs/CONVENTIONS.md has every key and convention):
 
 1. the photo is read upright (EXIF), 68 landmarks are detected (FAN or dlib), DECA's crop maps the face
-   square onto the 224x224 network input;
+   square onto the 224x224 network input (``conventions="deca"``, default: exactly DECA's released crop;
+   ``"continuous"``: ours, CONVENTIONS.md "Crop");
 2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, channels_last on
    the CPU; bfloat16 autocast only when asked: it is off by default until checked on the real weights);
 3. FLAME gives the posed mesh and the landmarks, projected by the orthographic camera into the crop's
-   image NDC, then to crop pixels ``(p + 1) * 224 / 2`` and onto the photo by the crop's inverse
-   (`network_ndc_to_photo_pixels`);
+   image NDC, then to crop pixels ``(p + 1) * 224 / 2`` (+ 0.5 for DECA's crop) and onto the photo by the
+   crop's inverse (`network_ndc_to_photo_pixels`);
 4. ``D_detail(jaw, exp, detail)`` gives ``uv_z``; the stored displacement is ``uv_z * uv_face_eye_mask +
-   fixed`` and the detail normals come from it (FaceModel);
+   fixed`` and the detail normals come from it (FaceModel, DECA's ``displacement2normal``); DECA's own
+   unmasked ``displacement_map = uv_z + fixed`` is stored too (``extra_displacement_map``);
 5. ``texture.png`` is the photo unwrapped into UV (see `core.pipeline.textures`); ``albedo.png`` is FLAME's
    texture-space albedo when that optional asset is installed, else the same image as ``texture.png``
    (``extra_albedo_source`` says which);
@@ -47,6 +49,7 @@ from core.errors import DecaError
 from core.flame.layer import FlameOutput
 from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
+from core.frontend.crop import check_convention
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.model.face_model import FaceAssets, FaceModel
@@ -100,11 +103,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def network_ndc_to_photo_pixels(points_ndc, crop: CropTransform) -> np.ndarray:
     """Points in the network crop's image NDC (``(..., 2)``, x right, y down) -> photo pixels (float64).
 
-    Crop pixels are ``(p + 1) * size / 2`` (CONVENTIONS.md), then the crop's inverse similarity."""
+    Crop pixels are ``(p + 1) * size / 2`` (+ 0.5 for DECA's crop, whose NDC pixels are indices;
+    CONVENTIONS.md), then the crop's inverse similarity."""
     if isinstance(points_ndc, torch.Tensor):
         points_ndc = points_ndc.detach().cpu().double().numpy()
     p = np.asarray(points_ndc, np.float64)
-    return crop.apply_inverse((p + 1.0) * crop.size / 2.0)
+    return crop.apply_inverse(crop.ndc_to_pixels(p))
 
 
 def collect_photos(inputs: Iterable[str | Path]) -> list[Path]:
@@ -185,7 +189,8 @@ class DecodedFace:
     pose: torch.Tensor  # (1, 6) with the jaw used
     exp: torch.Tensor  # (1, N_EXP) the expression used
     landmarks2d: np.ndarray  # (68, 2) projected model landmarks, photo pixels
-    displacement: np.ndarray  # (256, 256) metres along the normal
+    displacement: np.ndarray  # (256, 256) metres along the normal, masked uv_z + fixed (what the rig uses)
+    displacement_map: np.ndarray  # (256, 256) DECA's unmasked uv_z + fixed
     texture: torch.Tensor  # (1, 3, 512, 512) the photo unwrapped
     albedo: torch.Tensor  # (1, 3, 512, 512); `texture` itself when there is no texture space
     albedo_source: str  # texture_space | photo_texture
@@ -252,8 +257,9 @@ class Reconstructor:
                  landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
                  networks: DecaNetworks | None = None, wrinkle_components: int = wr.DEFAULT_COMPONENTS, *,
                  wrinkle_samples: int = wr.DEFAULT_SAMPLES, wrinkle_holdout: int = wr.DEFAULT_HOLDOUT,
-                 bf16: bool = False, profile: bool = False) -> None:
+                 bf16: bool = False, profile: bool = False, conventions: str = "deca") -> None:
         self.device = resolve_device(device)
+        self.conventions = check_convention(conventions)  # "deca" (DECA's crop) or "continuous"
         self.manager = assets
         if face_assets is None or networks is None:
             self.manager = assets if assets is not None else AssetManager()
@@ -346,7 +352,7 @@ class Reconstructor:
         with self._stage("landmarks"):
             dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
         with self._stage("crop"):
-            crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE) for d in dets]
+            crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE, convention=self.conventions) for d in dets]
         return _Photo(Path(path), image, dets, crops)
 
     def _network_inputs(self, photos: Sequence[_Photo]) -> torch.Tensor:
@@ -391,7 +397,7 @@ class Reconstructor:
                                     n_components=self.wrinkle_components)
 
     def _texture_crop(self, photo: _Photo, crop: CropTransform) -> tuple[CropTransform, torch.Tensor, torch.Tensor]:
-        tcrop = tx.texture_crop(crop)
+        tcrop = tx.texture_crop(crop.ndc_frame())  # the frame the camera's NDC maps into exactly
         img = warp_image(photo.image, tcrop)[None].to(self.device)
         inside = tx.inside_photo_mask(tcrop, photo.image.shape[:2])
         return tcrop, img, torch.as_tensor(inside, device=self.device)[None, None]
@@ -440,7 +446,10 @@ class Reconstructor:
             with self._stage("wrinkle model"):
                 wrinkles = self.fit_wrinkles(face.detail)
         return DecodedFace(geom=geom, pose=pose, exp=exp, landmarks2d=lmk_photo,
-                           displacement=disp[0, 0].cpu().numpy(), texture=tex_img, albedo=albedo_img,
+                           displacement=disp[0, 0].cpu().numpy(),
+                           # DECA's output `displacement_map`: uv_z + fixed, unmasked (`displacement` drives the rig)
+                           displacement_map=(uv_z + fm.fixed_displacement)[0, 0].float().cpu().numpy(),
+                           texture=tex_img, albedo=albedo_img,
                            albedo_source=albedo_source, images=images, texture_crop_size=tcrop.size,
                            wrinkles=wrinkles)
 
@@ -467,6 +476,8 @@ class Reconstructor:
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
+            "crop_convention": np.str_(face.crop.convention),
+            "displacement_map": dec.displacement_map,
             **(extra or {}),
         }
         return ReconstructionResult(

@@ -4,9 +4,11 @@
 * :func:`pixel_barycentrics`, :func:`interpolate_attributes` -> differentiable per-pixel attributes
 * :func:`sh_shading`, :func:`vertex_normals`, :func:`face_normals` -> DECA's SH lighting
 * :class:`MeshRenderer` -> :class:`RenderResult` (image, alpha, normals, UVs, depth, visibility)
+* :func:`displacement_normals`, :func:`uv_grid_faces`, :func:`deca_vertex_normals` -> DECA's UV detail normals
 * :func:`render_uv_space` / :class:`UVRasterization` -> per-vertex attributes into UV maps
 """
 from .camera import image_hw, ndc_to_pixels, orthographic_project, pixels_to_ndc
+from .detail_normals import deca_vertex_normals, displacement_normals, uv_grid_faces
 from .interpolate import (
     interpolate_attributes,
     interpolate_face_attributes,
@@ -36,6 +38,8 @@ __all__ = [
     "UVRasterization",
     "barycentric_at",
     "cached_uv_rasterization",
+    "deca_vertex_normals",
+    "displacement_normals",
     "face_normals",
     "image_hw",
     "interpolate_attributes",
@@ -52,6 +56,7 @@ __all__ = [
     "sh_shading",
     "surface_depth_at",
     "unwrap_texture",
+    "uv_grid_faces",
     "uv_to_grid",
     "uv_to_ndc",
     "vertex_normals",
