@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from core.pipeline.face_model import FaceAssets, FaceModel
+from core.model.face_model import FaceAssets, FaceModel
 from core.render.detail_normals import uv_grid_faces
 
 
