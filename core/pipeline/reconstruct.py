@@ -49,6 +49,7 @@ from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
+from core.networks.runtime import PersonDecoder, fold_decoder
 from core.pipeline import textures as tx
 from core.pipeline import wrinkles as wr
 from core.pipeline import writing
@@ -357,13 +358,20 @@ class Reconstructor:
         return out.float()
 
     def _wrinkle_decoder(self, detail: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+        # D_detail with its batch norms folded and the detail code's part of l1 computed once (equal to
+        # the eager decoder within float rounding: tests/test_networks_runtime.py)
+        if getattr(self, "_folded_decoder", None) is None:
+            folded = fold_decoder(self.networks.D_detail).float().to(self.device)
+            self._folded_decoder = folded.to(memory_format=torch.channels_last) if self.device.type == "cpu" else folded
+        person = PersonDecoder(self._folded_decoder, detail.float())
+
         def decode(x: np.ndarray) -> np.ndarray:
             xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
             maps = []
-            for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
-                b = xt[i:i + WRINKLE_DECODE_BATCH]
-                uv_z = self._decode_uv_z(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
-                maps.append(self.face_model.displacement(uv_z)[:, 0])
+            with torch.inference_mode():
+                for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
+                    b = xt[i:i + WRINKLE_DECODE_BATCH]
+                    maps.append(self.face_model.displacement(person(b[:, 50:], b[:, :50]))[:, 0])
             return torch.cat(maps).cpu().numpy()
         return decode
 
@@ -457,6 +465,7 @@ class Reconstructor:
             "wrinkle_samples": np.int64(info.n_samples), "wrinkle_holdout": np.int64(info.n_holdout),
             "wrinkle_rank": np.int64(info.rank),
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
+            "wrinkle_ridge": np.float64(info.ridge),
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
             **(extra or {}),
