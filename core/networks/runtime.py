@@ -23,10 +23,10 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .checkpoint import DecaNetworks
 from .detail_decoder import (DETAIL_DECODER_INPUT, EXP_DIM, INIT_CHANNELS, INIT_SIZE, JAW_DIM, DetailDecoder)
-from .encoders import DETAIL_CODE_DIM
+from .encoders import DETAIL_CODE_DIM, ResnetEncoder
 from .resnet import Bottleneck, ResNetTrunk
 
-__all__ = ["fold_batch_norms", "fold_decoder", "PersonDecoder", "inference_networks"]
+__all__ = ["fold_batch_norms", "fold_encoder", "fold_decoder", "PersonDecoder", "inference_networks"]
 
 
 def _fold_trunk(trunk: ResNetTrunk) -> None:
@@ -39,6 +39,13 @@ def _fold_trunk(trunk: ResNetTrunk) -> None:
                 setattr(block, f"bn{i}", nn.Identity())
             if block.downsample is not None:
                 block.downsample = nn.Sequential(fuse_conv_bn_eval(block.downsample[0], block.downsample[1]))
+
+
+def fold_encoder(encoder: ResnetEncoder) -> ResnetEncoder:
+    """A copy of ``E_flame`` or ``E_detail`` (eval) with the trunk's batch norms folded. Same input and output."""
+    enc = copy.deepcopy(encoder).eval()
+    _fold_trunk(enc.encoder)
+    return enc
 
 
 def fold_decoder(decoder: DetailDecoder) -> DetailDecoder:
@@ -73,8 +80,8 @@ def fold_decoder(decoder: DetailDecoder) -> DetailDecoder:
 def fold_batch_norms(nets: DecaNetworks) -> DecaNetworks:
     """A copy of ``nets`` (eval mode) with every batch norm folded into the layer before it."""
     folded = copy.deepcopy(nets).eval()
-    for enc in (folded.E_flame, folded.E_detail):
-        _fold_trunk(enc.encoder)
+    for name in ("E_flame", "E_detail"):
+        setattr(folded, name, fold_encoder(getattr(folded, name)))
     folded.D_detail = fold_decoder(folded.D_detail)
     return folded.eval()
 
