@@ -75,9 +75,13 @@ def test_person_decoder_equals_the_full_decoder(nets):
             assert _rel(want, got) < REL
 
 
-def test_fold_decoder_refuses_a_folded_decoder(nets):
-    with pytest.raises(TypeError, match="folded already"):
-        fold_decoder(fold_decoder(nets.D_detail))
+def test_folding_twice_changes_nothing(nets, images):
+    once = fold_batch_norms(nets)
+    twice = fold_batch_norms(once)
+    with torch.inference_mode():
+        a, b = once(images), twice(images)
+    torch.testing.assert_close(a.codes.to_vector(), b.codes.to_vector(), rtol=0, atol=0)
+    torch.testing.assert_close(a.displacement, b.displacement, rtol=0, atol=0)
 
 
 def test_gcv_ridge_matches_a_direct_computation():

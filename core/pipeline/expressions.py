@@ -18,7 +18,6 @@ rounding). The codes are those of the full path (`Reconstructor`): tests/test_pi
 """
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,6 @@ import numpy as np
 import torch
 
 from core.atomic import atomic_write_bytes
-from core.networks.encoders import FlameEncoder
-from core.networks.runtime import fold_encoder
 from core.pipeline import writing
 from core.pipeline.reconstruct import PhotoFailure, Reconstructor, collect_photos
 
@@ -74,24 +71,13 @@ class FastAnimationSummary:
                 "failed": [asdict(f) for f in self.failed], "manifest": self.manifest}
 
 
-def _flame_encoder(rec: Reconstructor) -> FlameEncoder:
-    """The reconstructor's ``E_flame`` with folded batch norms, built once and kept on ``rec``."""
-    enc = getattr(rec, "_expression_encoder", None)
-    if enc is None:
-        enc = fold_encoder(copy.deepcopy(rec.networks.E_flame).float().eval())
-        if rec.device.type == "cpu":
-            enc = enc.to(memory_format=torch.channels_last)
-        rec._expression_encoder = enc
-    return enc
-
-
 def decode_expressions(rec: Reconstructor, photos: Sequence[str | Path], batch_size: int = 8,
                        progress: Progress | None = None) -> ExpressionFrames:
     """FLAME codes of the largest face of each photo (folders expanded, name order). A photo that fails
     (unreadable, no face) is recorded in ``failed`` and skipped."""
     t0 = time.perf_counter()
     sources = collect_photos(photos)
-    enc = _flame_encoder(rec)
+    enc = rec.networks.E_flame  # batch norms folded (Reconstructor runs `inference_networks`)
     batch_size = max(1, int(batch_size))
     rows: list[tuple[int, str, torch.Tensor]] = []
     failed: list[PhotoFailure] = []
