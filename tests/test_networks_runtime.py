@@ -101,3 +101,15 @@ def test_gcv_ridge_matches_a_direct_computation():
     assert wr.gcv_ridge(Xs, Yc, grid) == grid[int(np.argmin(scores))]
     # noisy data with a few true directions: more shrinkage than the lightest ridge
     assert wr.gcv_ridge(Xs, Yc, grid) > 1.0
+
+
+def test_inplace_fold_reuses_the_module_and_keeps_the_function(images):
+    nets = responsive_networks(seed=4)
+    with torch.inference_mode():
+        want = nets(images)
+    folded = fold_batch_norms(nets, inplace=True)
+    assert folded is nets and not any(isinstance(m, torch.nn.BatchNorm2d) for m in nets.modules())
+    with torch.inference_mode():
+        got = folded(images)
+    assert _rel(want.codes.to_vector(), got.codes.to_vector()) < REL
+    assert _rel(want.displacement, got.displacement) < REL

@@ -46,17 +46,18 @@ def _fold_trunk(trunk: ResNetTrunk) -> None:
                 block.downsample = nn.Sequential(_fuse(block.downsample[0], block.downsample[1]))
 
 
-def fold_encoder(encoder: ResnetEncoder) -> ResnetEncoder:
-    """A copy of ``E_flame`` or ``E_detail`` (eval) with the trunk's batch norms folded. Same input and output."""
-    enc = copy.deepcopy(encoder).eval()
+def fold_encoder(encoder: ResnetEncoder, inplace: bool = False) -> ResnetEncoder:
+    """``E_flame`` or ``E_detail`` (eval) with the trunk's batch norms folded: a copy, or ``encoder`` itself
+    with ``inplace``. Same input and output."""
+    enc = (encoder if inplace else copy.deepcopy(encoder)).eval()
     _fold_trunk(enc.encoder)
     return enc
 
 
-def fold_decoder(decoder: DetailDecoder) -> DetailDecoder:
-    """A copy of ``D_detail`` (eval) with every batch norm folded away. Same input and output. Folding a
-    folded decoder returns an equal copy."""
-    dec = copy.deepcopy(decoder).eval()
+def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder:
+    """``D_detail`` (eval) with every batch norm folded away: a copy, or ``decoder`` itself with
+    ``inplace``. Same input and output. Folding a folded decoder changes nothing."""
+    dec = (decoder if inplace else copy.deepcopy(decoder)).eval()
     blocks = list(dec.conv_blocks)
     bn0 = blocks[0]
     if isinstance(bn0, nn.Identity):
@@ -85,21 +86,23 @@ def fold_decoder(decoder: DetailDecoder) -> DetailDecoder:
     return dec
 
 
-def fold_batch_norms(nets: DecaNetworks) -> DecaNetworks:
-    """A copy of ``nets`` (eval mode) with every batch norm folded into the layer before it (idempotent)."""
-    folded = copy.deepcopy(nets).eval()
+def fold_batch_norms(nets: DecaNetworks, inplace: bool = False) -> DecaNetworks:
+    """``nets`` (eval mode) with every batch norm folded into the layer before it (idempotent): a copy, or
+    ``nets`` itself with ``inplace`` (no copy of the weights: what a freshly loaded checkpoint wants)."""
+    folded = nets if inplace else copy.deepcopy(nets)
     for name in ("E_flame", "E_detail"):
-        setattr(folded, name, fold_encoder(getattr(folded, name)))
-    folded.D_detail = fold_decoder(folded.D_detail)
+        fold_encoder(getattr(folded, name), inplace=True)
+    fold_decoder(folded.D_detail, inplace=True)
     return folded.eval()
 
 
-def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu") -> DecaNetworks:
+def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", inplace: bool = False
+                       ) -> DecaNetworks:
     """What the pipeline runs: folded batch norms, on ``device``, channels_last on the CPU (oneDNN's
-    preferred layout). Still eager PyTorch: no compilation, no start-up cost beyond the fold (~0.2 s).
+    preferred layout); ``nets`` is left as it was unless ``inplace``. Still eager PyTorch: no compilation.
     Measured against the eager reference in benchmarks/bench_targets.py."""
     device = torch.device(device)
-    out = fold_batch_norms(nets.to(device).eval())
+    out = fold_batch_norms(nets.to(device).eval(), inplace=inplace)
     if device.type == "cpu":
         out = out.to(memory_format=torch.channels_last)
     return out

@@ -250,12 +250,13 @@ class Reconstructor:
             self.manager.require(*needed)  # one MissingAssetError listing everything missing
         if face_assets is None:
             face_assets = FaceAssets.from_manager(self.manager)
+        loaded_here = networks is None
         if networks is None:
             networks = load_deca_checkpoint(self.manager.path("deca_model"), device=self.device)
         self.face_assets = face_assets
         # batch norms folded, channels_last on the CPU: equal to the eager networks within float rounding
         # (tests/test_networks_runtime.py), ~1.5x faster
-        self.networks = inference_networks(networks, self.device)
+        self.networks = inference_networks(networks, self.device, inplace=loaded_here)
         self.face_model = FaceModel(face_assets).to(self.device).eval()
         self._landmarks = landmarks
         self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
