@@ -96,7 +96,12 @@ def baseline_fit_wrinkles(rec: Reconstructor, detail: torch.Tensor):
 
 
 class BaselineReconstructor(Reconstructor):
-    """The same pipeline with the wrinkle fit of before issue 11 (everything else is shared code)."""
+    """The pipeline as before issue 11: the eager networks (channels_last, batch norms not folded) and the
+    wrinkle fit of then; everything else is shared code."""
+
+    def __init__(self, *args, networks, **kwargs):
+        super().__init__(*args, networks=networks, **kwargs)
+        self.networks = networks.to(self.device).eval().to(memory_format=torch.channels_last)
 
     def fit_wrinkles(self, detail):
         return baseline_fit_wrinkles(self, detail)
