@@ -19,7 +19,7 @@ Rows:
   `Reconstructor.animate` (a full folder per frame) on the same photos.
 - cold start: a fresh process importing, building `Reconstructor` (asset home with a saved checkpoint) and
   reconstructing one photo (no baseline in-process: compare with the issue's 13.8 s / 6.6 s).
-- peak RSS of this process.
+- peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
 
 Writes ``benchmarks/results/targets.json`` with the load average at start and end. On a shared machine
 OpenMP's active spin-waiting slows torch badly; ``OMP_WAIT_POLICY=PASSIVE`` is set unless ``--omp-active``.
@@ -81,17 +81,26 @@ def _timed(fn, repeats: int) -> tuple[float, object]:
     return _median(times), out
 
 
-def baseline_fit_wrinkles(rec: Reconstructor, detail: torch.Tensor):
-    """The wrinkle fit before issue 11: eager D_detail on [jaw, exp, detail], fixed ridge 1."""
+def baseline_decoder(rec: Reconstructor, detail: torch.Tensor):
+    """The wrinkle fit's decoder before issue 11: eager D_detail (batch norms, channels_last) on the full
+    [jaw, exp, detail] input."""
+    eager = rec.eager_D_detail
+
     def decode(x: np.ndarray) -> np.ndarray:
         xt = torch.as_tensor(x, dtype=torch.float32, device=rec.device)
         maps = []
-        for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
-            b = xt[i:i + WRINKLE_DECODE_BATCH]
-            uv_z = rec._decode_uv_z(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
-            maps.append(rec.face_model.displacement(uv_z)[:, 0])
+        with torch.inference_mode():
+            for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
+                b = xt[i:i + WRINKLE_DECODE_BATCH]
+                uv_z = eager.decode(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
+                maps.append(rec.face_model.displacement(uv_z)[:, 0])
         return torch.cat(maps).cpu().numpy()
-    return wr.fit_wrinkle_model(decode, rec._detail_mask, n_samples=rec.wrinkle_samples,
+    return decode
+
+
+def baseline_fit_wrinkles(rec: Reconstructor, detail: torch.Tensor):
+    """The wrinkle fit before issue 11: `baseline_decoder`, fixed ridge 1."""
+    return wr.fit_wrinkle_model(baseline_decoder(rec, detail), rec._detail_mask, n_samples=rec.wrinkle_samples,
                                 n_holdout=rec.wrinkle_holdout, n_components=rec.wrinkle_components, ridge=1.0)
 
 
@@ -102,6 +111,7 @@ class BaselineReconstructor(Reconstructor):
     def __init__(self, *args, networks, **kwargs):
         super().__init__(*args, networks=networks, **kwargs)
         self.networks = networks.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.eager_D_detail = self.networks.D_detail
 
     def fit_wrinkles(self, detail):
         return baseline_fit_wrinkles(self, detail)
@@ -126,10 +136,25 @@ def row(name: str, baseline: float, now: float, unit: str, target: str, extra: s
 def bench_wrinkles(rows, fa, photos, repeats):
     for kind, nets in (("tiny", build_deca_networks().eval()), ("input-dependent", responsive_networks(0))):
         rec = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+        rec.eager_D_detail = nets.D_detail.eval().to(memory_format=torch.channels_last)
         x = rec._network_inputs([rec._prepare(photos[0], all_faces=False)])
         _, detail, _ = rec._forward(x)
-        t_base, (m_base, _) = _timed(lambda: baseline_fit_wrinkles(rec, detail), repeats)
-        t_now, (m_now, info) = _timed(lambda: rec.fit_wrinkles(detail), repeats)
+        tb, tn = [], []
+        for _ in range(repeats):  # interleaved: load changes hit both
+            t, (m_base, _) = _timed(lambda: baseline_fit_wrinkles(rec, detail), 1)
+            tb.append(t)
+            t, (m_now, info) = _timed(lambda: rec.fit_wrinkles(detail), 1)
+            tn.append(t)
+        t_base, t_now = _median(tb), _median(tn)
+        if kind == "tiny":  # the decoder alone, batch of 16, many interleaved repeats (less noisy)
+            x = torch.as_tensor(wr.sample_prior(WRINKLE_DECODE_BATCH, np.random.default_rng(0)), dtype=torch.float32)
+            eager, person = baseline_decoder(rec, detail), rec._wrinkle_decoder(detail)
+            db, dn = [], []
+            for _ in range(5 * repeats):
+                db.append(_timed(lambda: eager(x.numpy()), 1)[0])
+                dn.append(_timed(lambda: person(x.numpy()), 1)[0])
+            rows.append(row("D_detail for the wrinkle fit (ms/sample)", _median(db) / len(x) * 1e3,
+                            _median(dn) / len(x) * 1e3, "ms", "(72 samples per fit)"))
         ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
         rows.append(row(f"wrinkle model time ({kind})", t_base, t_now, "s", "<= 0.4 s"))
         rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
@@ -196,15 +221,18 @@ def bench_cold(rows, tmp: Path, flame: Path):
               f"from core.assets import AssetManager\nfrom core.pipeline.reconstruct import Reconstructor\n"
               f"t1 = time.perf_counter(); rec = Reconstructor(AssetManager({str(home)!r}), device='cpu', landmarks='dlib')\n"
               f"t2 = time.perf_counter(); rec.reconstruct_photo({str(photo)!r}, {str(tmp / 'cold')!r}, overwrite=True)\n"
-              f"t3 = time.perf_counter(); print(t1 - t0, t2 - t1, t3 - t2, t3 - t0)\n")
+              f"t3 = time.perf_counter(); import resource\n"
+              f"print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - t0
-    imports, build, work, total = map(float, out.stdout.split()[-4:])
+    imports, build, work, total, peak = map(float, out.stdout.split()[-5:])
     rows.append(row("cold reconstruct, fresh process (s)", 13.8, wall, "s", "<= 4 s",
                     f"baseline = the issue's quiet-machine number; imports {imports:.2f}, Reconstructor() {build:.2f}, "
                     f"photo {work:.2f}"))
+    rows.append(row("peak RSS, photo -> folder process (GB)", 1.0, peak, "GB", "<= 1.5 GB",
+                    "baseline = the issue's number; cold process: load, one photo, write"))
 
 
 def main(argv=None) -> int:
