@@ -11,7 +11,8 @@ Per face (docs/CONVENTIONS.md has every key and convention):
 1. the photo is read upright (EXIF), 68 landmarks are detected (FAN or dlib), DECA's crop maps the face
    square onto the 224x224 network input;
 2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, batch norms folded,
-   channels_last on the CPU; bfloat16 autocast only when asked: it is off by default until checked on the real weights);
+   channels_last on the CPU; bfloat16 autocast only when asked: it is off by default until checked on the
+   real weights);
 3. FLAME gives the posed mesh and the landmarks, projected by the orthographic camera into the crop's
    image NDC, then to crop pixels ``(p + 1) * 224 / 2`` and onto the photo by the crop's inverse
    (`network_ndc_to_photo_pixels`);
@@ -255,7 +256,7 @@ class Reconstructor:
             networks = load_deca_checkpoint(self.manager.path("deca_model"), device=self.device)
         self.face_assets = face_assets
         # batch norms folded, channels_last on the CPU: equal to the eager networks within float rounding
-        # (tests/test_networks_runtime.py), ~1.5x faster
+        # (tests/test_networks_runtime.py); forward 1.3-1.6x faster (benchmarks/bench_targets.py)
         self.networks = inference_networks(networks, self.device, inplace=loaded_here)
         self.face_model = FaceModel(face_assets).to(self.device).eval()
         self._landmarks = landmarks
