@@ -105,6 +105,13 @@ def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", i
     out = fold_batch_norms(nets.to(device).eval(), inplace=inplace)
     if device.type == "cpu":
         out = out.to(memory_format=torch.channels_last)
+    if inplace:
+        # Tensors the fold and the layout change did not replace (the linear layers) may still be views of
+        # the memory-mapped checkpoint, which keeps the whole file mapped and counted in the resident set:
+        # own them, so that the mapping goes away (about 0.1 GB less peak memory per process).
+        with torch.no_grad():
+            for t in list(out.parameters()) + list(out.buffers()):
+                t.data = t.data.clone()
     return out
 
 
