@@ -18,7 +18,8 @@ Rows:
 - expression-only decoding (frames/s): `core.pipeline.expressions.decode_expressions` against
   `Reconstructor.animate` (a full folder per frame) on the same photos.
 - cold start: a fresh process importing, building `Reconstructor` (asset home with a saved checkpoint) and
-  reconstructing one photo (no baseline in-process: compare with the issue's 13.8 s / 6.6 s).
+  reconstructing one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
+  issue 11), else the issue's 13.8 s.
 - peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
 
 Writes ``benchmarks/results/targets.json`` with the load average at start and end. On a shared machine
@@ -210,7 +211,7 @@ def bench_expressions(rows, fa, photos, tmp: Path):
                     ">= 6 frames/s batched", "baseline: animate (a full folder per frame, incl. identity)"))
 
 
-def bench_cold(rows, tmp: Path, flame: Path):
+def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
     home = tmp / "home"
     from core.assets import AssetManager
     ckpt = save_deca_checkpoint(responsive_networks(0), tmp / "dl" / "deca_model.tar")
@@ -225,16 +226,21 @@ def bench_cold(rows, tmp: Path, flame: Path):
               # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
               f"hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
               f"print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, int(hwm) / 1024 ** 2)\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
-    wall = time.perf_counter() - t0
-    imports, build, work, total, peak = map(float, out.stdout.split()[-5:])
-    rows.append(row("cold reconstruct, fresh process (s)", 13.8, wall, "s", "<= 4 s",
-                    f"baseline = the issue's quiet-machine number; imports {imports:.2f}, Reconstructor() {build:.2f}, "
-                    f"photo {work:.2f}"))
-    rows.append(row("peak RSS, photo -> folder process (GB)", 1.0, peak, "GB", "<= 1.5 GB",
-                    "baseline = the issue's number; cold process: load, one photo, write"))
+    def run(src: Path) -> tuple[float, list[float]]:
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return time.perf_counter() - t0, list(map(float, out.stdout.split()[-5:]))
+
+    base_wall, base_peak, what = 13.8, 1.0, "the issue's quiet-machine numbers"
+    if baseline_src is not None:
+        base_wall, b = run(baseline_src)
+        base_peak, what = b[4], f"the tree in {baseline_src}, same run"
+    wall, (imports, build, work, total, peak) = run(ROOT)
+    rows.append(row("cold reconstruct, fresh process (s)", base_wall, wall, "s", "<= 4 s",
+                    f"baseline: {what}; now: imports {imports:.2f}, Reconstructor() {build:.2f}, photo {work:.2f}"))
+    rows.append(row("peak RSS, photo -> folder process (GB)", base_peak, peak, "GB", "<= 1.5 GB",
+                    f"baseline: {what}; cold process: load, one photo, write"))
 
 
 def main(argv=None) -> int:
@@ -244,6 +250,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip", nargs="*", default=[], choices=["wrinkles", "photo", "forward", "expressions", "cold"])
     ap.add_argument("--omp-active", action="store_true")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="a source tree of the code before issue 11 for the cold-start baseline, e.g. "
+                         "mkdir /tmp/base && git archive 9ba048b core | tar -x -C /tmp/base")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     repeats = 1 if args.quick else max(1, args.repeats)
@@ -267,7 +276,7 @@ def main(argv=None) -> int:
         if "expressions" not in args.skip:
             bench_expressions(rows, fa, photos[:4] if args.quick else photos, tmp)
         if "cold" not in args.skip:
-            bench_cold(rows, tmp, flame)
+            bench_cold(rows, tmp, flame, args.baseline_src)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
