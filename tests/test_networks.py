@@ -487,3 +487,14 @@ def test_load_and_forward_on_each_device(saved_checkpoint, nets, device):
     assert out.displacement.device.type == device and out.displacement.shape == (2, 1, 256, 256)
     torch.testing.assert_close(out.codes.to_vector().cpu(), ref.codes.to_vector(), rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(out.detail.cpu(), ref.detail, rtol=1e-3, atol=1e-3)
+
+
+def test_a_half_precision_checkpoint_loads_as_float32_with_its_values(tmp_path):
+    """Loading assigns the checkpoint's own tensors (no copy); another float precision is converted."""
+    torch.manual_seed(0)
+    nets = build_deca_networks().half()
+    path = save_deca_checkpoint(nets, tmp_path / "half.tar")
+    loaded = load_deca_checkpoint(path)
+    for (name, a), (_, b) in zip(nets.state_dict().items(), loaded.state_dict().items()):
+        assert b.dtype == (torch.float32 if a.is_floating_point() else a.dtype), name
+        torch.testing.assert_close(b, a.to(b.dtype), rtol=0, atol=0)

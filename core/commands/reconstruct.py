@@ -65,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--identity", required=True, metavar="PHOTO", help="the person")
     a.add_argument("--expressions", required=True, nargs="+", metavar="PHOTO_OR_FOLDER",
                    help="photos whose expression and jaw are transferred (one frame each)")
+    a.add_argument("--fast", action="store_true",
+                   help="codes only: the identity's result folder once and every frame's FLAME codes in "
+                        "expressions.npz (no per-frame folders, textures or wrinkle fits)")
     _common(a)
     a.set_defaults(func=cmd_animate, **FIT_DEFAULTS)  # animate is DECA only
 
@@ -179,6 +182,14 @@ def cmd_animate(args: argparse.Namespace) -> int:
     rec = make_reconstructor("deca", mode_options(args))
     bar, update = _progress_bar(len(expressions), enabled=len(expressions) > 1 and not args.json)
     try:
+        if getattr(args, "fast", False):
+            from core.pipeline.expressions import animate_fast
+            fast = animate_fast(rec, args.identity, expressions, args.out, overwrite=args.overwrite,
+                                progress=update, batch_size=args.batch_size)
+            print(json.dumps(fast.to_dict(), indent=2) if args.json else
+                  f"{fast.n_frames} frame(s) in {fast.expressions}, identity {fast.identity_folder}; "
+                  f"{len(fast.failed)} failure(s)")
+            return EXIT_OK if not fast.failed else EXIT_SOME_FAILED
         summary = rec.animate(args.identity, expressions, args.out, overwrite=args.overwrite, progress=update,
                               batch_size=args.batch_size)
     except (ImageReadError, NoFaceError) as exc:

@@ -90,6 +90,10 @@ class ResNetTrunk(nn.Module):
 
     def reset_parameters(self) -> None:
         """He (fan-out) initialisation for convolutions, identity batch norms."""
+        if self.conv1.weight.is_meta:
+            # Built on the meta device (layout checks, checkpoint loading): nothing to initialise, and
+            # torch's meta normal_ goes through Python decompositions that import torch._dynamo (~6 s cold).
+            return
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

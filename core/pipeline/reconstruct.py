@@ -11,8 +11,9 @@ Per face (docs/CONVENTIONS.md has every key and convention):
 1. the photo is read upright (EXIF), 68 landmarks are detected (FAN or dlib), DECA's crop maps the face
    square onto the 224x224 network input (``conventions="deca"``, default: exactly DECA's released crop;
    ``"continuous"``: ours, CONVENTIONS.md "Crop");
-2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, channels_last on
-   the CPU; bfloat16 autocast only when asked: it is off by default until checked on the real weights);
+2. ``E_flame``/``E_detail`` run batched across photos (``torch.inference_mode``, eval, batch norms folded,
+   channels_last on the CPU; bfloat16 autocast only when asked: it is off by default until checked on the
+   real weights);
 3. FLAME gives the posed mesh and the landmarks, projected by the orthographic camera into the crop's
    image NDC, then to crop pixels ``(p + 1) * 224 / 2`` (+ 0.5 for DECA's crop) and onto the photo by the
    crop's inverse (`network_ndc_to_photo_pixels`);
@@ -54,6 +55,7 @@ from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.model.face_model import FaceAssets, FaceModel
 from core.pipeline import overlay
+from core.networks.runtime import PersonDecoder, inference_networks
 from core.pipeline import textures as tx
 from core.pipeline import wrinkles as wr
 from core.results import encodings as enc
@@ -272,12 +274,13 @@ class Reconstructor:
             self.manager.require(*needed)  # one MissingAssetError listing everything missing
         if face_assets is None:
             face_assets = FaceAssets.from_manager(self.manager)
+        loaded_here = networks is None
         if networks is None:
             networks = load_deca_checkpoint(self.manager.path("deca_model"), device=self.device)
         self.face_assets = face_assets
-        self.networks = networks.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.networks = self.networks.to(memory_format=torch.channels_last)
+        # batch norms folded, channels_last on the CPU: equal to the eager networks within float rounding
+        # (tests/test_networks_runtime.py); forward 1.3-1.6x faster (benchmarks/bench_targets.py)
+        self.networks = inference_networks(networks, self.device, inplace=loaded_here)
         self.face_model = FaceModel(face_assets).to(self.device).eval()
         self._landmarks = landmarks
         self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
@@ -380,13 +383,16 @@ class Reconstructor:
         return out.float()
 
     def _wrinkle_decoder(self, detail: torch.Tensor) -> Callable[[np.ndarray], np.ndarray]:
+        # D_detail with the detail code's part of l1 computed once (tests/test_networks_runtime.py)
+        person = PersonDecoder(self.networks.D_detail, detail.float())
+
         def decode(x: np.ndarray) -> np.ndarray:
             xt = torch.as_tensor(x, dtype=torch.float32, device=self.device)
             maps = []
-            for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
-                b = xt[i:i + WRINKLE_DECODE_BATCH]
-                uv_z = self._decode_uv_z(b[:, N_EXP:], b[:, :N_EXP], detail.expand(len(b), -1))
-                maps.append(self.face_model.displacement(uv_z)[:, 0])
+            with torch.inference_mode():
+                for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
+                    b = xt[i:i + WRINKLE_DECODE_BATCH]
+                    maps.append(self.face_model.displacement(person(b[:, N_EXP:], b[:, :N_EXP]))[:, 0])
             return torch.cat(maps).cpu().numpy()
         return decode
 
@@ -474,6 +480,7 @@ class Reconstructor:
             "wrinkle_samples": np.int64(info.n_samples), "wrinkle_holdout": np.int64(info.n_holdout),
             "wrinkle_rank": np.int64(info.rank),
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
+            "wrinkle_ridge": np.float64(info.ridge),
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
             "crop_convention": np.str_(face.crop.convention),

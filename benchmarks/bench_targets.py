@@ -1,0 +1,295 @@
+"""Issue 11's target table: each row measured against its baseline in the same run, with the ratio.
+
+TEST FLAME model; random weights in two forms: PyTorch's default ("tiny": the decoder barely responds to
+its input) and input-dependent ones (`core.networks.responsive`), which is where the wrinkle model's fidelity
+shows. Every row is ``baseline`` (the code path before issue 11, rebuilt here from the same modules) and
+``now`` (what the pipeline runs), both timed in this process, interleaved, median of ``--repeats``.
+
+    .venv/bin/python benchmarks/bench_targets.py --quick       # < 3 minutes on 2 quiet cores
+    .venv/bin/python benchmarks/bench_targets.py --repeats 5
+
+Rows:
+- wrinkle model: time and held-out explained variance (32 fresh i.i.d. prior samples), tiny and input-dependent
+  weights. Baseline: eager ``D_detail`` on the full 181-d input, fixed ridge 1. Now: folded decoder, GCV ridge.
+- photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): the same
+  ``Reconstructor`` with its wrinkle fit switched to the baseline path, against the current one.
+- batched forward (E_flame + E_detail + one D_detail, batch 8): eager fp32 against the folded channels_last
+  networks (`core.networks.runtime.inference_networks`), and their largest relative difference.
+- expression-only decoding (frames/s): `core.pipeline.expressions.decode_expressions` against
+  `Reconstructor.animate` (a full folder per frame) on the same photos.
+- cold start: a fresh process importing, building `Reconstructor` (asset home with a saved checkpoint) and
+  reconstructing one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
+  issue 11), else the issue's 13.8 s.
+- peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
+
+Writes ``benchmarks/results/targets.json`` with the load average at start and end. On a shared machine
+OpenMP's active spin-waiting slows torch badly; ``OMP_WAIT_POLICY=PASSIVE`` is set unless ``--omp-active``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+if "--omp-active" not in sys.argv:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.machine import cpu_name  # noqa: E402
+from core.networks import build_deca_networks, save_deca_checkpoint  # noqa: E402
+from core.networks.responsive import responsive_networks  # noqa: E402
+from core.networks.runtime import inference_networks  # noqa: E402
+from core.pipeline import wrinkles as wr  # noqa: E402
+from core.pipeline.expressions import decode_expressions  # noqa: E402
+from core.model.face_model import FaceAssets  # noqa: E402
+from core.pipeline.reconstruct import WRINKLE_DECODE_BATCH, Reconstructor  # noqa: E402
+from core.testmodels.synthetic_flame import write_test_flame  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "targets.json"
+TARGETS = {"wrinkle_s": 0.4, "wrinkle_ev_responsive": 0.5, "photo_to_folder_s": 1.2, "photo_to_folder_ratio": 1 / 3,
+           "photo_4000x3000_s": 1.5, "forward_ratio": 2.0, "expression_fps": 6.0, "cold_reconstruct_s": 4.0,
+           "peak_rss_gb": 1.5}
+
+
+def _shared() -> Path:
+    return Path(os.environ.get("DECA_SHARED", ROOT.parent / "shared"))
+
+
+def _median(xs) -> float:
+    return float(statistics.median(xs))
+
+
+def _timed(fn, repeats: int) -> tuple[float, object]:
+    out, times = None, []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t0)
+    return _median(times), out
+
+
+def baseline_decoder(rec: Reconstructor, detail: torch.Tensor):
+    """The wrinkle fit's decoder before issue 11: eager D_detail (batch norms, channels_last) on the full
+    [jaw, exp, detail] input."""
+    eager = rec.eager_D_detail
+
+    def decode(x: np.ndarray) -> np.ndarray:
+        xt = torch.as_tensor(x, dtype=torch.float32, device=rec.device)
+        maps = []
+        with torch.inference_mode():
+            for i in range(0, len(xt), WRINKLE_DECODE_BATCH):
+                b = xt[i:i + WRINKLE_DECODE_BATCH]
+                uv_z = eager.decode(b[:, 50:], b[:, :50], detail.expand(len(b), -1))
+                maps.append(rec.face_model.displacement(uv_z)[:, 0])
+        return torch.cat(maps).cpu().numpy()
+    return decode
+
+
+def baseline_fit_wrinkles(rec: Reconstructor, detail: torch.Tensor):
+    """The wrinkle fit before issue 11: `baseline_decoder`, fixed ridge 1."""
+    return wr.fit_wrinkle_model(baseline_decoder(rec, detail), rec._detail_mask, n_samples=rec.wrinkle_samples,
+                                n_holdout=rec.wrinkle_holdout, n_components=rec.wrinkle_components, ridge=1.0)
+
+
+class BaselineReconstructor(Reconstructor):
+    """The pipeline as before issue 11: the eager networks (channels_last, batch norms not folded) and the
+    wrinkle fit of then; everything else is shared code."""
+
+    def __init__(self, *args, networks, **kwargs):
+        super().__init__(*args, networks=networks, **kwargs)
+        self.networks = networks.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.eager_D_detail = self.networks.D_detail
+
+    def fit_wrinkles(self, detail):
+        return baseline_fit_wrinkles(self, detail)
+
+
+def fresh_ev(rec: Reconstructor, model, detail: torch.Tensor, n: int = 32) -> float:
+    x = wr.sample_prior(n, np.random.default_rng(1234)).astype(np.float32)
+    d = rec._wrinkle_decoder(detail)(x)
+    m = rec._detail_mask
+    pred = np.stack([model.evaluate(xi[:50], xi[50:]) for xi in x])
+    return wr.explained_variance(d[:, m].astype(np.float64), pred[:, m].astype(np.float64))
+
+
+def row(name: str, baseline: float, now: float, unit: str, target: str, extra: str = "") -> dict:
+    ratio = now / baseline if baseline else float("nan")
+    print(f"{name:44s} baseline {baseline:8.3f} {unit:8s} now {now:8.3f} {unit:8s} ratio {ratio:6.3f}   "
+          f"target {target}{'  ' + extra if extra else ''}", flush=True)
+    return {"row": name, "baseline": baseline, "now": now, "unit": unit, "ratio_now_over_baseline": ratio,
+            "target": target, "extra": extra}
+
+
+def bench_wrinkles(rows, fa, photos, repeats):
+    for kind, nets in (("tiny", build_deca_networks().eval()), ("input-dependent", responsive_networks(0))):
+        rec = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+        rec.eager_D_detail = nets.D_detail.eval().to(memory_format=torch.channels_last)
+        x = rec._network_inputs([rec._prepare(photos[0], all_faces=False)])
+        _, detail, _ = rec._forward(x)
+        tb, tn = [], []
+        for _ in range(repeats):  # interleaved: load changes hit both
+            t, (m_base, _) = _timed(lambda: baseline_fit_wrinkles(rec, detail), 1)
+            tb.append(t)
+            t, (m_now, info) = _timed(lambda: rec.fit_wrinkles(detail), 1)
+            tn.append(t)
+        t_base, t_now = _median(tb), _median(tn)
+        if kind == "tiny":  # the decoder alone, batch of 16, many interleaved repeats (less noisy)
+            x = torch.as_tensor(wr.sample_prior(WRINKLE_DECODE_BATCH, np.random.default_rng(0)), dtype=torch.float32)
+            eager, person = baseline_decoder(rec, detail), rec._wrinkle_decoder(detail)
+            db, dn = [], []
+            for _ in range(5 * repeats):
+                db.append(_timed(lambda: eager(x.numpy()), 1)[0])
+                dn.append(_timed(lambda: person(x.numpy()), 1)[0])
+            rows.append(row("D_detail for the wrinkle fit (ms/sample)", _median(db) / len(x) * 1e3,
+                            _median(dn) / len(x) * 1e3, "ms", "(72 samples per fit)"))
+        ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
+        rows.append(row(f"wrinkle model time ({kind})", t_base, t_now, "s", "<= 0.4 s"))
+        rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
+                        ">= 0.5 input-dependent, not lower on tiny", f"GCV ridge {info.ridge:.1f}"))
+
+
+def bench_photo(rows, fa, photos, repeats, tmp: Path):
+    torch.manual_seed(0)
+    nets = build_deca_networks().eval()
+    now = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+    base = BaselineReconstructor(device="cpu", landmarks=now.detector, face_assets=fa, networks=nets)
+    big = tmp / "big_4000x3000.jpg"
+    from PIL import Image
+    Image.open(photos[0]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=92)
+    for label, photo in (("photo -> folder, warm (224x224)", photos[0]), ("photo -> folder, warm (4000x3000)", big)):
+        for r in (base, now):
+            r.reconstruct_photo(photo, tmp / "warm", overwrite=True)
+        tb, tn = [], []
+        for _ in range(repeats):  # interleaved: load changes hit both
+            tb.append(_timed(lambda: base.reconstruct_photo(photo, tmp / "b", overwrite=True), 1)[0])
+            tn.append(_timed(lambda: now.reconstruct_photo(photo, tmp / "n", overwrite=True), 1)[0])
+        target = "<= 1.2 s and <= 1/3 of baseline" if "224" in label else "<= 1.5 s"
+        rows.append(row(label, _median(tb), _median(tn), "s", target))
+
+
+def bench_forward(rows, repeats, batch=8):
+    nets = responsive_networks(0)
+    fast = inference_networks(nets)
+    x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        a, b = nets(x), fast(xc)
+        rel = max(float((u - v).abs().max() / u.abs().max()) for u, v in
+                  ((a.codes.to_vector(), b.codes.to_vector()), (a.detail, b.detail), (a.displacement, b.displacement)))
+        te, tf = [], []
+        for _ in range(repeats):
+            te.append(_timed(lambda: nets(x), 1)[0])
+            tf.append(_timed(lambda: fast(xc), 1)[0])
+    rows.append(row(f"batched forward, batch {batch} (photos/s)", batch / _median(te), batch / _median(tf), "photo/s",
+                    ">= 2x eager fp32, within 1e-4 relative", f"max relative difference {rel:.1e}"))
+
+
+def bench_expressions(rows, fa, photos, tmp: Path):
+    rec = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=responsive_networks(0),
+                        wrinkle_samples=wr.DEFAULT_SAMPLES)
+    frames = list(photos) * 2
+    decode_expressions(rec, frames[:2])
+    t_fast, out = _timed(lambda: decode_expressions(rec, frames, batch_size=8), 1)
+    t0 = time.perf_counter()
+    rec.animate(photos[0], frames, tmp / "anim", overwrite=True)
+    t_full = time.perf_counter() - t0
+    rows.append(row("expression decoding (frames/s)", len(frames) / t_full, len(out.sources) / t_fast, "frame/s",
+                    ">= 6 frames/s batched", "baseline: animate (a full folder per frame, incl. identity)"))
+
+
+def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
+    home = tmp / "home"
+    from core.assets import AssetManager
+    ckpt = save_deca_checkpoint(responsive_networks(0), tmp / "dl" / "deca_model.tar")
+    AssetManager(home).install(flame=flame, deca=ckpt, data=_shared() / "assets" / "deca", progress=lambda m: None)
+    photo = sorted((_shared() / "photos").glob("*.jpg"))[0]
+    script = (f"import time; t0 = time.perf_counter()\n"
+              f"import torch; torch.set_num_threads(2)\n"
+              f"from core.assets import AssetManager\nfrom core.pipeline.reconstruct import Reconstructor\n"
+              f"t1 = time.perf_counter(); rec = Reconstructor(AssetManager({str(home)!r}), device='cpu', landmarks='dlib')\n"
+              f"t2 = time.perf_counter(); rec.reconstruct_photo({str(photo)!r}, {str(tmp / 'cold')!r}, overwrite=True)\n"
+              f"t3 = time.perf_counter()\n"
+              # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
+              f"hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+              f"print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, int(hwm) / 1024 ** 2)\n")
+    def run(src: Path) -> tuple[float, list[float]]:
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        t0 = time.perf_counter()
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        return time.perf_counter() - t0, list(map(float, out.stdout.split()[-5:]))
+
+    base_wall, base_peak, what = 13.8, 1.0, "the issue's quiet-machine numbers"
+    if baseline_src is not None:
+        base_wall, b = run(baseline_src)
+        base_peak, what = b[4], f"the tree in {baseline_src}, same run"
+    wall, (imports, build, work, total, peak) = run(ROOT)
+    rows.append(row("cold reconstruct, fresh process (s)", base_wall, wall, "s", "<= 4 s",
+                    f"baseline: {what}; now: imports {imports:.2f}, Reconstructor() {build:.2f}, photo {work:.2f}"))
+    rows.append(row("peak RSS, photo -> folder process (GB)", base_peak, peak, "GB", "<= 1.5 GB",
+                    f"baseline: {what}; cold process: load, one photo, write"))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="one repeat, fewer rows' samples (< 3 minutes quiet)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip", nargs="*", default=[], choices=["wrinkles", "photo", "forward", "expressions", "cold"])
+    ap.add_argument("--omp-active", action="store_true")
+    ap.add_argument("--baseline-src", type=Path, default=None,
+                    help="a source tree of the code before issue 11 for the cold-start baseline, e.g. "
+                         "mkdir /tmp/base && git archive 9ba048b core | tar -x -C /tmp/base")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    repeats = 1 if args.quick else max(1, args.repeats)
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()
+    shared = _shared()
+    photos = sorted(p for p in (shared / "photos").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_targets_"))
+    rows: list[dict] = []
+    print(f"load average at start {load_start}; threads {args.threads}; repeats {repeats}")
+    try:
+        flame = write_test_flame(tmp / "test_flame.pkl", shared / "assets" / "deca",
+                                 shared / "assets" / "flame" / "flame2020_joint_regressor.npz")
+        fa = FaceAssets.from_paths(flame, shared / "assets" / "deca")
+        if "wrinkles" not in args.skip:
+            bench_wrinkles(rows, fa, photos, repeats)
+        if "photo" not in args.skip:
+            bench_photo(rows, fa, photos, repeats, tmp)
+        if "forward" not in args.skip:
+            bench_forward(rows, max(2, repeats))
+        if "expressions" not in args.skip:
+            bench_expressions(rows, fa, photos[:4] if args.quick else photos, tmp)
+        if "cold" not in args.skip:
+            bench_cold(rows, tmp, flame, args.baseline_src)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print(f"peak RSS of this process {peak:.2f} GB (target <= 1.5 GB); load average at end {os.getloadavg()}")
+    report = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
+              "loadavg_at_start": load_start, "loadavg_at_end": os.getloadavg(), "repeats": repeats,
+              "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"), "peak_rss_gb": peak,
+              "targets": TARGETS, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
