@@ -17,7 +17,11 @@ Commands: `hello` (versions, what is importable), `status` (asset status), `inst
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
-Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. The
+Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. A
+running request is interrupted where it is (not only at its next progress step): the reader thread
+signals the main thread, whose handler raises `Cancelled` as soon as the current C call (a torch op, a
+sleep) returns, and the command's cleanups remove what it had written (a cancelled reconstruction
+leaves no result folder). The
 error messages are those of the command line (the exceptions' own messages). Anything a library prints
 to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
@@ -27,6 +31,8 @@ import importlib.util
 import json
 import os
 import queue
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -48,10 +54,16 @@ class Worker:
         self._out_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._cancelled: set[Any] = set()
-        self._cancel_lock = threading.Lock()
+        self._cancel_lock = threading.RLock()  # re-entrant: the SIGINT handler may run while the main thread holds it
         self._current: Any = None
         self._reconstructors: dict = {}
         self._stop = False
+        # Cancellation inside a running command: the main thread is interruptible only while a handler
+        # runs; `_interrupt` marks a signal as ours (a real Ctrl-C stays a KeyboardInterrupt).
+        self._interruptible = False
+        self._interrupt = False
+        self._cleanups: list[Callable[[], None]] = []
+        self._main_thread = threading.main_thread().ident
 
     # ------------------------------------------------------------------ messages
 
@@ -93,6 +105,8 @@ class Worker:
                 target = (req.get("args") or {}).get("target")
                 with self._cancel_lock:
                     self._cancelled.add(target)
+                    if target is not None and target == self._current and self._interruptible:
+                        self._interrupt_main()
                 self.send({"id": req.get("id"), "type": "result", "data": {"cancelled": target}})
             elif cmd == "shutdown":
                 self._queue.put(req)
@@ -100,6 +114,33 @@ class Worker:
             else:
                 self._queue.put(req)
         self._queue.put(None)  # stdin closed: stop after the queue drains
+
+    def _interrupt_main(self) -> None:
+        """Make the main thread raise `Cancelled` now (called with the cancel lock held)."""
+        self._interrupt = True
+        if hasattr(signal, "pthread_kill"):
+            # A real signal also wakes a blocking call (sleep, read) in the main thread.
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+        else:  # Windows: raised at the next bytecode boundary
+            import _thread
+
+            _thread.interrupt_main()
+
+    def on_sigint(self, signum, frame) -> None:
+        """SIGINT handler (installed by `main`): our cancel signal raises `Cancelled` if the cancelled
+        request is still running; a signal from anyone else behaves as Python's default."""
+        with self._cancel_lock:
+            ours, self._interrupt = self._interrupt, False
+            running = self._interruptible and self._current in self._cancelled
+        if ours:
+            if running:
+                raise Cancelled("cancelled")
+            return  # the request finished before the signal arrived: nothing to interrupt
+        raise KeyboardInterrupt
+
+    def on_cancel(self, cleanup: Callable[[], None]) -> None:
+        """Register `cleanup` to run if the current request is cancelled (undo what it wrote)."""
+        self._cleanups.append(cleanup)
 
     def serve(self, stream) -> int:
         threading.Thread(target=self.read_requests, args=(stream,), daemon=True).start()
@@ -119,11 +160,24 @@ class Worker:
             self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"unknown command {cmd!r}"})
             return
         self._current = rid
+        self._cleanups = []
         try:
             self.check_cancel(rid)
-            data = handler(rid, **args)
+            with self._cancel_lock:
+                self._interruptible = True
+            try:
+                data = handler(rid, **args)
+            finally:
+                with self._cancel_lock:
+                    self._interruptible = False
+            self.check_cancel(rid)  # cancelled while the answer was being made: still cancelled
             self.send({"id": rid, "type": "result", "data": data})
         except Cancelled:
+            for cleanup in reversed(self._cleanups):
+                try:
+                    cleanup()
+                except Exception:  # a cleanup must not turn a cancel into an error
+                    print(traceback.format_exc(), file=sys.stderr, flush=True)
             self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
         except TypeError as exc:  # wrong arguments for the command
             print(traceback.format_exc(), file=sys.stderr, flush=True)
@@ -143,8 +197,10 @@ class Worker:
             self.send({"id": rid, "type": "error", "error_type": type(exc).__name__,
                        "message": f"internal error in the worker ({type(exc).__name__}: {exc}); see the worker log"})
         finally:
-            self._current = None
+            self._cleanups = []
             with self._cancel_lock:
+                self._interruptible = False
+                self._current = None
                 self._cancelled.discard(rid)
 
     # ------------------------------------------------------------------ commands
@@ -210,6 +266,7 @@ class Worker:
             raise FileNotFoundError(f"photo not found: {photo}")
         if mode not in ("deca", "fit", "deca+fit"):
             raise ValueError(f"unknown reconstruction mode {mode!r}: use deca, fit or deca+fit")
+        self.on_cancel(_remove_new_results(Path(out_dir)))
         self.progress(rid, 0.0, "loading the models")
         rec = self._reconstructor(home, device, landmarks, mode)
         if hasattr(rec, "reset_timings"):
@@ -268,6 +325,26 @@ class Worker:
         return callback
 
 
+def _remove_new_results(out_dir: Path) -> Callable[[], None]:
+    """A cleanup that removes the result folders (and unfinished temporary folders) that appear in
+    `out_dir` after this call: what a cancelled reconstruction had written. Folders present now are kept."""
+    try:
+        before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    except OSError:
+        before = set()
+
+    def cleanup() -> None:
+        if not out_dir.is_dir():
+            return
+        for p in out_dir.iterdir():
+            if p.name in before or not p.is_dir() or p.is_symlink():
+                continue
+            if (p / "result.npz").is_file() or (p.name.startswith(".") and ".tmp-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+    return cleanup
+
+
 def _module_version(name: str) -> str | None:
     if importlib.util.find_spec(name) is None:
         return None
@@ -301,6 +378,7 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     worker = Worker(proto)
+    signal.signal(signal.SIGINT, worker.on_sigint)
     worker.send({"id": None, "type": "ready", "data": {"protocol": PROTOCOL_VERSION, "pid": os.getpid()}})
     try:
         return worker.serve(sys.stdin)

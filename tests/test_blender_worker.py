@@ -177,3 +177,58 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
         assert "'torch'" in str(exc.value) and "Install Dependencies" in str(exc.value)
     finally:
         c.stop()
+
+
+def test_blender_worker_cancel_interrupts_a_step(client):
+    """Cancel takes effect inside a step, not at the next progress message: one 30 s step ends at once."""
+    job = client.request("wait", seconds=30, steps=1)
+    deadline = time.monotonic() + 60
+    while not job.messages and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.messages, "no progress arrived"
+    time.sleep(0.2)  # inside the step's sleep
+    t = time.monotonic()
+    client.cancel(job)
+    with pytest.raises(WorkerError) as exc:
+        job.wait(10)
+    elapsed = time.monotonic() - t
+    assert exc.value.error_type == "Cancelled" and elapsed < 1.0, elapsed
+    # The worker is healthy afterwards and a later request is not cancelled by the old signal.
+    assert client.call("wait", timeout=30, seconds=0.2, steps=2) == {"waited": 0.2}
+
+
+@pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
+@pytest.mark.parametrize("stage", ["reconstructing", "decoding face"])
+def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test_flame_pkl, deca_data_dir,
+                                                     random_deca_checkpoint, stage):
+    """Cancel pressed while a photo reconstructs (in the networks, or while decoding and writing the face):
+    the error arrives within 1 s of the request and no result folder (nor a temporary one) remains."""
+    c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),),
+                                  env=(("DECA_BLENDER_HOME", str(tmp_path / "home")), ("OMP_NUM_THREADS", "1")),
+                                  log_path=str(tmp_path / "worker.log")))
+    try:
+        c.call("install_assets", timeout=300, flame=str(test_flame_pkl), data=str(deca_data_dir),
+               deca=str(random_deca_checkpoint))
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "keep_me").mkdir()  # a folder that was there before must survive the cleanup
+        photo = sorted(photos_dir.glob("*.jpg"))[0]
+        job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
+        deadline = time.monotonic() + 600
+        while not any(stage in m for m in job.messages) and not job.done and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert not job.done, f"finished before reaching {stage!r}: {job.messages}"
+        t = time.monotonic()
+        c.cancel(job)
+        with pytest.raises(WorkerError) as exc:
+            job.wait(30)
+        elapsed = time.monotonic() - t
+        assert exc.value.error_type == "Cancelled", exc.value
+        print(f"cancel at {stage!r}: {elapsed:.3f} s after the request")
+        assert elapsed < 1.0, f"cancel took {elapsed:.2f} s after the request (at {stage!r})"
+        assert sorted(p.name for p in out.iterdir()) == ["keep_me"]
+        # The same worker (models kept warm) still reconstructs afterwards.
+        data = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(out))
+        assert len(data["results"]) == 1 and (Path(data["results"][0]) / "result.npz").is_file()
+    finally:
+        c.stop()
