@@ -232,3 +232,27 @@ def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test
         assert len(data["results"]) == 1 and (Path(data["results"][0]) / "result.npz").is_file()
     finally:
         c.stop()
+
+
+def test_blender_worker_one_log_per_run(client, tmp_path):
+    """Each worker run logs to a file of its own; a crash report quotes that run only; old logs rotate."""
+    with pytest.raises(WorkerError):
+        client.call("wait", timeout=60, bogus_argument=1)  # the traceback (naming the argument) goes to the log
+    first = client.log_path
+    assert "bogus_argument" in first.read_text()
+    client.stop()
+    job = client.request("wait", seconds=30, steps=300)  # a new worker run
+    while not job.messages:
+        time.sleep(0.02)
+    assert client.log_path != first and client.log_path.parent == tmp_path
+    client._proc.kill()
+    with pytest.raises(WorkerError) as exc:
+        job.wait(10)
+    assert exc.value.error_type == "WorkerDied"
+    assert "bogus_argument" not in str(exc.value), "the crash report quotes an earlier run's log"
+    assert str(client.log_path) in str(exc.value) or not client.log_path.read_text().strip()
+    for _ in range(5):
+        client.call("hello", timeout=60)
+        client.stop()
+    logs = sorted(tmp_path.glob("worker-*.log"))
+    assert len(logs) == 5 and first not in logs
