@@ -214,6 +214,7 @@ class Worker:
             "torch": _module_version("torch"),
             "numpy": _module_version("numpy"),
             "pipeline": importlib.util.find_spec(PIPELINE_MODULE) is not None,
+            "core": str(Path(__file__).resolve().parent),  # which copy of the core runs (checkout or extension)
         }
 
     def _manager(self, home: str | None):
