@@ -8,9 +8,9 @@ only that run's last lines are quoted when the worker dies, so the user sees why
 traceback.
 
 Which Python runs the worker:
-  * 'BLENDER': Blender's own Python (`sys.executable`), with the dependencies that *Install Dependencies*
-    put into the extension's private folder on PYTHONPATH (only for the worker: Blender's UI process
-    never has them on its path);
+  * 'BLENDER': the private virtual environment *Install Dependencies* made from Blender's Python in the
+    extension's user folder (dependencies.py); before it exists, Blender's own Python (`sys.executable`,
+    which then answers that torch is missing), with an older install's `deps` folder on PYTHONPATH;
   * 'EXTERNAL': a Python the user chose (e.g. a virtual environment with torch and CUDA).
 """
 from __future__ import annotations
@@ -266,7 +266,8 @@ def new_log_path(configured: str, keep: int = KEEP_LOGS) -> Path:
 
 
 def worker_config(python_mode: str = "BLENDER", external_python: str = "", deps_dir: str | None = None,
-                  core_root: str | None = None, asset_home: str = "", log_path: str = "") -> WorkerConfig:
+                  core_root: str | None = None, asset_home: str = "", log_path: str = "",
+                  venv_dir: str | None = None) -> WorkerConfig:
     """How to start the worker. `core_root` holds the `core` package (the extension folder)."""
     if core_root is None:
         from .bootstrap import core_root as _core_root
@@ -277,6 +278,8 @@ def worker_config(python_mode: str = "BLENDER", external_python: str = "", deps_
             raise WorkerError("the worker Python is set to 'External' but no Python executable is chosen in the "
                               "add-on's preferences", "ConfigError")
         python, paths = external_python, (core_root,)
+    elif venv_dir and Path(venv_dir, "Scripts/python.exe" if os.name == "nt" else "bin/python").is_file():
+        python, paths = str(Path(venv_dir, "Scripts/python.exe" if os.name == "nt" else "bin/python")), (core_root,)
     else:
         python = sys.executable
         paths = (deps_dir or "", core_root)
@@ -306,16 +309,6 @@ def shutdown_all() -> None:
 
 
 atexit.register(shutdown_all)  # never leave a worker behind when Blender quits
-
-
-def pip_install_command(python: str, target: str, device: str = "CPU", with_dlib: bool = True) -> list[str]:
-    """The pip command *Install Dependencies* runs: everything into the extension's private folder."""
-    index = TORCH_INDEX["CUDA" if device == "CUDA" else "CPU"]
-    cmd = [python, "-m", "pip", "install", "--upgrade", "--no-input", "--disable-pip-version-check",
-           "--target", target, "--extra-index-url", index, TORCH_REQUIREMENT, *DEPENDENCIES]
-    if with_dlib:
-        cmd += list(LANDMARK_DEPENDENCIES)
-    return cmd
 
 
 def wait_all(jobs: list[Job], timeout: float | None = None) -> None:

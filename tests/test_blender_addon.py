@@ -401,6 +401,7 @@ def test_blender_apply_expression(run):
     assert folder["result"] == ["FINISHED"] and folder["has_action"] and folder["arm_action"]
     assert folder["frames"]["20"]["exp_000"] == pytest.approx(float(res_a.exp[0]), abs=1e-6)
     assert folder["frames"]["22"]["exp_000"] == pytest.approx(float(res_b.exp[0]), abs=1e-6)
+    assert folder["range_after_late_keys"] == [1, 305]  # two frames keyed at 300 and 305
 
 
 def test_blender_exact_wrinkle_image(run):
@@ -580,6 +581,30 @@ def test_blender_cycles_render(run):
     assert 0.1 < head.mean() < 0.8, f"the head covers {head.mean():.0%} of the image"
     centre = px[96:160, 96:160]
     assert centre.std() > 3 and np.abs(centre.mean(axis=(0, 1)) - background).sum() > 30
+
+
+def test_blender_render_neutral_and_strong_expression(run):
+    """Cycles renders of one head at the neutral and a strong expression (jaw open), the wrinkle strength
+    at its default; written to tests/artifacts/ for a person to look at. Here: both exist, the wrinkle
+    factors follow the wrinkle matrix, and the strong face differs from the neutral one around the mouth."""
+    _ok(run, "render_expressions")
+    from PIL import Image
+
+    r, res = run["report"]["render_expressions"], run["a"]
+    assert r["wrinkle_strength"] == 1.0
+    M = np.asarray(res.wrinkles.matrix, np.float64)
+    x = np.zeros(53)
+    for name, v in r["strong"].items():
+        x[int(name[4:])] = v
+    x[50] = r["jaw_strong"]  # jaw opened about its x axis
+    np.testing.assert_allclose(r["factors_strong"], M @ x, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(r["factors_neutral"], 0.0, atol=1e-12)
+    imgs = {}
+    for label in ("neutral", "strong"):
+        with Image.open(r[f"{label}_path"]) as im:
+            imgs[label] = np.asarray(im.convert("RGB"), np.float64)
+    diff = np.abs(imgs["strong"] - imgs["neutral"]).sum(-1)
+    assert (diff > 30).mean() > 0.01, "the strong expression does not show in the render"
 
 
 def test_blender_import_is_fast(run):

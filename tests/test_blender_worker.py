@@ -5,13 +5,15 @@ The client (deca_blender/worker_client.py) needs neither bpy nor torch; the work
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from deca_blender.worker_client import WorkerClient, WorkerConfig, WorkerError, pip_install_command
+from deca_blender.worker_client import WorkerClient, WorkerConfig, WorkerError
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINE = importlib.util.find_spec("core.pipeline.reconstruct") is not None
@@ -112,10 +114,72 @@ def test_blender_worker_death_fails_pending_jobs(client):
 
 
 def test_blender_dependency_command():
-    cmd = pip_install_command("/blender/python", "/ext/deps", "CPU")
-    assert cmd[:3] == ["/blender/python", "-m", "pip"] and "--target" in cmd and "/ext/deps" in cmd
-    assert "torch==2.13.0" in cmd and "https://download.pytorch.org/whl/cpu" in cmd
-    assert any(c.startswith("numpy") for c in cmd)
+    from deca_blender.dependencies import pip_install_command, requirements
+
+    cmd = pip_install_command("/ext/venv/bin/python", "CPU")
+    assert cmd[:4] == ["/ext/venv/bin/python", "-m", "pip", "install"] and "--target" not in cmd
+    assert "torch==2.13.0" in cmd and "https://download.pytorch.org/whl/cpu" in cmd and "--no-index" not in cmd
+    assert any(c.startswith("numpy") for c in cmd) and set(requirements()) <= set(cmd)
+    offline = pip_install_command("/ext/venv/bin/python", "CPU", wheels_dir="/wheels")
+    assert offline[offline.index("--find-links") + 1] == "/wheels" and "--no-index" in offline
+    assert not [c for c in offline if c.startswith("https://")]
+
+
+def _tiny_wheel(folder: Path, name: str = "deca_offline_probe", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel (one module), written by hand: no build backend, no network."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 42\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def test_blender_dependencies_private_venv_from_wheels(tmp_path):
+    """Install from a folder of wheels: a private venv is created from the base Python and the package goes
+    into it, offline (--no-index); the base Python is not changed; progress is reported."""
+    from deca_blender.dependencies import DependencyInstaller, venv_python
+
+    _tiny_wheel(tmp_path / "wheels")
+    base = sys.executable
+    before = sorted(Path(p).name for p in Path(next(p for p in sys.path if p.endswith("site-packages"))).iterdir())
+    inst = DependencyInstaller(base, str(tmp_path / "ext" / "venv"), wheels_dir=str(tmp_path / "wheels"),
+                               packages=["deca-offline-probe"])
+    seen = []
+    inst.start()
+    while not inst.done:
+        seen.append((inst.fraction, inst.message))
+        time.sleep(0.05)
+    inst.wait()
+    assert inst.returncode == 0, "\n".join(inst.lines[-20:])
+    assert inst.fraction == 1.0 and "installed into" in inst.summary()
+    assert any(0 < f < 1 for f, _ in seen), seen[-5:]
+    py = venv_python(tmp_path / "ext" / "venv")
+    out = subprocess.run([str(py), "-c", "import deca_offline_probe, sys; print(deca_offline_probe.VALUE, sys.prefix)"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": os.environ.get("PATH", "")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "42" and Path(out.stdout.split()[1]).resolve() == (tmp_path / "ext" / "venv").resolve()
+    assert any("--no-index" in line or "Looking in links" in line or "Processing" in line for line in inst.lines)
+    after = sorted(Path(p).name for p in Path(next(p for p in sys.path if p.endswith("site-packages"))).iterdir())
+    assert before == after and "deca_offline_probe.py" not in after  # the base Python is untouched
+    # A missing folder is a clear error before anything runs.
+    with pytest.raises(FileNotFoundError, match="folder of wheels"):
+        DependencyInstaller(base, str(tmp_path / "v2"), wheels_dir=str(tmp_path / "nowhere")).start()
+
 
 
 @pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")

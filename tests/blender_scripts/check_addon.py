@@ -328,6 +328,12 @@ def apply_expression():
                      "jaw": list(state["arm"].pose.bones["jaw"].rotation_quaternion)}
     report["apply_folder"] = {"result": sorted(r), "frames": frames, "has_action": action is not None,
                               "arm_action": state["arm"].animation_data is not None and state["arm"].animation_data.action is not None}
+    # Keys past the scene's end: the frame range follows them.
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 250
+    bpy.ops.deca.apply_expression(directory=str(FRAMES), frame_start=300, frame_step=5)
+    report["apply_folder"]["range_after_late_keys"] = [scene.frame_start, scene.frame_end]
+    scene.frame_start, scene.frame_end = 1, 250
     bpy.context.scene.frame_set(1)
 
 
@@ -621,6 +627,36 @@ def render_cycles():
     bpy.ops.render.render(write_still=True)
     report["timings"]["render_only"] = time.perf_counter() - t
     report["render_path"] = scene.render.filepath
+
+
+@section
+def render_expressions():
+    """The same head rendered (Cycles, the camera and lights of render_cycles) at the neutral expression and
+    at a strong one (jaw open, the first expression components pushed), wrinkle strength at its default."""
+    obj, arm = state["obj"], state["arm"]
+    scene = bpy.context.scene
+    keys = obj.data.shape_keys.key_blocks
+    saved = {kb.name: kb.value for kb in keys if kb.name.startswith("exp_")}
+    jaw_saved = arm.pose.bones["jaw"].rotation_quaternion.copy()
+    strong = {"exp_000": 2.5, "exp_001": -2.0, "exp_002": 2.0, "exp_003": 2.5, "exp_004": -2.0, "exp_005": 2.0}
+    out = {"wrinkle_strength": obj.deca.wrinkle_strength, "strong": strong, "jaw_strong": 0.3}
+    try:
+        for label in ("neutral", "strong"):
+            for kb in keys:
+                if kb.name.startswith("exp_"):
+                    kb.value = strong.get(kb.name, 0.0) if label == "strong" else 0.0
+            arm.pose.bones["jaw"].rotation_quaternion = Quaternion((1, 0, 0), 0.3 if label == "strong" else 0.0)
+            update()
+            out[f"factors_{label}"] = factors(obj).tolist()
+            scene.render.filepath = str(ARTIFACTS / f"blender_cycles_{label}.png")
+            bpy.ops.render.render(write_still=True)
+            out[f"{label}_path"] = scene.render.filepath
+    finally:
+        for name, v in saved.items():
+            keys[name].value = v
+        arm.pose.bones["jaw"].rotation_quaternion = jaw_saved
+        update()
+    report["render_expressions"] = out
 
 
 @section
