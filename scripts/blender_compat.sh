@@ -6,8 +6,10 @@
 # Each bpy goes into a scratch folder under ${DECA_COMPAT_DIR:-/tmp/deca_bpy_compat}/<version> (never the
 # repository, never the project's venv), installed with --no-deps: the project's venv supplies numpy, torch
 # and the rest, and the scratch folder is put first on PYTHONPATH so that `import bpy` (in the test process
-# and in the bpy subprocess the tests start) finds that release. Prints one PASS/FAIL line per version and
-# exits non-zero if any failed. Logs: <scratch>/<version>/pytest.log.
+# and in the bpy subprocess the tests start) finds that release. The version the venv already has is used
+# as it is. Runs tests/test_blender_addon.py (everything that runs Blender; tests/test_blender_worker.py
+# needs no bpy). Prints one PASS/FAIL line per version and exits non-zero if any failed.
+# Logs: <scratch>/<version>/pytest.log. Each bpy wheel is about 300-400 MB.
 set -u
 PYTHON=${PYTHON:-python}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,17 +23,23 @@ summary=()
 for v in "${VERSIONS[@]}"; do
     dir="$SCRATCH/$v"
     mkdir -p "$dir"
-    if [ ! -f "$dir/site/bpy/__init__.py" ] && ! ls -d "$dir"/site/bpy* >/dev/null 2>&1; then
+    have=$(cd /tmp && "$PYTHON" -c "import importlib.metadata as m; print(m.version('bpy'))" 2>/dev/null)
+    if [ "$have" = "$v" ]; then
+        site=""
+    elif [ ! -d "$dir/site/bpy" ]; then
+        site="$dir/site"
         echo "== installing bpy==$v into $dir/site"
         if ! "$PYTHON" -m pip install --quiet --no-deps --target "$dir/site" "bpy==$v" >"$dir/pip.log" 2>&1; then
             echo "   pip failed, see $dir/pip.log"; summary+=("$v INSTALL-FAILED"); status=1; continue
         fi
+    else
+        site="$dir/site"
     fi
-    got=$(cd /tmp && PYTHONPATH="$dir/site" "$PYTHON" -c "import bpy; print(bpy.app.version_string)" 2>"$dir/import.log")
+    got=$(cd /tmp && PYTHONPATH="$site" "$PYTHON" -c "import bpy; print(bpy.app.version_string)" 2>"$dir/import.log")
     echo "== bpy $v (reports Blender ${got:-?})"
     start=$(date +%s)
-    (cd "$ROOT" && PYTHONPATH="$dir/site:$ROOT" DECA_ARTIFACTS="$dir/artifacts" \
-        "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_blender_addon.py tests/test_blender_worker.py) \
+    (cd "$ROOT" && PYTHONPATH="${site:+$site:}$ROOT" DECA_ARTIFACTS="$dir/artifacts" \
+        "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_blender_addon.py) \
         >"$dir/pytest.log" 2>&1
     rc=$?
     tail -n 3 "$dir/pytest.log" | sed 's/^/   /'
