@@ -13,7 +13,8 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
 Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
 `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
-256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests),
+256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
+adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
@@ -21,7 +22,8 @@ Requests run one at a time in order; `cancel` and `shutdown` are handled as soon
 running request is interrupted where it is (not only at its next progress step): the reader thread
 signals the main thread, whose handler raises `Cancelled` as soon as the current C call (a torch op, a
 sleep) returns, and the command's cleanups remove what it had written (a cancelled reconstruction
-leaves no result folder). The
+leaves no result folder). If one C call holds on longer than CANCEL_GRACE_S, the reader side answers
+Cancelled itself; the command stops, and cleans up, when that call returns. The
 error messages are those of the command line (the exceptions' own messages). Anything a library prints
 to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROTOCOL_VERSION = 1
+CANCEL_GRACE_S = 0.5  # a cancelled request not answered by then is answered by the reader side
 PIPELINE_MODULE = "core.pipeline.reconstruct"
 
 
@@ -64,6 +67,7 @@ class Worker:
         self._interrupt = False
         self._cleanups: list[Callable[[], None]] = []
         self._main_thread = threading.main_thread().ident
+        self._answered: set[Any] = set()  # requests whose answer is sent (at most one answer each)
 
     # ------------------------------------------------------------------ messages
 
@@ -72,6 +76,25 @@ class Worker:
         with self._out_lock:
             self._out.write(line + "\n")
             self._out.flush()
+
+    def _final(self, message: dict) -> None:
+        """Send a request's one answer (result or error), unless it was already answered (see `_answer_stuck`)."""
+        with self._cancel_lock:
+            if message.get("id") in self._answered:
+                return
+            self._answered.add(message.get("id"))
+        self.send(message)
+
+    def _answer_stuck(self, rid: Any) -> None:
+        """Timer after a cancel: if the main thread is still inside one long C call that a signal cannot
+        break (one big torch op), answer Cancelled now; the command still raises Cancelled, and runs its
+        cleanups, as soon as that call returns. (A C call that also holds the GIL blocks every thread of
+        the worker, this one too: no Python code can answer before it returns.)"""
+        with self._cancel_lock:
+            if self._current != rid or rid not in self._cancelled or rid in self._answered:
+                return
+            self._answered.add(rid)
+        self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
 
     def progress(self, rid: Any, fraction: float | None, message: str = "") -> None:
         self.check_cancel(rid)
@@ -107,6 +130,9 @@ class Worker:
                     self._cancelled.add(target)
                     if target is not None and target == self._current and self._interruptible:
                         self._interrupt_main()
+                        timer = threading.Timer(CANCEL_GRACE_S, self._answer_stuck, args=(target,))
+                        timer.daemon = True
+                        timer.start()
                 self.send({"id": req.get("id"), "type": "result", "data": {"cancelled": target}})
             elif cmd == "shutdown":
                 self._queue.put(req)
@@ -171,30 +197,30 @@ class Worker:
                 with self._cancel_lock:
                     self._interruptible = False
             self.check_cancel(rid)  # cancelled while the answer was being made: still cancelled
-            self.send({"id": rid, "type": "result", "data": data})
+            self._final({"id": rid, "type": "result", "data": data})
         except Cancelled:
             for cleanup in reversed(self._cleanups):
                 try:
                     cleanup()
                 except Exception:  # a cleanup must not turn a cancel into an error
                     print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
+            self._final({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
         except TypeError as exc:  # wrong arguments for the command
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
+            self._final({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
         except ModuleNotFoundError as exc:
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": "ModuleNotFoundError", "message": (
+            self._final({"id": rid, "type": "error", "error_type": "ModuleNotFoundError", "message": (
                 f"the worker's Python ({sys.executable}) lacks the module {exc.name!r}: install the dependencies "
                 "(Blender: Preferences > Add-ons > DECA Heads > Install Dependencies) or choose a Python that has them")})
         except (ValueError, OSError, ImportError) as exc:
             # The project's errors (ResultError, AssetError, FlameModelError, ...) are ValueErrors whose messages
             # already name the file and what to do: pass them on exactly, like the command line prints them.
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": type(exc).__name__, "message": str(exc)})
+            self._final({"id": rid, "type": "error", "error_type": type(exc).__name__, "message": str(exc)})
         except Exception as exc:  # a bug: say so, with the type; the traceback goes to the log
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": type(exc).__name__,
+            self._final({"id": rid, "type": "error", "error_type": type(exc).__name__,
                        "message": f"internal error in the worker ({type(exc).__name__}: {exc}); see the worker log"})
         finally:
             self._cleanups = []
@@ -202,6 +228,7 @@ class Worker:
                 self._interruptible = False
                 self._current = None
                 self._cancelled.discard(rid)
+                self._answered.discard(rid)
 
     # ------------------------------------------------------------------ commands
 
@@ -302,11 +329,15 @@ class Worker:
         atomic_write_bytes(path, lambda f: np.save(f, disp))
         return {"path": str(path)}
 
-    def cmd_wait(self, rid: Any, seconds: float = 1.0, steps: int = 10) -> dict:
+    def cmd_wait(self, rid: Any, seconds: float = 1.0, steps: int = 10, spin: int = 0) -> dict:
         steps = max(1, int(steps))
         for i in range(steps):
             self.progress(rid, i / steps, f"waiting {i + 1}/{steps}")
             time.sleep(float(seconds) / steps)
+            if spin:  # one long C call that no signal breaks but that releases the GIL, like a torch op (tests)
+                import hashlib
+
+                hashlib.pbkdf2_hmac("sha256", b"deca", b"worker", int(spin))
         self.check_cancel(rid)
         return {"waited": float(seconds)}
 

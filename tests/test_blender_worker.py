@@ -261,6 +261,29 @@ def test_blender_worker_cancel_interrupts_a_step(client):
     assert client.call("wait", timeout=30, seconds=0.2, steps=2) == {"waited": 0.2}
 
 
+def test_blender_worker_cancel_answers_during_a_long_c_call(client):
+    """A C call that releases the GIL but no signal breaks (like a torch op): the answer still comes within
+    1 s (from the reader side), and the worker serves the next request once the call returns."""
+    client.call("hello", timeout=60)  # started: the calibration below times the C call only
+    t0 = time.monotonic()
+    client.call("wait", timeout=120, seconds=0.0, steps=1, spin=200_000)
+    per_200k = time.monotonic() - t0
+    spin = int(200_000 * 3.0 / max(per_200k, 1e-3))  # about 3 s of one uninterruptible C call
+    job = client.request("wait", seconds=0.0, steps=1, spin=spin)
+    while not job.messages:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    t = time.monotonic()
+    client.cancel(job)
+    with pytest.raises(WorkerError) as exc:
+        job.wait(30)
+    elapsed = time.monotonic() - t
+    assert exc.value.error_type == "Cancelled" and elapsed < 1.0, elapsed
+    t = time.monotonic()
+    assert client.call("hello", timeout=120)["protocol"] == 1
+    assert time.monotonic() - t > 0.5, "the call was interrupted after all: this test proves nothing"
+
+
 @pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
 @pytest.mark.parametrize("stage", ["reconstructing", "decoding face"])
 def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test_flame_pkl, deca_data_dir,
