@@ -555,6 +555,7 @@ def test_blender_gltf_export(run):
     M = np.asarray(res.wrinkles.matrix, np.float64)
     assert set(doc["morph_targets"]) == {f"exp_{i:03d}" for i in range(50)}
     np.testing.assert_allclose(doc["morph_targets"]["exp_003"], M[:, 3], rtol=1e-6)
+    assert "sum_k" in doc["formula"] and "height map" in doc["material"] and "axis-angle" in doc["material"]
     np.testing.assert_allclose(doc["matrix"], M, rtol=1e-6)
     np.testing.assert_allclose(doc["jaw"]["axis_angle_weights"]["y"], M[:, 51], rtol=1e-6)
     assert len(doc["maps"]) == M.shape[0]
