@@ -600,12 +600,16 @@ def test_blender_render_neutral_and_strong_expression(run):
     x[50] = r["jaw_strong"]  # jaw opened about its x axis
     np.testing.assert_allclose(r["factors_strong"], M @ x, rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(r["factors_neutral"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(r["factors_strong_no_wrinkles"], 0.0, atol=1e-12)
     imgs = {}
-    for label in ("neutral", "strong"):
+    for label in ("neutral", "strong", "strong_no_wrinkles"):
         with Image.open(r[f"{label}_path"]) as im:
             imgs[label] = np.asarray(im.convert("RGB"), np.float64)
     diff = np.abs(imgs["strong"] - imgs["neutral"]).sum(-1)
     assert (diff > 30).mean() > 0.01, "the strong expression does not show in the render"
+    wrinkles = np.abs(imgs["strong"] - imgs["strong_no_wrinkles"]).sum(-1)
+    print(f"render: expression changes {(diff > 30).mean():.1%} of pixels; the wrinkles alone change "
+          f"{(wrinkles > 6).mean():.2%} by more than 2 levels per channel (max {wrinkles.max():.0f})")
 
 
 def test_blender_import_is_fast(run):

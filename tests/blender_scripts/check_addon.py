@@ -632,7 +632,8 @@ def render_cycles():
 @section
 def render_expressions():
     """The same head rendered (Cycles, the camera and lights of render_cycles) at the neutral expression and
-    at a strong one (jaw open, the first expression components pushed), wrinkle strength at its default."""
+    at a strong one (jaw open, the first expression components pushed), wrinkle strength at its default, and
+    the strong one again with wrinkle strength 0 (what the wrinkles alone change)."""
     obj, arm = state["obj"], state["arm"]
     scene = bpy.context.scene
     keys = obj.data.shape_keys.key_blocks
@@ -640,12 +641,18 @@ def render_expressions():
     jaw_saved = arm.pose.bones["jaw"].rotation_quaternion.copy()
     strong = {"exp_000": 2.5, "exp_001": -2.0, "exp_002": 2.0, "exp_003": 2.5, "exp_004": -2.0, "exp_005": 2.0}
     out = {"wrinkle_strength": obj.deca.wrinkle_strength, "strong": strong, "jaw_strong": 0.3}
+    # apply_expression keyed the sliders and the jaw: mute those actions, or they override the values set here.
+    animated = [ad for ad in (obj.data.shape_keys.animation_data, arm.animation_data) if ad is not None]
+    actions = [ad.action for ad in animated]
+    for ad in animated:
+        ad.action = None
     try:
-        for label in ("neutral", "strong"):
+        for label in ("neutral", "strong", "strong_no_wrinkles"):
             for kb in keys:
                 if kb.name.startswith("exp_"):
-                    kb.value = strong.get(kb.name, 0.0) if label == "strong" else 0.0
-            arm.pose.bones["jaw"].rotation_quaternion = Quaternion((1, 0, 0), 0.3 if label == "strong" else 0.0)
+                    kb.value = strong.get(kb.name, 0.0) if label != "neutral" else 0.0
+            arm.pose.bones["jaw"].rotation_quaternion = Quaternion((1, 0, 0), 0.3 if label != "neutral" else 0.0)
+            obj.deca.wrinkle_strength = 0.0 if label == "strong_no_wrinkles" else out["wrinkle_strength"]
             update()
             out[f"factors_{label}"] = factors(obj).tolist()
             scene.render.filepath = str(ARTIFACTS / f"blender_cycles_{label}.png")
@@ -655,6 +662,9 @@ def render_expressions():
         for name, v in saved.items():
             keys[name].value = v
         arm.pose.bones["jaw"].rotation_quaternion = jaw_saved
+        obj.deca.wrinkle_strength = out["wrinkle_strength"]
+        for ad, action in zip(animated, actions):
+            ad.action = action
         update()
     report["render_expressions"] = out
 
