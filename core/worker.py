@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 PROTOCOL_VERSION = 1
-CANCEL_GRACE_S = 0.5  # a cancelled request not answered by then is answered by the reader side
+CANCEL_GRACE_S = 0.25  # a cancelled request not answered by then is answered by the reader side
 PIPELINE_MODULE = "core.pipeline.reconstruct"
 
 
@@ -158,11 +158,23 @@ class Worker:
         with self._cancel_lock:
             ours, self._interrupt = self._interrupt, False
             running = self._interruptible and self._current in self._cancelled
+            if ours and running and _importing(frame):
+                # Never raise inside a C extension's init: it would turn into a broken module
+                # ("initialization failed"). Signal again shortly, once that import is done.
+                timer = threading.Timer(0.02, self._reinterrupt)
+                timer.daemon = True
+                timer.start()
+                return
         if ours:
             if running:
                 raise Cancelled("cancelled")
             return  # the request finished before the signal arrived: nothing to interrupt
         raise KeyboardInterrupt
+
+    def _reinterrupt(self) -> None:
+        with self._cancel_lock:
+            if self._interruptible and self._current in self._cancelled:
+                self._interrupt_main()
 
     def on_cancel(self, cleanup: Callable[[], None]) -> None:
         """Register `cleanup` to run if the current request is cancelled (undo what it wrote)."""
@@ -193,6 +205,13 @@ class Worker:
                 self._interruptible = True
             try:
                 data = handler(rid, **args)
+            except Exception as exc:
+                with self._cancel_lock:
+                    if rid in self._cancelled and not isinstance(exc, Cancelled):
+                        # a library turned our Cancelled into its own error: still a cancel (log it)
+                        print(traceback.format_exc(), file=sys.stderr, flush=True)
+                        raise Cancelled("cancelled") from exc
+                raise
             finally:
                 with self._cancel_lock:
                     self._interruptible = False
@@ -355,6 +374,18 @@ class Worker:
             self.progress(rid, None if fraction is None else lo + (hi - lo) * float(fraction), message)
 
         return callback
+
+
+def _importing(frame) -> bool:
+    """Whether `frame` (or a caller) runs inside a C extension's initialisation (an exception raised there
+    leaves the extension broken for the process: "initialization failed"). Plain Python imports may be
+    interrupted: a failed module is removed from sys.modules and imported afresh next time."""
+    while frame is not None:
+        if (frame.f_code.co_name in ("create_module", "exec_module")
+                and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _remove_new_results(out_dir: Path) -> Callable[[], None]:
