@@ -23,7 +23,9 @@ running request is interrupted where it is (not only at its next progress step):
 signals the main thread, whose handler raises `Cancelled` as soon as the current C call (a torch op, a
 sleep) returns, and the command's cleanups remove what it had written (a cancelled reconstruction
 leaves no result folder). If one C call holds on longer than CANCEL_GRACE_S, the reader side answers
-Cancelled itself; the command stops, and cleans up, when that call returns. The
+Cancelled itself; the command stops, and cleans up, when that call returns. A C call that holds the
+GIL stops every thread, so nothing can answer during it: the landmark detector (dlib's predictor loads
+in one such call of over a second) is therefore loaded with the models, not inside the first photo. The
 error messages are those of the command line (the exceptions' own messages). Anything a library prints
 to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
@@ -300,7 +302,11 @@ class Worker:
             if mode == "deca":
                 from core.pipeline.reconstruct import Reconstructor
 
-                self._reconstructors[key] = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
+                rec = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
+                # Load the landmark detector now, with the models: dlib's predictor loads in one GIL-holding
+                # C call of over a second, which nothing (a cancel included) can interrupt or answer during.
+                rec.detector
+                self._reconstructors[key] = rec
             else:
                 from core.fitting.fitter import Fitter
 

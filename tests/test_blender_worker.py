@@ -284,12 +284,22 @@ def test_blender_worker_cancel_answers_during_a_long_c_call(client):
     assert time.monotonic() - t > 0.5, "the call was interrupted after all: this test proves nothing"
 
 
+# (progress message that starts the stage, bound on the seconds from the cancel request to the answer)
+CANCEL_STAGES = (
+    # The landmark detector: dlib's CNN fallback runs as one C call that holds the GIL (no thread of the
+    # worker can answer during it); about a second on this loaded 2-core machine. The frontend's limit.
+    ("reading", 3.0),
+    ("running the networks", 1.0),  # torch ops release the GIL: interrupted between two ops
+    ("decoding face", 1.0),  # decoding and writing the folder: the temporary folder is removed
+)
+
+
 @pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
-@pytest.mark.parametrize("stage", ["reconstructing", "decoding face"])
 def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test_flame_pkl, deca_data_dir,
-                                                     random_deca_checkpoint, stage):
-    """Cancel pressed while a photo reconstructs (in the networks, or while decoding and writing the face):
-    the error arrives within 1 s of the request and no result folder (nor a temporary one) remains."""
+                                                     random_deca_checkpoint):
+    """Cancel pressed while a photo reconstructs, at each stage: the error arrives within the stage's bound
+    (1 s in the networks and while decoding/writing) and no result folder (nor a temporary one) remains;
+    the same warm worker then reconstructs the photo."""
     c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),),
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")), ("OMP_NUM_THREADS", "1")),
                                   log_path=str(tmp_path / "worker.log")))
@@ -300,21 +310,22 @@ def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test
         out.mkdir()
         (out / "keep_me").mkdir()  # a folder that was there before must survive the cleanup
         photo = sorted(photos_dir.glob("*.jpg"))[0]
-        job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
-        deadline = time.monotonic() + 600
-        while not any(stage in m for m in job.messages) and not job.done and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert not job.done, f"finished before reaching {stage!r}: {job.messages}"
-        t = time.monotonic()
-        c.cancel(job)
-        with pytest.raises(WorkerError) as exc:
-            job.wait(30)
-        elapsed = time.monotonic() - t
-        assert exc.value.error_type == "Cancelled", exc.value
-        print(f"cancel at {stage!r}: {elapsed:.3f} s after the request")
-        assert elapsed < 1.0, f"cancel took {elapsed:.2f} s after the request (at {stage!r})"
-        assert sorted(p.name for p in out.iterdir()) == ["keep_me"]
-        # The same worker (models kept warm) still reconstructs afterwards.
+        for stage, bound in CANCEL_STAGES:
+            job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
+            deadline = time.monotonic() + 600
+            while not any(m.startswith(stage) for m in job.messages) and not job.done and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert not job.done, f"finished before reaching {stage!r}: {job.messages}"
+            t = time.monotonic()
+            c.cancel(job)
+            with pytest.raises(WorkerError) as exc:
+                job.wait(30)
+            elapsed = time.monotonic() - t
+            print(f"cancel at {stage!r}: {elapsed:.3f} s after the request")
+            assert exc.value.error_type == "Cancelled", exc.value
+            assert elapsed < bound, f"cancel took {elapsed:.2f} s after the request (at {stage!r})"
+            time.sleep(0.3)  # an answer sent during a long C call precedes the cleanup by that call's rest
+            assert sorted(p.name for p in out.iterdir()) == ["keep_me"], stage
         data = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(out))
         assert len(data["results"]) == 1 and (Path(data["results"][0]) / "result.npz").is_file()
     finally:
