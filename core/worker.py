@@ -302,11 +302,7 @@ class Worker:
             if mode == "deca":
                 from core.pipeline.reconstruct import Reconstructor
 
-                rec = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
-                # Load the landmark detector now, with the models: dlib's predictor loads in one GIL-holding
-                # C call of over a second, which nothing (a cancel included) can interrupt or answer during.
-                rec.detector
-                self._reconstructors[key] = rec
+                self._reconstructors[key] = Reconstructor(assets=self._manager(home), device=device, landmarks=landmarks)
             else:
                 from core.fitting.fitter import Fitter
 
@@ -322,6 +318,10 @@ class Worker:
         self.on_cancel(_remove_new_results(Path(out_dir)))
         self.progress(rid, 0.0, "loading the models")
         rec = self._reconstructor(home, device, landmarks, mode)
+        if mode == "deca":
+            # The landmark detector loads with the models, not inside the photo's steps: dlib's predictor
+            # loads in one GIL-holding C call of over a second, during which nothing can answer a cancel.
+            rec.detector
         if hasattr(rec, "reset_timings"):
             rec.reset_timings()
         self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
