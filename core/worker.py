@@ -13,7 +13,8 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
 Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
 `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
-256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests),
+256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
+adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
@@ -21,8 +22,16 @@ Requests run one at a time in order; `cancel` and `shutdown` are handled as soon
 error (`core.errors.DecaError`: no face, missing assets, ...) is answered with its class name and its own
 message, as the command line prints it; anything else is a bug: its traceback goes to the log and the
 answer says "internal error". A request that is not an object with a string `cmd` gets a ProtocolError
-under its own id. Reconstructors come from `core.commands.modes.make_reconstructor`, as in the CLI. Anything a library prints
-to stdout is redirected to stderr so it cannot corrupt the protocol.
+under its own id. Reconstructors come from `core.commands.modes.make_reconstructor`, as in the CLI.
+
+A running request is interrupted where it is (not only at its next progress step): the reader thread
+signals the main thread, whose handler raises `Cancelled` as soon as the current C call (a torch op, a
+sleep) returns, and the command's cleanups remove what it had written (a cancelled reconstruction
+leaves no result folder). If one C call holds on longer than CANCEL_GRACE_S, the reader side answers
+Cancelled itself; the command stops, and cleans up, when that call returns. A C call that holds the
+GIL stops every thread, so nothing can answer during it: the landmark detector (dlib's predictor loads
+in one such call of over a second) is therefore loaded with the models, not inside the first photo.
+Anything a library prints to stdout is redirected to stderr so it cannot corrupt the protocol.
 """
 from __future__ import annotations
 
@@ -31,6 +40,8 @@ import inspect
 import json
 import os
 import queue
+import shutil
+import signal
 import sys
 import threading
 import time
@@ -41,6 +52,7 @@ from typing import Any, Callable
 from core.errors import DecaError
 
 PROTOCOL_VERSION = 1
+CANCEL_GRACE_S = 0.25  # a cancelled request not answered by then is answered by the reader side
 PIPELINE_MODULE = "core.pipeline.reconstruct"
 
 
@@ -58,10 +70,17 @@ class Worker:
         self._out_lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._cancelled: set[Any] = set()
-        self._cancel_lock = threading.Lock()
+        self._cancel_lock = threading.RLock()  # re-entrant: the SIGINT handler may run while the main thread holds it
         self._current: Any = None
         self._reconstructors: dict = {}
         self._stop = False
+        # Cancellation inside a running command: the main thread is interruptible only while a handler
+        # runs; `_interrupt` marks a signal as ours (a real Ctrl-C stays a KeyboardInterrupt).
+        self._interruptible = False
+        self._interrupt = False
+        self._cleanups: list[Callable[[], None]] = []
+        self._main_thread = threading.main_thread().ident
+        self._answered: set[Any] = set()  # requests whose answer is sent (at most one answer each)
 
     # ------------------------------------------------------------------ messages
 
@@ -70,6 +89,25 @@ class Worker:
         with self._out_lock:
             self._out.write(line + "\n")
             self._out.flush()
+
+    def _final(self, message: dict) -> None:
+        """Send a request's one answer (result or error), unless it was already answered (see `_answer_stuck`)."""
+        with self._cancel_lock:
+            if message.get("id") in self._answered:
+                return
+            self._answered.add(message.get("id"))
+        self.send(message)
+
+    def _answer_stuck(self, rid: Any) -> None:
+        """Timer after a cancel: if the main thread is still inside one long C call that a signal cannot
+        break (one big torch op), answer Cancelled now; the command still raises Cancelled, and runs its
+        cleanups, as soon as that call returns. (A C call that also holds the GIL blocks every thread of
+        the worker, this one too: no Python code can answer before it returns.)"""
+        with self._cancel_lock:
+            if self._current != rid or rid not in self._cancelled or rid in self._answered:
+                return
+            self._answered.add(rid)
+        self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
 
     def progress(self, rid: Any, fraction: float | None, message: str = "") -> None:
         self.check_cancel(rid)
@@ -107,6 +145,11 @@ class Worker:
                 target = (req.get("args") or {}).get("target")
                 with self._cancel_lock:
                     self._cancelled.add(target)
+                    if target is not None and target == self._current and self._interruptible:
+                        self._interrupt_main()
+                        timer = threading.Timer(CANCEL_GRACE_S, self._answer_stuck, args=(target,))
+                        timer.daemon = True
+                        timer.start()
                 self.send({"id": req.get("id"), "type": "result", "data": {"cancelled": target}})
             elif cmd == "shutdown":
                 self._queue.put(req)
@@ -114,6 +157,45 @@ class Worker:
             else:
                 self._queue.put(req)
         self._queue.put(None)  # stdin closed: stop after the queue drains
+
+    def _interrupt_main(self) -> None:
+        """Make the main thread raise `Cancelled` now (called with the cancel lock held)."""
+        self._interrupt = True
+        if hasattr(signal, "pthread_kill"):
+            # A real signal also wakes a blocking call (sleep, read) in the main thread.
+            signal.pthread_kill(self._main_thread, signal.SIGINT)
+        else:  # Windows: raised at the next bytecode boundary
+            import _thread
+
+            _thread.interrupt_main()
+
+    def on_sigint(self, signum, frame) -> None:
+        """SIGINT handler (installed by `main`): our cancel signal raises `Cancelled` if the cancelled
+        request is still running; a signal from anyone else behaves as Python's default."""
+        with self._cancel_lock:
+            ours, self._interrupt = self._interrupt, False
+            running = self._interruptible and self._current in self._cancelled
+            if ours and running and _importing(frame):
+                # Never raise inside a C extension's init: it would turn into a broken module
+                # ("initialization failed"). Signal again shortly, once that import is done.
+                timer = threading.Timer(0.02, self._reinterrupt)
+                timer.daemon = True
+                timer.start()
+                return
+        if ours:
+            if running:
+                raise Cancelled("cancelled")
+            return  # the request finished before the signal arrived: nothing to interrupt
+        raise KeyboardInterrupt
+
+    def _reinterrupt(self) -> None:
+        with self._cancel_lock:
+            if self._interruptible and self._current in self._cancelled:
+                self._interrupt_main()
+
+    def on_cancel(self, cleanup: Callable[[], None]) -> None:
+        """Register `cleanup` to run if the current request is cancelled (undo what it wrote)."""
+        self._cleanups.append(cleanup)
 
     def serve(self, stream) -> int:
         threading.Thread(target=self.read_requests, args=(stream,), daemon=True).start()
@@ -138,30 +220,53 @@ class Worker:
             self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
             return
         self._current = rid
+        self._cleanups = []
         try:
             self.check_cancel(rid)
-            data = handler(rid, **args)
-            self.send({"id": rid, "type": "result", "data": data})
+            with self._cancel_lock:
+                self._interruptible = True
+            try:
+                data = handler(rid, **args)
+            except Exception as exc:
+                with self._cancel_lock:
+                    if rid in self._cancelled and not isinstance(exc, Cancelled):
+                        # a library turned our Cancelled into its own error: still a cancel (log it)
+                        print(traceback.format_exc(), file=sys.stderr, flush=True)
+                        raise Cancelled("cancelled") from exc
+                raise
+            finally:
+                with self._cancel_lock:
+                    self._interruptible = False
+            self.check_cancel(rid)  # cancelled while the answer was being made: still cancelled
+            self._final({"id": rid, "type": "result", "data": data})
         except Cancelled:
-            self.send({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
+            for cleanup in reversed(self._cleanups):
+                try:
+                    cleanup()
+                except Exception:  # a cleanup must not turn a cancel into an error
+                    print(traceback.format_exc(), file=sys.stderr, flush=True)
+            self._final({"id": rid, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
         except ModuleNotFoundError as exc:  # the worker's Python lacks a dependency: the user installs it
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": "ModuleNotFoundError", "message": (
+            self._final({"id": rid, "type": "error", "error_type": "ModuleNotFoundError", "message": (
                 f"the worker's Python ({sys.executable}) lacks the module {exc.name!r}: install the dependencies "
                 "(Blender: Preferences > Add-ons > DECA Heads > Install Dependencies) or choose a Python that has them")})
         except DecaError as exc:
             # The user's errors (NoFaceError, AssetError, FlameModelError, ...): their messages already name the
             # file and what to do; pass them on exactly, like the command line prints them.
             print(f"{cmd} {rid}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": type(exc).__name__, "message": str(exc)})
+            self._final({"id": rid, "type": "error", "error_type": type(exc).__name__, "message": str(exc)})
         except Exception as exc:  # a bug: say so, with the type; the traceback goes to the log
             print(traceback.format_exc(), file=sys.stderr, flush=True)
-            self.send({"id": rid, "type": "error", "error_type": type(exc).__name__,
+            self._final({"id": rid, "type": "error", "error_type": type(exc).__name__,
                        "message": f"internal error in the worker ({type(exc).__name__}: {exc}); see the worker log"})
         finally:
-            self._current = None
+            self._cleanups = []
             with self._cancel_lock:
+                self._interruptible = False
+                self._current = None
                 self._cancelled.discard(rid)
+                self._answered.discard(rid)
 
     # ------------------------------------------------------------------ commands
 
@@ -174,6 +279,7 @@ class Worker:
             "torch": _module_version("torch"),
             "numpy": _module_version("numpy"),
             "pipeline": importlib.util.find_spec(PIPELINE_MODULE) is not None,
+            "core": str(Path(__file__).resolve().parent),  # which copy of the core runs (checkout or extension)
         }
 
     def _manager(self, home: str | None):
@@ -225,8 +331,12 @@ class Worker:
             raise RequestError(f"photo not found: {photo}")
         if mode not in MODES:
             raise RequestError(f"unknown reconstruction mode {mode!r}: use {', '.join(MODES)}")
+        self.on_cancel(_remove_new_results(Path(out_dir)))
         self.progress(rid, 0.0, "loading the models")
         rec = self._reconstructor(home, device, landmarks, mode)
+        # The landmark detector loads with the models, not inside the photo's steps: dlib's predictor
+        # loads in one GIL-holding C call of over a second, during which nothing can answer a cancel.
+        rec.detector
         rec.reset_timings()
         self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
         t = time.perf_counter()
@@ -256,11 +366,15 @@ class Worker:
         atomic_write_bytes(path, lambda f: np.save(f, disp))
         return {"path": str(path)}
 
-    def cmd_wait(self, rid: Any, seconds: float = 1.0, steps: int = 10) -> dict:
+    def cmd_wait(self, rid: Any, seconds: float = 1.0, steps: int = 10, spin: int = 0) -> dict:
         steps = max(1, int(steps))
         for i in range(steps):
             self.progress(rid, i / steps, f"waiting {i + 1}/{steps}")
             time.sleep(float(seconds) / steps)
+            if spin:  # one long C call that no signal breaks but that releases the GIL, like a torch op (tests)
+                import hashlib
+
+                hashlib.pbkdf2_hmac("sha256", b"deca", b"worker", int(spin))
         self.check_cancel(rid)
         return {"waited": float(seconds)}
 
@@ -278,6 +392,38 @@ class Worker:
             self.progress(rid, None if fraction is None else lo + (hi - lo) * float(fraction), message)
 
         return callback
+
+
+def _importing(frame) -> bool:
+    """Whether `frame` (or a caller) runs inside a C extension's initialisation (an exception raised there
+    leaves the extension broken for the process: "initialization failed"). Plain Python imports may be
+    interrupted: a failed module is removed from sys.modules and imported afresh next time."""
+    while frame is not None:
+        if (frame.f_code.co_name in ("create_module", "exec_module")
+                and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def _remove_new_results(out_dir: Path) -> Callable[[], None]:
+    """A cleanup that removes the result folders (and unfinished temporary folders) that appear in
+    `out_dir` after this call: what a cancelled reconstruction had written. Folders present now are kept."""
+    try:
+        before = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else set()
+    except OSError:
+        before = set()
+
+    def cleanup() -> None:
+        if not out_dir.is_dir():
+            return
+        for p in out_dir.iterdir():
+            if p.name in before or not p.is_dir() or p.is_symlink():
+                continue
+            if (p / "result.npz").is_file() or (p.name.startswith(".") and ".tmp-" in p.name):
+                shutil.rmtree(p, ignore_errors=True)
+
+    return cleanup
 
 
 def _module_version(name: str) -> str | None:
@@ -313,6 +459,7 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     worker = Worker(proto)
+    signal.signal(signal.SIGINT, worker.on_sigint)
     worker.send({"id": None, "type": "ready", "data": {"protocol": PROTOCOL_VERSION, "pid": os.getpid()}})
     try:
         return worker.serve(sys.stdin)

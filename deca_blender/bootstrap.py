@@ -1,41 +1,30 @@
-"""Making the bundled `core` package importable inside Blender, without torch.
+"""Where the `core` package is, in an installed extension and in a source checkout. Touches no sys.path.
 
-Why sys.path is touched: the extension zip ships the project's `core` package beside the add-on's own
-modules (`<extension>/core`). `core`'s modules import each other absolutely (`from core.atomic import
-...`), the same way the command line and the worker use them, so `core` has to be a top-level package.
-Its folder's parent (the extension folder) is therefore appended to sys.path (appended, not prepended,
-so nothing of Blender's or another add-on's is shadowed). The UI process only imports numpy-only parts
-of it (`core.results.result`, `core.assets.catalog`); torch is imported only in the worker process.
+In the extension zip the project's `core` package lives in the private folder `_vendor/core`, with its
+imports made relative while packaging (packaging.py), so Blender's process imports it as
+`bl_ext.<repo>.deca_blender._vendor.core`: no top-level `core` (or any other generic name) appears for
+other add-ons. The worker process gets `_vendor` on its PYTHONPATH and runs `python -m core.worker`.
+The UI process imports only numpy-only parts of the core; torch is imported only in the worker.
 
-When the add-on runs from a source checkout (tests, the CLI), `core` sits beside `deca_blender/`.
+In a source checkout (tests, the CLI) `core` sits beside `deca_blender/` and is imported absolutely.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 ADDON_DIR = Path(__file__).resolve().parent
+VENDOR_DIR = ADDON_DIR / "_vendor"
 
 
 def core_root() -> Path:
-    """The folder that holds the `core` package: the extension folder, or the repo root in a checkout."""
-    for candidate in (ADDON_DIR, ADDON_DIR.parent):
+    """The folder that holds the `core` package (the worker's PYTHONPATH entry): `_vendor` in an
+    installed extension, the repository root in a checkout."""
+    for candidate in (VENDOR_DIR, ADDON_DIR.parent):
         if (candidate / "core" / "__init__.py").is_file():
             return candidate
-    raise ImportError(f"deca_blender: the bundled 'core' package is missing next to {ADDON_DIR}; reinstall the extension")
+    raise ImportError(f"deca_blender: the bundled 'core' package is missing in {VENDOR_DIR}; reinstall the extension")
 
 
 def ensure_core_importable() -> Path:
-    root = core_root()
-    existing = sys.modules.get("core")
-    if existing is not None:
-        where = Path(getattr(existing, "__file__", "") or "").resolve().parent.parent
-        if where != root:
-            raise ImportError(
-                f"deca_blender: another add-on already loaded a top-level 'core' package from {where}; "
-                f"DECA Heads needs its own from {root}. Disable the other add-on or restart Blender."
-            )
-        return root
-    if str(root) not in sys.path:
-        sys.path.append(str(root))
-    return root
+    """Check that the core is there (a clear error at enable time instead of a failed import later)."""
+    return core_root()

@@ -17,13 +17,16 @@ class DecaPreferences(bpy.types.AddonPreferences):
     # --- worker
     python_mode: EnumProperty(
         name="Worker Python",
-        items=(("BLENDER", "Blender's Python", "Blender's own Python, with the dependencies installed by "
-                "Install Dependencies into the extension's private folder"),
+        items=(("BLENDER", "Blender's Python", "A private virtual environment made from Blender's Python by "
+                "Install Dependencies in the extension's user folder (Blender's own Python is not changed)"),
                ("EXTERNAL", "External Python", "A Python you installed torch into (e.g. a virtual environment with CUDA)")),
         default="BLENDER",
     )
     external_python: StringProperty(name="Python Executable", subtype="FILE_PATH",
                                     description="The external Python that runs the inference worker")
+    wheels_dir: StringProperty(name="Folder of Wheels", subtype="DIR_PATH",
+                               description="For machines without network: a folder with the dependencies' wheels "
+                                           "(pip download ...); Install from Folder installs only from it")
     device: EnumProperty(
         name="Device",
         items=(("auto", "Auto", "CUDA when available, else the CPU"), ("cpu", "CPU", "Always the CPU"),
@@ -99,7 +102,11 @@ class DecaPreferences(bpy.types.AddonPreferences):
         if self.python_mode == "EXTERNAL":
             box.prop(self, "external_python")
         else:
-            box.operator("deca.install_dependencies", icon="CONSOLE")
+            row = box.row()
+            row.operator("deca.install_dependencies", icon="CONSOLE")
+            op = row.operator("deca.install_dependencies", text="Install from Folder of Wheels", icon="FILE_FOLDER")
+            op.from_wheels = True
+            box.prop(self, "wheels_dir")
         if self.worker_info:
             box.label(text=self.worker_info)
         row = box.row()
@@ -128,7 +135,7 @@ class _Defaults:
     asset_home = ""
     all_expressions = False
     exact_debounce = 0.4
-    flame_file = deca_file = data_dir = status_json = worker_info = ""
+    flame_file = deca_file = data_dir = status_json = worker_info = wheels_dir = ""
 
 
 def get_prefs(context=None):
@@ -162,7 +169,7 @@ def worker_config(prefs):
     home = bpy.path.abspath(prefs.asset_home) if prefs.asset_home else os.environ.get("DECA_BLENDER_HOME", "")
     log = str(private_dir("logs") / "worker.log")
     return make(python_mode=prefs.python_mode, external_python=bpy.path.abspath(prefs.external_python),
-                deps_dir=deps, asset_home=home, log_path=log)
+                deps_dir=deps, asset_home=home, log_path=log, venv_dir=str(private_dir("venv")))
 
 
 def worker_client(context=None):

@@ -35,6 +35,7 @@ class VIEW3D_PT_deca(bpy.types.Panel):
         row.prop(props, "exact_wrinkles")
         if "_deca_exact_error" in mesh:
             box.label(text=str(mesh["_deca_exact_error"])[:120], icon="ERROR")
+        layout.operator("deca.view_photo_camera", text="View Through Photo Camera", icon="VIEW_CAMERA")
         layout.operator("deca.apply_expression", text="Apply Expression from Photo...", icon="SHAPEKEY_DATA")
         row = layout.row(align=True)
         op = row.operator("deca.export_fbx", text="FBX Unreal", icon="EXPORT")

@@ -2,13 +2,15 @@
 
 The worker is a child process speaking JSON lines (see core/worker.py). A reader thread parses its
 stdout into `Job` objects; Blender's operators poll them from a timer (modal) or block on them
-(`Job.wait`, for scripts and background mode). The worker's stderr goes to a log file whose last lines
-are quoted when the worker dies, so the user sees why.
+(`Job.wait`, for scripts and background mode). Each worker run writes its stderr to a log file of its
+own (`<stem>-<date>-<time>-<n>.log` beside the configured log path; the newest `KEEP_LOGS` are kept), and
+only that run's last lines are quoted when the worker dies, so the user sees why, not an older run's
+traceback.
 
 Which Python runs the worker:
-  * 'BLENDER': Blender's own Python (`sys.executable`), with the dependencies that *Install Dependencies*
-    put into the extension's private folder on PYTHONPATH (only for the worker: Blender's UI process
-    never has them on its path);
+  * 'BLENDER': the private virtual environment *Install Dependencies* made from Blender's Python in the
+    extension's user folder (dependencies.py); before it exists, Blender's own Python (`sys.executable`,
+    which then answers that torch is missing), with an older install's `deps` folder on PYTHONPATH;
   * 'EXTERNAL': a Python the user chose (e.g. a virtual environment with torch and CUDA).
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ from typing import Any
 TORCH_REQUIREMENT = "torch==2.13.0"
 DEPENDENCIES = ("numpy>=1.24,<2", "scipy>=1.10", "pillow>=10", "platformdirs>=4", "tqdm>=4.60", "pyyaml>=6")
 LANDMARK_DEPENDENCIES = ("dlib-bin>=19.24", "face-recognition-models>=0.3")
+KEEP_LOGS = 5  # worker logs kept per log folder (one per worker run)
 TORCH_INDEX = {"CPU": "https://download.pytorch.org/whl/cpu", "CUDA": "https://download.pytorch.org/whl/cu128"}
 
 
@@ -85,6 +88,7 @@ class WorkerClient:
         self._proc: subprocess.Popen | None = None
         self._reader: threading.Thread | None = None
         self._log = None
+        self.log_path: Path | None = None  # this run's log (None before the first start)
         self._ready = threading.Event()
         self.info: dict = {}
 
@@ -104,9 +108,8 @@ class WorkerClient:
         env["PYTHONPATH"] = os.pathsep.join(paths)
         env["PYTHONUNBUFFERED"] = "1"
         env.pop("PYTHONHOME", None)
-        log_path = cfg.log_path or str(Path(tempfile.gettempdir()) / "deca_blender_worker.log")
-        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(log_path, "ab")
+        self.log_path = new_log_path(cfg.log_path or str(Path(tempfile.gettempdir()) / "deca_blender_worker.log"))
+        self._log = open(self.log_path, "xb")
         self._ready.clear()
         try:
             self._proc = subprocess.Popen(
@@ -170,7 +173,10 @@ class WorkerClient:
         self._ready.set()
 
     def log_tail(self, n: int = 12) -> str:
-        path = self.config.log_path or str(Path(tempfile.gettempdir()) / "deca_blender_worker.log")
+        """The last `n` lines of this worker run's log (never an earlier run's)."""
+        path = self.log_path
+        if path is None:
+            return ""
         try:
             with open(path, "rb") as f:
                 lines = deque(f, maxlen=n)
@@ -238,8 +244,30 @@ class WorkerClient:
 # ---------------------------------------------------------------------------------------- configuration
 
 
+def new_log_path(configured: str, keep: int = KEEP_LOGS) -> Path:
+    """A fresh log file name for one worker run, beside `configured` (`<dir>/<stem>.log` ->
+    `<dir>/<stem>-YYYYmmdd-HHMMSS-<n>.log`), after deleting all but the newest `keep - 1` earlier runs'
+    logs so that `keep` remain with this one."""
+    base = Path(configured)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    stem = base.stem
+    old = sorted(base.parent.glob(f"{stem}-????????-??????-*.log"), key=lambda p: (p.stat().st_mtime, p.name))
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        try:
+            p.unlink()
+        except OSError:
+            pass
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in itertools.count(1):
+        path = base.parent / f"{stem}-{stamp}-{n}.log"
+        if not path.exists():
+            return path
+    raise AssertionError("unreachable")
+
+
 def worker_config(python_mode: str = "BLENDER", external_python: str = "", deps_dir: str | None = None,
-                  core_root: str | None = None, asset_home: str = "", log_path: str = "") -> WorkerConfig:
+                  core_root: str | None = None, asset_home: str = "", log_path: str = "",
+                  venv_dir: str | None = None) -> WorkerConfig:
     """How to start the worker. `core_root` holds the `core` package (the extension folder)."""
     if core_root is None:
         from .bootstrap import core_root as _core_root
@@ -250,6 +278,8 @@ def worker_config(python_mode: str = "BLENDER", external_python: str = "", deps_
             raise WorkerError("the worker Python is set to 'External' but no Python executable is chosen in the "
                               "add-on's preferences", "ConfigError")
         python, paths = external_python, (core_root,)
+    elif venv_dir and Path(venv_dir, "Scripts/python.exe" if os.name == "nt" else "bin/python").is_file():
+        python, paths = str(Path(venv_dir, "Scripts/python.exe" if os.name == "nt" else "bin/python")), (core_root,)
     else:
         python = sys.executable
         paths = (deps_dir or "", core_root)
@@ -279,16 +309,6 @@ def shutdown_all() -> None:
 
 
 atexit.register(shutdown_all)  # never leave a worker behind when Blender quits
-
-
-def pip_install_command(python: str, target: str, device: str = "CPU", with_dlib: bool = True) -> list[str]:
-    """The pip command *Install Dependencies* runs: everything into the extension's private folder."""
-    index = TORCH_INDEX["CUDA" if device == "CUDA" else "CPU"]
-    cmd = [python, "-m", "pip", "install", "--upgrade", "--no-input", "--disable-pip-version-check",
-           "--target", target, "--extra-index-url", index, TORCH_REQUIREMENT, *DEPENDENCIES]
-    if with_dlib:
-        cmd += list(LANDMARK_DEPENDENCIES)
-    return cmd
 
 
 def wait_all(jobs: list[Job], timeout: float | None = None) -> None:

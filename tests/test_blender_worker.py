@@ -5,6 +5,7 @@ The client (deca_blender/worker_client.py) needs neither bpy nor torch; the work
 from __future__ import annotations
 
 import json
+import importlib.util
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from deca_blender.worker_client import WorkerClient, WorkerConfig, WorkerError, pip_install_command
+from deca_blender.worker_client import WorkerClient, WorkerConfig, WorkerError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,10 +114,72 @@ def test_blender_worker_death_fails_pending_jobs(client):
 
 
 def test_blender_dependency_command():
-    cmd = pip_install_command("/blender/python", "/ext/deps", "CPU")
-    assert cmd[:3] == ["/blender/python", "-m", "pip"] and "--target" in cmd and "/ext/deps" in cmd
-    assert "torch==2.13.0" in cmd and "https://download.pytorch.org/whl/cpu" in cmd
-    assert any(c.startswith("numpy") for c in cmd)
+    from deca_blender.dependencies import pip_install_command, requirements
+
+    cmd = pip_install_command("/ext/venv/bin/python", "CPU")
+    assert cmd[:4] == ["/ext/venv/bin/python", "-m", "pip", "install"] and "--target" not in cmd
+    assert "torch==2.13.0" in cmd and "https://download.pytorch.org/whl/cpu" in cmd and "--no-index" not in cmd
+    assert any(c.startswith("numpy") for c in cmd) and set(requirements()) <= set(cmd)
+    offline = pip_install_command("/ext/venv/bin/python", "CPU", wheels_dir="/wheels")
+    assert offline[offline.index("--find-links") + 1] == "/wheels" and "--no-index" in offline
+    assert not [c for c in offline if c.startswith("https://")]
+
+
+def _tiny_wheel(folder: Path, name: str = "deca_offline_probe", version: str = "1.0") -> Path:
+    """A minimal pure-Python wheel (one module), written by hand: no build backend, no network."""
+    import base64
+    import hashlib
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    dist = f"{name}-{version}.dist-info"
+    files = {f"{name}.py": "VALUE = 42\n",
+             f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name.replace('_', '-')}\nVersion: {version}\n",
+             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    record = []
+    for path, text in files.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist}/RECORD,,")
+    files[f"{dist}/RECORD"] = "\n".join(record) + "\n"
+    wheel = folder / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+    return wheel
+
+
+def test_blender_dependencies_private_venv_from_wheels(tmp_path):
+    """Install from a folder of wheels: a private venv is created from the base Python and the package goes
+    into it, offline (--no-index); the base Python is not changed; progress is reported."""
+    from deca_blender.dependencies import DependencyInstaller, venv_python
+
+    _tiny_wheel(tmp_path / "wheels")
+    base = sys.executable
+    before = sorted(Path(p).name for p in Path(next(p for p in sys.path if p.endswith("site-packages"))).iterdir())
+    inst = DependencyInstaller(base, str(tmp_path / "ext" / "venv"), wheels_dir=str(tmp_path / "wheels"),
+                               packages=["deca-offline-probe"])
+    seen = []
+    inst.start()
+    while not inst.done:
+        seen.append((inst.fraction, inst.message))
+        time.sleep(0.05)
+    inst.wait()
+    assert inst.returncode == 0, "\n".join(inst.lines[-20:])
+    assert inst.fraction == 1.0 and "installed into" in inst.summary()
+    assert any(0 < f < 1 for f, _ in seen), seen[-5:]
+    py = venv_python(tmp_path / "ext" / "venv")
+    out = subprocess.run([str(py), "-c", "import deca_offline_probe, sys; print(deca_offline_probe.VALUE, sys.prefix)"],
+                         capture_output=True, text=True, timeout=60, env={"PATH": os.environ.get("PATH", "")})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split()[0] == "42" and Path(out.stdout.split()[1]).resolve() == (tmp_path / "ext" / "venv").resolve()
+    assert any("--no-index" in line or "Looking in links" in line or "Processing" in line for line in inst.lines)
+    after = sorted(Path(p).name for p in Path(next(p for p in sys.path if p.endswith("site-packages"))).iterdir())
+    assert before == after and "deca_offline_probe.py" not in after  # the base Python is untouched
+    # A missing folder is a clear error before anything runs.
+    with pytest.raises(FileNotFoundError, match="folder of wheels"):
+        DependencyInstaller(base, str(tmp_path / "v2"), wheels_dir=str(tmp_path / "nowhere")).start()
+
 
 
 def test_blender_worker_requests_without_cmd_get_their_id_back(tmp_path):
@@ -234,3 +297,116 @@ def test_worker_passes_user_errors_on_and_reports_bugs_as_internal(capsys):
     assert second["message"].startswith("internal error in the worker") and "worker log" in second["message"]
     log = capsys.readouterr().err
     assert "Traceback" in log and "KeyError: 'missing'" in log
+
+
+def test_blender_worker_cancel_interrupts_a_step(client):
+    """Cancel takes effect inside a step, not at the next progress message: one 30 s step ends at once."""
+    job = client.request("wait", seconds=30, steps=1)
+    deadline = time.monotonic() + 60
+    while not job.messages and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert job.messages, "no progress arrived"
+    time.sleep(0.2)  # inside the step's sleep
+    t = time.monotonic()
+    client.cancel(job)
+    with pytest.raises(WorkerError) as exc:
+        job.wait(10)
+    elapsed = time.monotonic() - t
+    assert exc.value.error_type == "Cancelled" and elapsed < 1.0, elapsed
+    # The worker is healthy afterwards and a later request is not cancelled by the old signal.
+    assert client.call("wait", timeout=30, seconds=0.2, steps=2) == {"waited": 0.2}
+
+
+def test_blender_worker_cancel_answers_during_a_long_c_call(client):
+    """A C call that releases the GIL but no signal breaks (like a torch op): the answer still comes within
+    1 s (from the reader side), and the worker serves the next request once the call returns."""
+    client.call("hello", timeout=60)  # started: the calibration below times the C call only
+    t0 = time.monotonic()
+    client.call("wait", timeout=120, seconds=0.0, steps=1, spin=200_000)
+    per_200k = time.monotonic() - t0
+    spin = int(200_000 * 3.0 / max(per_200k, 1e-3))  # about 3 s of one uninterruptible C call
+    job = client.request("wait", seconds=0.0, steps=1, spin=spin)
+    while not job.messages:
+        time.sleep(0.005)
+    time.sleep(0.1)
+    t = time.monotonic()
+    client.cancel(job)
+    with pytest.raises(WorkerError) as exc:
+        job.wait(30)
+    elapsed = time.monotonic() - t
+    assert exc.value.error_type == "Cancelled" and elapsed < 1.0, elapsed
+    t = time.monotonic()
+    assert client.call("hello", timeout=120)["protocol"] == 1
+    assert time.monotonic() - t > 0.5, "the call was interrupted after all: this test proves nothing"
+
+
+# (progress message that starts the stage, bound on the seconds from the cancel request to the answer)
+CANCEL_STAGES = (
+    # The landmark detector: dlib's CNN fallback runs as one C call that holds the GIL (no thread of the
+    # worker can answer during it); about a second on this loaded 2-core machine. The frontend's limit.
+    ("reading", 3.0),
+    ("running the networks", 1.0),  # torch ops release the GIL: interrupted between two ops
+    ("decoding face", 1.0),  # decoding and writing the folder: the temporary folder is removed
+)
+
+
+@pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
+def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test_flame_pkl, deca_data_dir,
+                                                     random_deca_checkpoint):
+    """Cancel pressed while a photo reconstructs, at each stage: the error arrives within the stage's bound
+    (1 s in the networks and while decoding/writing) and no result folder (nor a temporary one) remains;
+    the same warm worker then reconstructs the photo."""
+    c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),),
+                                  env=(("DECA_BLENDER_HOME", str(tmp_path / "home")), ("OMP_NUM_THREADS", "1")),
+                                  log_path=str(tmp_path / "worker.log")))
+    try:
+        c.call("install_assets", timeout=300, flame=str(test_flame_pkl), data=str(deca_data_dir),
+               deca=str(random_deca_checkpoint))
+        out = tmp_path / "out"
+        out.mkdir()
+        (out / "keep_me").mkdir()  # a folder that was there before must survive the cleanup
+        photo = sorted(photos_dir.glob("*.jpg"))[0]
+        for stage, bound in CANCEL_STAGES:
+            job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
+            deadline = time.monotonic() + 600
+            while not any(m.startswith(stage) for m in job.messages) and not job.done and time.monotonic() < deadline:
+                time.sleep(0.005)
+            assert not job.done, f"finished before reaching {stage!r}: {job.messages}"
+            t = time.monotonic()
+            c.cancel(job)
+            with pytest.raises(WorkerError) as exc:
+                job.wait(30)
+            elapsed = time.monotonic() - t
+            print(f"cancel at {stage!r}: {elapsed:.3f} s after the request")
+            assert exc.value.error_type == "Cancelled", exc.value
+            assert elapsed < bound, f"cancel took {elapsed:.2f} s after the request (at {stage!r})"
+            time.sleep(0.3)  # an answer sent during a long C call precedes the cleanup by that call's rest
+            assert sorted(p.name for p in out.iterdir()) == ["keep_me"], stage
+        data = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(out))
+        assert len(data["results"]) == 1 and (Path(data["results"][0]) / "result.npz").is_file()
+    finally:
+        c.stop()
+
+
+def test_blender_worker_one_log_per_run(client, tmp_path):
+    """Each worker run logs to a file of its own; a crash report quotes that run only; old logs rotate."""
+    with pytest.raises(WorkerError):
+        client.call("wait", timeout=60, bogus_argument=1)  # the traceback (naming the argument) goes to the log
+    first = client.log_path
+    assert "bogus_argument" in first.read_text()
+    client.stop()
+    job = client.request("wait", seconds=30, steps=300)  # a new worker run
+    while not job.messages:
+        time.sleep(0.02)
+    assert client.log_path != first and client.log_path.parent == tmp_path
+    client._proc.kill()
+    with pytest.raises(WorkerError) as exc:
+        job.wait(10)
+    assert exc.value.error_type == "WorkerDied"
+    assert "bogus_argument" not in str(exc.value), "the crash report quotes an earlier run's log"
+    assert str(client.log_path) in str(exc.value) or not client.log_path.read_text().strip()
+    for _ in range(5):
+        client.call("hello", timeout=60)
+        client.stop()
+    logs = sorted(tmp_path.glob("worker-*.log"))
+    assert len(logs) == 5 and first not in logs

@@ -22,6 +22,6 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str):
     if name not in _HOMES:
         raise AttributeError(f"module 'core.flame' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"core.flame.{_HOMES[name]}"), name)
+    value = getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)  # relative: works vendored too
     globals()[name] = value  # later lookups skip this function
     return value

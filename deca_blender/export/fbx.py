@@ -3,7 +3,8 @@
 Presets:
   * UNREAL: sizes in centimetres through FBX's unit scale (UnitScaleFactor 100; Unreal converts on
     import), -Z forward / Y up (Unreal's importer converts the axis system), no leaf bones, face smoothing.
-  * UNITY: FBX_SCALE_ALL so the head arrives with scale 1 and its real size in Unity, -Z forward / Y up.
+  * UNITY: FBX_SCALE_ALL so the head arrives with scale 1 and its real size in Unity, -Z forward / Y up,
+    and at most 4 bone influences per vertex, renormalised (export/weights.py; `max_influences`).
 Shape keys survive only without "apply modifiers" (the Armature modifier is exported as the skin), so
 use_mesh_modifiers is off. The wrinkle package (export/wrinkles.py) is written beside the file.
 """
@@ -25,6 +26,8 @@ PRESETS = {
     "UNREAL": dict(apply_scale_options="FBX_SCALE_NONE"),
     "UNITY": dict(apply_scale_options="FBX_SCALE_ALL"),
 }
+#: bone influences per vertex each preset keeps by default (None: all of FLAME's, up to 5)
+MAX_INFLUENCES = {"UNREAL": None, "UNITY": 4}
 
 
 @contextmanager
@@ -49,7 +52,10 @@ def selected_only(context, objects):
         view_layer.objects.active = active
 
 
-def export_fbx(context, mesh_obj, arm_obj, filepath: str | Path, preset: str = "UNREAL", wrinkles: bool = True) -> Path:
+def export_fbx(context, mesh_obj, arm_obj, filepath: str | Path, preset: str = "UNREAL", wrinkles: bool = True,
+               max_influences: int | None | str = "PRESET") -> Path:
+    """Export one head. `max_influences`: bone influences kept per vertex (renormalised), None for all,
+    "PRESET" for the preset's default (MAX_INFLUENCES)."""
     if preset not in PRESETS:
         raise ValueError(f"unknown FBX preset {preset!r}; use one of {sorted(PRESETS)}")
     path = Path(bpy.path.abspath(str(filepath)))
@@ -57,7 +63,11 @@ def export_fbx(context, mesh_obj, arm_obj, filepath: str | Path, preset: str = "
         path = path.with_suffix(".fbx")
     path.parent.mkdir(parents=True, exist_ok=True)
     objects = [o for o in (mesh_obj, arm_obj) if o is not None]
-    with selected_only(context, objects):
+    if max_influences == "PRESET":
+        max_influences = MAX_INFLUENCES[preset]
+    from .weights import limited_influences
+
+    with selected_only(context, objects), limited_influences(mesh_obj, max_influences):
         result = bpy.ops.export_scene.fbx(filepath=str(path), **COMMON, **PRESETS[preset])
     if "FINISHED" not in result:
         raise RuntimeError(f"the FBX exporter did not finish ({result})")

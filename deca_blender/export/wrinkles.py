@@ -97,6 +97,10 @@ def write_wrinkle_package(mesh_obj, export_path: str | Path) -> Path:
         "head": mesh_obj.name,
         "formula": "displacement = base + sum_k weight_k * map_k; weight = strength * matrix @ x; "
                    "x = [morph target weights exp_000..exp_049, jaw bone axis-angle x, y, z (radians)]",
+        "material": ("per pixel, in UV space: d = decode(base) + sum_k weight_k * decode(map_k) (metres); "
+                     "weight_k = strength * sum_j matrix[k][j] * x_j, evaluated per frame from the morph target "
+                     "weights and the jaw bone's local rotation as axis-angle (radians; identity rest, FLAME axes); "
+                     "use d as a height map: bump the normal by its UV gradient, or offset along the normal by d"),
         "encoding": "value = (texel * 2 - 1) * scale with texel in [0, 1]; metres along the surface normal",
         "uv": "the mesh's first UV map; image row 0 is v = 1 (glTF texture orientation)",
         "strength": float(mesh_obj.deca.wrinkle_strength),

@@ -2,7 +2,8 @@
 
 A single photo sets (and with Keyframe on, keys) the head's `exp_*` shape keys and jaw bone at the
 current frame. A folder of frames (images, or result folders) becomes keyframes, one frame per image in
-name order from Start Frame. Photos go through the worker; result folders are read directly.
+name order from Start Frame, and the scene's frame range grows to hold the keys. Photos go through the
+worker; result folders are read directly.
 """
 from __future__ import annotations
 
@@ -123,7 +124,11 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
             frame = start + i * self.frame_step if animate else None
             apply_codes(mesh, arm, exp, jaw if self.use_jaw else None, frame)
         if animate:
-            context.scene.frame_set(start)
+            # The scene's frame range grows to hold the keys (never shrinks: the user's range may be longer).
+            scene = context.scene
+            last = start + (len(sources) - 1) * self.frame_step
+            scene.frame_start, scene.frame_end = min(scene.frame_start, start), max(scene.frame_end, last)
+            scene.frame_set(start)
         self.report({"INFO"}, f"applied {len(sources)} expression(s) to {mesh.name}")
 
 

@@ -2,9 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import threading
 
 import bpy
 
@@ -82,86 +79,84 @@ class DECA_OT_stop_worker(bpy.types.Operator):
 
 
 class DECA_OT_install_dependencies(bpy.types.Operator):
-    """Install torch and the other inference dependencies with pip into the extension's private folder
-    (used only by the worker process, never by Blender itself). Downloads about 200 MB (CPU) or several GB (CUDA)"""
+    """Install torch and the other inference dependencies into a private virtual environment in the
+    extension's user folder (used only by the worker; Blender's own Python is not changed). Online it
+    downloads about 260 MB (CPU torch and the rest) or several GB (CUDA)"""
 
     bl_idname = "deca.install_dependencies"
     bl_label = "Install Dependencies"
 
+    from_wheels: bpy.props.BoolProperty(name="From Folder of Wheels", default=False, options={"SKIP_SAVE"},
+                                        description="Install only from the preferences' folder of wheels (offline)")
+
     _timer = None
-    _proc = None
-    _lines: list
+    _installer = None
 
     @classmethod
     def poll(cls, context):
-        return cls._proc is None
+        return cls._installer is None or cls._installer.done
 
     def invoke(self, context, event):
         return context.window_manager.invoke_confirm(self, event)
 
-    def command(self, context) -> list[str]:
+    def installer(self, context):
+        from ..dependencies import DependencyInstaller, default_base_python
         from ..preferences import get_prefs, private_dir
-        from ..worker_client import pip_install_command
 
         prefs = get_prefs(context)
-        return pip_install_command(sys.executable, str(private_dir("deps")), "CUDA" if prefs.device == "cuda" else "CPU")
+        wheels = bpy.path.abspath(prefs.wheels_dir) if self.from_wheels else None
+        if self.from_wheels and not prefs.wheels_dir:
+            raise ValueError("choose the Folder of Wheels in the add-on's preferences first")
+        return DependencyInstaller(default_base_python(), str(private_dir("venv")),
+                                   "CUDA" if prefs.device == "cuda" else "CPU", wheels_dir=wheels)
 
     def execute(self, context):
-        if not bpy.app.online_access:
-            self.report({"ERROR"}, "Blender is set to work offline (Preferences > System > Network > Allow Online Access); "
-                                   "installing the dependencies downloads them with pip")
+        if not self.from_wheels and not bpy.app.online_access:
+            self.report({"ERROR"}, "Blender is set to work offline (Preferences > System > Network > Allow Online "
+                                   "Access): allow it, or use Install from Folder of Wheels")
             return {"CANCELLED"}
-        ensure = subprocess.run([sys.executable, "-m", "ensurepip", "--upgrade"], capture_output=True, text=True)
-        if ensure.returncode != 0:
-            self.report({"WARNING"}, "ensurepip failed; trying pip anyway")
-        self._lines = []
-        cmd = self.command(context)
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        except OSError as exc:
-            self.report({"ERROR"}, f"cannot run pip: {exc}")
+            inst = self.installer(context).start()
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
-        type(self)._proc = proc
-
-        def pump() -> None:
-            for line in proc.stdout:
-                self._lines.append(line.rstrip())
-
-        threading.Thread(target=pump, daemon=True).start()
+        type(self)._installer = inst
         if bpy.app.background or context.window is None:
-            proc.wait()
+            inst.wait()
             return self._finish(context)
         wm = context.window_manager
         self._timer = wm.event_timer_add(0.5, window=context.window)
+        wm.progress_begin(0, 100)
         wm.modal_handler_add(self)
         return {"RUNNING_MODAL"}
 
     def modal(self, context, event):
-        proc = type(self)._proc
-        if event.type == "ESC" and proc is not None:
-            proc.terminate()
+        inst = type(self)._installer
+        if event.type == "ESC" and event.value == "PRESS" and inst is not None:
+            inst.cancel()
         if event.type != "TIMER":
             return {"PASS_THROUGH"}
-        if proc is not None and proc.poll() is None:
-            if self._lines and context.workspace is not None:
-                context.workspace.status_text_set(f"DECA dependencies: {self._lines[-1][:120]}  Esc to cancel")
+        if inst is not None and not inst.done:
+            context.window_manager.progress_update(int(100 * inst.fraction))
+            if context.workspace is not None:
+                context.workspace.status_text_set(
+                    f"DECA dependencies ({int(100 * inst.fraction)}%): {inst.message[:120]}  Esc to cancel")
             return {"RUNNING_MODAL"}
         context.window_manager.event_timer_remove(self._timer)
+        context.window_manager.progress_end()
         if context.workspace is not None:
             context.workspace.status_text_set(None)
         return self._finish(context)
 
     def _finish(self, context):
-        proc = type(self)._proc
-        type(self)._proc = None
+        inst = type(self)._installer
         from ..worker_client import shutdown_all
 
-        shutdown_all()  # a running worker would keep the old packages
-        if proc is None or proc.returncode != 0:
-            tail = "\n".join(self._lines[-8:])
-            self.report({"ERROR"}, f"pip failed (exit code {None if proc is None else proc.returncode}):\n{tail}")
+        shutdown_all()  # a running worker would keep the old Python and packages
+        if inst is None or inst.returncode != 0:
+            self.report({"ERROR"}, inst.summary() if inst else "nothing was installed")
             return {"CANCELLED"}
-        self.report({"INFO"}, "dependencies installed; the worker will use them")
+        self.report({"INFO"}, inst.summary() + "; the worker will use them")
         return {"FINISHED"}
 
 

@@ -5,13 +5,15 @@ result data back. In the UI the operator runs it modally: a timer polls the job,
 progress indicator and the status bar show its progress, Esc cancels it in the worker. From a script or
 in background mode (`bpy.app.background`, or `blocking=True`) the same generator runs to the end before
 the operator returns, so `bpy.ops.deca.import_photo(filepath=...)` is scriptable. Errors become
-Blender reports carrying the same message the command line prints.
+Blender reports carrying the message the command line prints, with command-line remedies replaced by
+the preferences' buttons (messages.py).
 """
 from __future__ import annotations
 
 import bpy
 from bpy.props import BoolProperty
 
+from ..messages import for_blender
 from ..properties import head_objects
 
 #: exceptions whose message is meant for the user (the project's errors are ValueErrors naming the file)
@@ -23,7 +25,7 @@ def active_head(context):
 
 
 def report_exception(op, exc: BaseException) -> None:
-    op.report({"ERROR"}, str(exc) or type(exc).__name__)
+    op.report({"ERROR"}, for_blender(str(exc)) or type(exc).__name__)
 
 
 class WorkerTaskOperator:
@@ -40,6 +42,9 @@ class WorkerTaskOperator:
     def task(self, context):  # pragma: no cover - overridden
         raise NotImplementedError
         yield
+
+    def discard(self, data) -> None:
+        """Undo what a job whose answer arrived after Esc produced (e.g. remove its result folders)."""
 
     def _run_blocking(self, context):
         gen = self.task(context)
@@ -100,12 +105,18 @@ class WorkerTaskOperator:
             context.window_manager.progress_update(int(100 * job.fraction))
             self._status(context, f"DECA {self.bl_label}: {job.message or job.cmd} ({int(100 * job.fraction)}%)  Esc to cancel")
             return {"RUNNING_MODAL"}
+        if self._cancel_requested and job.error is None:
+            # The answer crossed the cancel request: honour the cancel, build nothing, undo what it wrote.
+            self._end(context)
+            self.discard(job.data)
+            self.report({"WARNING"}, f"{self.bl_label}: cancelled")
+            return {"CANCELLED"}
         if job.error is not None:
             self._end(context)
             if job.cancelled:
                 self.report({"WARNING"}, f"{self.bl_label}: cancelled")
             else:
-                self.report({"ERROR"}, job.error)
+                self.report({"ERROR"}, for_blender(job.error))
             return {"CANCELLED"}
         try:
             self._job = self._gen.send(job.data)

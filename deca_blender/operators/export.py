@@ -15,6 +15,9 @@ class _ExportBase:
                               description="Write <head name>.<ext> into this folder (instead of filepath)")
     wrinkles: BoolProperty(name="Wrinkle Maps + JSON", default=True,
                            description="Write the wrinkle maps and the morph-target-to-wrinkle JSON beside the file")
+    limit_influences: BoolProperty(name="At Most 4 Influences", default=True,
+                                   description="Keep each vertex's 4 largest bone weights, renormalised to sum 1 "
+                                               "(Unity, glTF); the .blend is not changed")
     extension = ""
 
     @classmethod
@@ -48,7 +51,8 @@ class DECA_OT_export_fbx(_ExportBase, bpy.types.Operator):
 
     filter_glob: StringProperty(default="*.fbx", options={"HIDDEN"})
     preset: EnumProperty(name="Preset", items=(("UNREAL", "Unreal", "Centimetres via FBX unit scale, -Z forward, Y up"),
-                                               ("UNITY", "Unity", "Scale applied (FBX_SCALE_ALL), -Z forward, Y up")),
+                                               ("UNITY", "Unity", "Scale applied (FBX_SCALE_ALL), -Z forward, Y up, "
+                                                "at most 4 influences per vertex (option)")),
                          default="UNREAL")
 
     def execute(self, context):
@@ -56,7 +60,8 @@ class DECA_OT_export_fbx(_ExportBase, bpy.types.Operator):
 
         mesh, arm = active_head(context)
         try:
-            path = export_fbx(context, mesh, arm, self.target(mesh), self.preset, self.wrinkles)
+            limit = (4 if self.limit_influences else None) if self.preset == "UNITY" else None
+            path = export_fbx(context, mesh, arm, self.target(mesh), self.preset, self.wrinkles, max_influences=limit)
         except USER_ERRORS as exc:
             report_exception(self, exc)
             return {"CANCELLED"}
@@ -79,7 +84,8 @@ class DECA_OT_export_gltf(_ExportBase, bpy.types.Operator):
 
         mesh, arm = active_head(context)
         try:
-            path = export_glb(context, mesh, arm, self.target(mesh), self.wrinkles)
+            path = export_glb(context, mesh, arm, self.target(mesh), self.wrinkles,
+                              max_influences=4 if self.limit_influences else None)
         except USER_ERRORS as exc:
             report_exception(self, exc)
             return {"CANCELLED"}

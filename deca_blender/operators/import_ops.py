@@ -1,6 +1,7 @@
 """deca.import_result (a result folder -> a head) and deca.import_photo (a photo -> the worker -> heads)."""
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -37,6 +38,61 @@ def import_folders(context, folders, all_expressions: bool, use_head_pose: bool)
                              location=tuple(context.scene.cursor.location))
         heads.append(build_head(context, folder, opts))
     return heads
+
+
+def frame_heads(context, heads) -> None:
+    """Select the new heads and frame them in every 3D view (View Selected); nothing in background mode."""
+    if bpy.app.background or not heads or context.window_manager is None:
+        return
+    for obj, arm in heads:
+        obj.select_set(True)
+        arm.select_set(True)
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type != "VIEW_3D":
+                continue
+            region = next((r for r in area.regions if r.type == "WINDOW"), None)
+            if region is None:
+                continue
+            with context.temp_override(window=window, area=area, region=region):
+                bpy.ops.view3d.view_selected()
+
+
+class DECA_OT_view_photo_camera(bpy.types.Operator):
+    """Look through the head's photo camera (the render size becomes the photo's) to check the fit against the photo"""
+
+    bl_idname = "deca.view_photo_camera"
+    bl_label = "View Through Photo Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        from ..properties import head_objects
+
+        return photo_camera(head_objects(context.active_object)[1]) is not None
+
+    def execute(self, context):
+        from ..properties import head_objects
+
+        cam = photo_camera(head_objects(context.active_object)[1])
+        scene = context.scene
+        scene.camera = cam
+        w, h = cam.get("deca_photo_pixels", (0, 0))
+        if w > 0 and h > 0:
+            scene.render.resolution_x, scene.render.resolution_y = int(w), int(h)
+            scene.render.pixel_aspect_x = scene.render.pixel_aspect_y = 1.0
+        if not bpy.app.background:
+            for area in context.screen.areas if context.screen else ():
+                if area.type == "VIEW_3D":
+                    area.spaces.active.region_3d.view_perspective = "CAMERA"
+        return {"FINISHED"}
+
+
+def photo_camera(arm):
+    """The photo camera of a head's armature (a child camera made at import), or None."""
+    if arm is None:
+        return None
+    return next((c for c in arm.children if c.type == "CAMERA" and c.name.endswith("_photo_camera")), None)
 
 
 class _ImportOptionsMixin:
@@ -85,6 +141,7 @@ class DECA_OT_import_result(_ImportOptionsMixin, bpy.types.Operator):
         except USER_ERRORS as exc:
             report_exception(self, exc)
             return {"CANCELLED"}
+        frame_heads(context, heads)
         names = ", ".join(h[0].name for h in heads)
         self.report({"INFO"}, f"imported {names} in {time.perf_counter() - t0:.2f} s")
         return {"FINISHED"}
@@ -118,10 +175,19 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         if not folders:
             raise ValueError(f"no face found in {photo}")
         heads = import_folders(context, folders, self.all_expressions, self.use_head_pose)
+        frame_heads(context, heads)
         self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name}")
 
+    def discard(self, data) -> None:
+        from core.results.result import RESULT_FILE
 
-classes = (DECA_OT_import_result, DECA_OT_import_photo)
+        for p in (data or {}).get("results", []):
+            folder = Path(p)
+            if (folder / RESULT_FILE).is_file():  # a result folder this request just wrote
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+classes = (DECA_OT_import_result, DECA_OT_import_photo, DECA_OT_view_photo_camera)
 
 
 def register() -> None:

@@ -19,6 +19,7 @@ from . import armature as arm_mod
 from . import drivers as drv
 from . import material as mat_mod
 from . import mesh as mesh_mod
+from . import placement
 
 N_JOINTS = 5
 
@@ -28,7 +29,8 @@ class ImportOptions:
     all_expressions: bool = False  # all expression components the result holds (100 when present), else 50
     use_head_pose: bool = False  # rotate the root bone to the photo's global head pose
     name: str | None = None
-    location: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    location: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the head's centre goes (the 3D cursor)
+    photo_reference: bool = True  # the photo's camera and reference image, lined up with the head
 
 
 def load_result(folder: str | Path):
@@ -90,7 +92,10 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     arm_obj = arm_mod.create_armature(context, coll, f"{name}_rig", np.asarray(result.rig_joints, np.float64),
                                       np.asarray(result.rig_parents))
     created += [("objects", arm_obj), ("armatures", arm_obj.data)]
-    arm_obj.location = options.location
+    # The head's centre (not FLAME's origin, ~1.5 m below it) at the cursor, beside any head already there.
+    occupied = placement.occupied_boxes(context.scene, exclude={arm_obj})
+    arm_obj.location = tuple(placement.armature_location(
+        options.location, placement.box_of(np.asarray(result.rig_template, np.float64)), occupied))
     arm_obj.deca.role = "RIG"
     jaw = np.asarray(result.pose, np.float64).ravel()[3:6]
     arm_mod.set_joint_rotation(arm_obj, "jaw", jaw)
@@ -146,6 +151,9 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     obj["_deca_wrinkle_shape"] = list(matrix.shape)
     mat_mod.apply_head_settings(obj)
 
+    if options.photo_reference:
+        placement.add_photo_objects(context, coll, name, arm_obj, result, folder, created)
+
     if result.is_test_model:
         obj["deca_note"] = "built from the deca-blender TEST model (synthetic), not FLAME"
     for o in context.view_layer.objects:
@@ -153,4 +161,5 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     obj.select_set(True)
     arm_obj.select_set(False)
     context.view_layer.objects.active = obj
+    context.view_layer.update()  # world matrices for the next import's placement
     return obj, arm_obj

@@ -1,7 +1,8 @@
 """Runs inside a bpy subprocess (never in pytest's process): install the extension zip, import heads,
 exercise drivers, exports and a Cycles render, and write what it measured for pytest to check.
 
-    python check_addon.py ZIP RESULT_A RESULT_B FRAMES_DIR OUT_DIR ARTIFACTS_DIR PHOTO FLAME_PKL DATA_DIR RESULT_100
+    python check_addon.py ZIP RESULT_A RESULT_B FRAMES_DIR OUT_DIR ARTIFACTS_DIR PHOTO FLAME_PKL DATA_DIR RESULT_100 \
+        DECA_CKPT RESULT_5
 
 DECA_BLENDER_HOME should name a scratch asset folder: the worker section asks the worker about it.
 
@@ -22,8 +23,8 @@ import bpy
 import numpy as np
 from mathutils import Quaternion
 
-ZIP, RESULT_A, RESULT_B, FRAMES, OUT, ARTIFACTS, PHOTO, FLAME_PKL, DATA_DIR, RESULT_100, DECA_CKPT = (
-    Path(a) for a in sys.argv[1:12])
+ZIP, RESULT_A, RESULT_B, FRAMES, OUT, ARTIFACTS, PHOTO, FLAME_PKL, DATA_DIR, RESULT_100, DECA_CKPT, RESULT_5 = (
+    Path(a) for a in sys.argv[1:13])
 OUT.mkdir(parents=True, exist_ok=True)
 ARTIFACTS.mkdir(parents=True, exist_ok=True)
 report: dict = {"errors": {}, "timings": {}}
@@ -62,6 +63,14 @@ def factors(obj) -> np.ndarray:
 
 def key_values(obj, prefix: str) -> dict[str, float]:
     return {kb.name: kb.value for kb in obj.data.shape_keys.key_blocks if kb.name.startswith(prefix)}
+
+
+def influences(m) -> dict:
+    """Bone influences per vertex of a re-imported mesh: the most, and how far their sums are from 1."""
+    counts = [sum(1 for g in v.groups if g.weight > 0) for v in m.data.vertices]
+    sums = [sum(g.weight for g in v.groups) for v in m.data.vertices]
+    return {"max_influences": max(counts), "n_vertices_over_4": sum(c > 4 for c in counts),
+            "max_sum_error": float(max(abs(s - 1.0) for s in sums))}
 
 
 def objects_snapshot() -> dict:
@@ -115,6 +124,13 @@ def import_head():
     arm = obj.parent
     state["obj"], state["arm"] = obj, arm
     report["torch_in_blender"] = "torch" in sys.modules
+    ext_dir = Path(sys.modules[report["addons"][0]].__file__).resolve().parent
+    report["private"] = {
+        "core_modules": sorted(k for k in sys.modules if k == "core" or k.startswith("core.")),
+        "extension_on_sys_path": [p for p in sys.path if p and (ext_dir == Path(p).resolve()
+                                                                or ext_dir in Path(p).resolve().parents)],
+        "vendored_core_loaded": any(k.endswith("deca_blender._vendor.core.pipeline.result") for k in sys.modules),
+    }
     report["names"] = {"mesh": obj.name, "rig": arm.name, "role": obj.deca.role, "rig_role": arm.deca.role}
     report["object_rotation"] = list(arm.rotation_euler)
     report["mesh_parent_inverse_identity"] = bool(np.allclose(np.array(obj.matrix_parent_inverse), np.eye(4)))
@@ -312,6 +328,12 @@ def apply_expression():
                      "jaw": list(state["arm"].pose.bones["jaw"].rotation_quaternion)}
     report["apply_folder"] = {"result": sorted(r), "frames": frames, "has_action": action is not None,
                               "arm_action": state["arm"].animation_data is not None and state["arm"].animation_data.action is not None}
+    # Keys past the scene's end: the frame range follows them.
+    scene = bpy.context.scene
+    scene.frame_start, scene.frame_end = 1, 250
+    bpy.ops.deca.apply_expression(directory=str(FRAMES), frame_start=300, frame_step=5)
+    report["apply_folder"]["range_after_late_keys"] = [scene.frame_start, scene.frame_end]
+    scene.frame_start, scene.frame_end = 1, 250
     bpy.context.scene.frame_set(1)
 
 
@@ -608,6 +630,46 @@ def render_cycles():
 
 
 @section
+def render_expressions():
+    """The same head rendered (Cycles, the camera and lights of render_cycles) at the neutral expression and
+    at a strong one (jaw open, the first expression components pushed), wrinkle strength at its default, and
+    the strong one again with wrinkle strength 0 (what the wrinkles alone change)."""
+    obj, arm = state["obj"], state["arm"]
+    scene = bpy.context.scene
+    keys = obj.data.shape_keys.key_blocks
+    saved = {kb.name: kb.value for kb in keys if kb.name.startswith("exp_")}
+    jaw_saved = arm.pose.bones["jaw"].rotation_quaternion.copy()
+    strong = {"exp_000": 2.5, "exp_001": -2.0, "exp_002": 2.0, "exp_003": 2.5, "exp_004": -2.0, "exp_005": 2.0}
+    out = {"wrinkle_strength": obj.deca.wrinkle_strength, "strong": strong, "jaw_strong": 0.3}
+    # apply_expression keyed the sliders and the jaw: mute those actions, or they override the values set here.
+    animated = [ad for ad in (obj.data.shape_keys.animation_data, arm.animation_data) if ad is not None]
+    actions = [ad.action for ad in animated]
+    for ad in animated:
+        ad.action = None
+    try:
+        for label in ("neutral", "strong", "strong_no_wrinkles"):
+            for kb in keys:
+                if kb.name.startswith("exp_"):
+                    kb.value = strong.get(kb.name, 0.0) if label != "neutral" else 0.0
+            arm.pose.bones["jaw"].rotation_quaternion = Quaternion((1, 0, 0), 0.3 if label != "neutral" else 0.0)
+            obj.deca.wrinkle_strength = 0.0 if label == "strong_no_wrinkles" else out["wrinkle_strength"]
+            update()
+            out[f"factors_{label}"] = factors(obj).tolist()
+            scene.render.filepath = str(ARTIFACTS / f"blender_cycles_{label}.png")
+            bpy.ops.render.render(write_still=True)
+            out[f"{label}_path"] = scene.render.filepath
+    finally:
+        for name, v in saved.items():
+            keys[name].value = v
+        arm.pose.bones["jaw"].rotation_quaternion = jaw_saved
+        obj.deca.wrinkle_strength = out["wrinkle_strength"]
+        for ad, action in zip(animated, actions):
+            ad.action = action
+        update()
+    report["render_expressions"] = out
+
+
+@section
 def exports():
     obj = state["obj"]
     bpy.context.view_layer.objects.active = obj
@@ -658,6 +720,145 @@ def fbx_reimport():
 
 
 @section
+def influence_exports():
+    """A head with 5 influences on some vertices: Unreal FBX as it is, Unity FBX and glb limited to 4."""
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.preferences.addon_enable(module=report["addons"][0])
+    bpy.ops.deca.import_result(filepath=str(RESULT_5))
+    obj = bpy.context.active_object
+    out = OUT / "exports5"
+    r = {"exports": {
+        "unreal": sorted(bpy.ops.deca.export_fbx(filepath=str(out / "unreal.fbx"), preset="UNREAL", wrinkles=False)),
+        "unity": sorted(bpy.ops.deca.export_fbx(filepath=str(out / "unity.fbx"), preset="UNITY", wrinkles=False)),
+        "glb": sorted(bpy.ops.deca.export_gltf(filepath=str(out / "head.glb"), wrinkles=False))}}
+    r["blend_after"] = influences(obj)
+    r["morph_names"] = [kb.name for kb in obj.data.shape_keys.key_blocks[1:]]
+    for label, path in (("unreal", out / "unreal.fbx"), ("unity", out / "unity.fbx"), ("glb", out / "head.glb")):
+        bpy.ops.wm.read_factory_settings(use_empty=True)
+        if label == "glb":
+            bpy.ops.import_scene.gltf(filepath=str(path))
+        else:
+            bpy.ops.import_scene.fbx(filepath=str(path))
+        m = [o for o in bpy.data.objects if o.type == "MESH"][0]
+        r[label] = {**influences(m), "shape_key_names": [kb.name for kb in m.data.shape_keys.key_blocks[1:]]}
+        if label == "unity":
+            order = {n: i for i, n in enumerate(("root", "neck", "jaw", "eye_L", "eye_R"))}
+            W = np.zeros((len(m.data.vertices), 5))
+            for v in m.data.vertices:
+                for g in v.groups:
+                    W[v.index, order[m.vertex_groups[g.group].name]] = g.weight
+            arrays["unity_weights"] = W
+    report["influences"] = r
+
+
+@section
+def placement():
+    """Import Result with the cursor at (1, 2, 0), twice; the photo camera lines the head up with the photo."""
+    from bpy_extras.object_utils import world_to_camera_view
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    bpy.ops.preferences.addon_enable(module=report["addons"][0])
+    scene = bpy.context.scene
+    scene.cursor.location = (1.0, 2.0, 0.0)
+    heads = []
+    for _ in range(2):
+        bpy.ops.deca.import_result(filepath=str(RESULT_A))
+        heads.append(bpy.context.active_object)
+    update()
+    boxes = []
+    for obj in heads:
+        co = evaluated_vertices(obj)
+        mw = np.array(obj.matrix_world)
+        world = co @ mw[:3, :3].T + mw[:3, 3]
+        boxes.append([world.min(0).tolist(), world.max(0).tolist()])
+    arm = heads[0].parent
+    children = {c.type: c for c in arm.children if c.type in ("CAMERA", "EMPTY")}
+    out = {"boxes": boxes, "children": sorted(children)}
+    bpy.context.view_layer.objects.active = heads[0]
+    out["view_camera"] = sorted(bpy.ops.deca.view_photo_camera())
+    cam = scene.camera
+    out["resolution"] = [scene.render.resolution_x, scene.render.resolution_y]
+    out["camera_name"] = cam.name
+    # Project the head as Blender's camera sees it, to photo pixels (row 0 at the top).
+    co = evaluated_vertices(heads[0])
+    mw = heads[0].matrix_world
+    from mathutils import Vector
+
+    ndc = np.array([list(world_to_camera_view(scene, cam, mw @ Vector(p)))[:2] for p in co])
+    W, H = out["resolution"]
+    arrays["placement_photo_px"] = np.stack([ndc[:, 0] * W, (1 - ndc[:, 1]) * H], 1)
+    empty = children.get("EMPTY")
+    if empty is not None:
+        out["empty_image"] = empty.data.filepath if empty.data else None
+        # The empty's image corners in camera space match the camera frame (same plane, same size).
+        corners = [empty.matrix_world @ Vector(((u - 0.5) * empty.empty_display_size * (1 if W >= H else W / H),
+                                                 (v - 0.5) * empty.empty_display_size * (H / W if W >= H else 1), 0))
+                   for u, v in ((0, 0), (1, 1))]
+        out["empty_corners_in_camera"] = [list(world_to_camera_view(scene, cam, c))[:2] for c in corners]
+    report["placement"] = out
+
+
+def cancel_running_import() -> dict:
+    """Esc on a running Import Photo, through the operator's modal handler with the real worker: time from
+    the Esc to the operator's end, and what is left (result folders, objects)."""
+    import importlib
+
+    addon = report["addons"][0]
+    common = importlib.import_module(addon + ".operators.common")
+    import_ops = importlib.import_module(addon + ".operators.import_ops")
+    out_dir = OUT / "cancelled_results"
+    out_dir.mkdir(exist_ok=True)
+
+    class WM:
+        def progress_begin(self, a, b): pass
+        def progress_update(self, v): pass
+        def progress_end(self): pass
+        def event_timer_remove(self, t): pass
+
+    class Ctx:  # the real context, with a window manager stand-in (background Blender has no event loop)
+        window_manager, workspace = WM(), None
+
+        def __getattr__(self, name):
+            return getattr(bpy.context, name)
+
+    class Ev:
+        def __init__(self, kind):
+            self.type, self.value = kind, "PRESS"
+
+    class Op(common.WorkerTaskOperator):
+        bl_label = "Import Photo"
+        filepath, output_dir, all_faces = str(PHOTO), str(out_dir), False
+        all_expressions = use_head_pose = False
+        task = import_ops.DECA_OT_import_photo.task
+        discard = import_ops.DECA_OT_import_photo.discard
+
+        def __init__(self):
+            self.reports = []
+
+        def report(self, kind, msg):
+            self.reports.append([sorted(kind), msg])
+
+    objects_before = len(bpy.data.objects)
+    op, ctx = Op(), Ctx()
+    op._gen = op.task(ctx)
+    op._job = next(op._gen)
+    deadline = time.monotonic() + 300
+    while not any("running the networks" in m for m in op._job.messages) and not op._job.done \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    messages = list(op._job.messages)
+    time.sleep(0.2)  # inside the forward pass
+    t = time.perf_counter()
+    returns = [sorted(op.modal(ctx, Ev("ESC")))]
+    while returns[-1] == ["RUNNING_MODAL"] and time.perf_counter() - t < 60:
+        time.sleep(0.01)
+        returns.append(sorted(op.modal(ctx, Ev("TIMER"))))
+    return {"seconds": time.perf_counter() - t, "last_return": returns[-1], "reports": op.reports,
+            "messages_before": messages, "left_in_output": sorted(p.name for p in out_dir.iterdir()),
+            "objects_added": len(bpy.data.objects) - objects_before}
+
+
+@section
 def worker_from_blender():
     """The worker as the add-on starts it: Blender's Python, the bundled core, blocking operators."""
     bpy.ops.wm.read_factory_settings(use_empty=True)  # (disables the add-on: enable it again)
@@ -675,6 +876,12 @@ def worker_from_blender():
     client = importlib.import_module(report["addons"][0] + ".preferences").worker_client()
     res["worker_core"] = client.call("hello", timeout=60)["executable"]
     res["worker_cwd_core"] = client.config.pythonpath
+    try:  # nothing installed yet: the report names the preferences' button, not the command line
+        bpy.ops.deca.import_photo(filepath=str(PHOTO))
+        res["no_assets_photo"] = "FINISHED"
+    except RuntimeError as exc:
+        res["no_assets_photo"] = str(exc)
+    res["no_assets_objects"] = len(bpy.data.objects)
     # Install the model files through the preferences' file pickers: the TEST model, DECA's data and a
     # checkpoint in DECA's layout with random weights (the licensed one is absent here).
     prefs.flame_file, prefs.data_dir, prefs.deca_file = str(FLAME_PKL), str(DATA_DIR), str(DECA_CKPT)
@@ -682,6 +889,7 @@ def worker_from_blender():
     res["install_assets"] = sorted(bpy.ops.deca.install_assets())
     res["install_seconds"] = time.perf_counter() - t
     res["missing_after_install"] = json.loads(prefs.status_json)["missing"]
+    res["cancel"] = cancel_running_import()
     try:
         bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
         res["missing_photo"] = "FINISHED"
