@@ -217,6 +217,7 @@ class Worker:
         try:  # wrong arguments are the client's mistake; a TypeError inside a command is a bug
             inspect.signature(handler).bind(rid, **args)
         except TypeError as exc:
+            print(f"{cmd} {rid}: ProtocolError: {exc}", file=sys.stderr, flush=True)  # the log names it too
             self.send({"id": rid, "type": "error", "error_type": "ProtocolError", "message": f"{cmd}: {exc}"})
             return
         self._current = rid

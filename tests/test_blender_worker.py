@@ -5,7 +5,6 @@ The client (deca_blender/worker_client.py) needs neither bpy nor torch; the work
 from __future__ import annotations
 
 import json
-import importlib.util
 import os
 import subprocess
 import sys
@@ -350,7 +349,6 @@ CANCEL_STAGES = (
 )
 
 
-@pytest.mark.skipif(not PIPELINE, reason="core.pipeline.reconstruct (the inference API) does not exist yet")
 def test_blender_worker_cancel_running_reconstruction(tmp_path, photos_dir, test_flame_pkl, deca_data_dir,
                                                      random_deca_checkpoint):
     """Cancel pressed while a photo reconstructs, at each stage: the error arrives within the stage's bound
