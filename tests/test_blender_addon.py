@@ -55,7 +55,7 @@ def test_blender_extension_core_is_private(tmp_path):
     zipfile.ZipFile(zip_path).extractall(root / "deca_blender")
     code = ("import sys; sys.path[:] = [p for p in sys.path if p not in ('', %r)]; sys.path.insert(0, %r);"
             "import bl_ext_test.deca_blender.operators.import_ops as m;"
-            "from bl_ext_test.deca_blender._vendor.core.pipeline import result as r;"
+            "from bl_ext_test.deca_blender._vendor.core.results import result as r;"
             "print(sorted(k for k in sys.modules if k == 'core' or k.startswith('core.')), r.RESULT_FILE)"
             % (str(REPO), str(tmp_path / "ext")))
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,

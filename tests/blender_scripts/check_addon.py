@@ -129,7 +129,7 @@ def import_head():
         "core_modules": sorted(k for k in sys.modules if k == "core" or k.startswith("core.")),
         "extension_on_sys_path": [p for p in sys.path if p and (ext_dir == Path(p).resolve()
                                                                 or ext_dir in Path(p).resolve().parents)],
-        "vendored_core_loaded": any(k.endswith("deca_blender._vendor.core.pipeline.result") for k in sys.modules),
+        "vendored_core_loaded": any(k.endswith("deca_blender._vendor.core.results.result") for k in sys.modules),
     }
     report["names"] = {"mesh": obj.name, "rig": arm.name, "role": obj.deca.role, "rig_role": arm.deca.role}
     report["object_rotation"] = list(arm.rotation_euler)
