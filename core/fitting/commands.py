@@ -42,7 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fit: FLAME only; deca+fit: start from DECA's regressor and refine (needs its checkpoint)")
     add_fit_options(f)
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    f.add_argument("--landmarks", default="auto", choices=("auto", "fan", "dlib"))
+    f.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"))
+    f.add_argument("--force", action="store_true",
+                   help="fit faces below the landmark confidence threshold (e.g. strong profiles)")
     f.add_argument("--all-faces", action="store_true", help="fit every face (default: the largest)")
     f.add_argument("--overwrite", action="store_true", help="replace existing result folders")
     f.add_argument("--home", help="asset folder (default: $DECA_BLENDER_HOME or the user data folder)")
@@ -65,7 +67,7 @@ def build_fitter(args: argparse.Namespace, mode: str = "fit"):
     try:
         manager = AssetManager(args.home) if getattr(args, "home", None) else AssetManager()
         fitter = Fitter(manager, device=args.device, landmarks=args.landmarks, mode=mode, photometric_config=pcfg,
-                        photometric=not args.no_photometric)
+                        photometric=not args.no_photometric, force=getattr(args, "force", False))
         fitter.detector  # fail now, not on the first photo
     except (AssetError, DetectorUnavailableError, ValueError) as exc:
         return usage_error(str(exc))

@@ -31,6 +31,7 @@ from core.fitting.codes import FitCodes
 from core.fitting.landmark_fit import CROP_SIZE, LandmarkFitConfig, LandmarkFitInfo, fit_landmarks, rigid_init
 from core.fitting.photometric_fit import PhotometricFitConfig, PhotometricFitInfo, fit_photometric
 from core.frontend import CropTransform, crop_from_landmarks, detect_faces, get_detector, read_image, warp_image
+from core.frontend.confidence import check_detection
 from core.frontend.landmarks import FaceDetection, LandmarkDetector
 from core.pipeline.reconstruct import resolve_device
 
@@ -41,7 +42,9 @@ MODES = ("fit", "deca+fit")
 # pixels at large yaw), and trusting them less lets the priors and the photometric stage decide (posed
 # median error 2.3 mm at 1 px, 1.9 at 3 px, 1.4 at 8 px, 1.5 at 12 px after stage 2). FAN's 4 px is not
 # measured here (FAN's weights are not available on this machine).
-LANDMARK_SIGMA_PX = {"ground-truth": 1.0, "given": 1.0, "fan": 4.0, "dlib": 8.0}
+# mediapipe: not measured against ground truth; its mesh-derived 68 points differ from dlib's by 3.3 % of
+# the box (~5 crop px) on ../shared/photos (core/frontend/mesh68.py), so it sits between FAN and dlib.
+LANDMARK_SIGMA_PX = {"ground-truth": 1.0, "given": 1.0, "fan": 4.0, "mediapipe": 6.0, "dlib": 8.0}
 DEFAULT_SIGMA_PX = 4.0
 Progress = Callable[[float, str], None]
 
@@ -108,9 +111,10 @@ class Fitter:
                  landmarks: str | LandmarkDetector = "auto", mode: str = "fit", reconstructor=None,
                  landmark_config: LandmarkFitConfig | None = None,
                  photometric_config: PhotometricFitConfig | None = None, photometric: bool = True,
-                 landmark_sigma_px: dict[str, float] | None = None) -> None:
+                 landmark_sigma_px: dict[str, float] | None = None, force: bool = False) -> None:
         from core.pipeline.face_model import FaceAssets, FaceModel
 
+        self.force = bool(force)  # fit faces below the landmark confidence threshold (with a warning)
         if mode not in MODES:
             raise ValueError(f"unknown fitting mode {mode!r}: use one of {MODES}")
         self.mode = mode
@@ -270,7 +274,10 @@ class Fitter:
 
     def _detect(self, path: str | Path, all_faces: bool) -> tuple[np.ndarray, list[FaceDetection]]:
         image = read_image(path)
-        return image, detect_faces(image, self.detector, all_faces=all_faces, source=path)
+        dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
+        for d in dets:  # LowConfidenceError (a per-photo failure) or warnings kept in the result
+            check_detection(d, force=self.force, source=str(path))
+        return image, dets
 
     def fit_photos(self, paths: Iterable[str | Path], out_dir: str | Path, same_person: bool = False,
                    all_faces: bool = False, overwrite: bool = False, progress: Progress | None = None) -> FitSummary:

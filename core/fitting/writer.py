@@ -129,6 +129,7 @@ def build_outputs(fitter, fit) -> tuple[ReconstructionResult, dict]:
         "albedo_source": np.str_(albedo_source),
         "detail_source": np.str_(detail_source),
         "detector": np.str_(fit.detection.detector),
+        **fit.detection.record(),
         "texture_crop_size": np.int64(tcrop.size),
         "fit_reprojection_px_stage1": np.float64(s1.reprojection_px[0]) if s1 is not None else np.float64(np.nan),
         "fit_reprojection_px": np.float64(s2.reprojection_px[0] if s2 is not None else

@@ -16,8 +16,10 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the result folders (created if needed)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--landmarks", default="auto", choices=("auto", "fan", "dlib"),
-                   help="landmark detector: face-alignment (FAN) when its weights are installed, else dlib")
+    p.add_argument("--force", action="store_true",
+                   help="reconstruct faces below the landmark confidence threshold (e.g. strong profiles)")
+    p.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"),
+                   help="landmark detector (default: MediaPipe when installed, else FAN when its weights are on disk, else dlib)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="faces per network forward (default 8)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing result folders (default: pick a new name, never overwrite)")
@@ -92,7 +94,8 @@ def _build(args: argparse.Namespace):
         manager = AssetManager(args.home) if args.home else AssetManager()
         rec = Reconstructor(manager, device=device, landmarks=args.landmarks,
                             wrinkle_components=args.wrinkle_components,
-                            wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16)
+                            wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16,
+                            force=args.force)
         rec.detector  # fail now, not on the first photo
     except (AssetError, CheckpointError, DetectorUnavailableError) as exc:
         return usage_error(str(exc))

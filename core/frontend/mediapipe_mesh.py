@@ -1,0 +1,166 @@
+"""MediaPipe's face detector and 478-point face mesh as a `LandmarkDetector` (the default).
+
+Uses the models bundled in the ``mediapipe==0.10.14`` wheel (Apache-2.0), through ``mp.solutions``:
+
+1. BlazeFace short-range detection on a copy of the photo downscaled to at most ``detect_side`` pixels
+   (the model sees 128x128 anyway; downscaling ourselves with an antialiasing filter keeps large photos
+   cheap and clean), the full-range model when the short-range one finds nothing (small or distant faces);
+2. per detected face, the face mesh with refined eyes and irises (``refine_landmarks``: 478 points) on a
+   square crop of side ``crop_factor`` x the box, resized to ``mesh_side`` pixels. Running the mesh on a
+   crop, not the photo, keeps every face of a multi-face photo and makes the cost independent of the
+   photo's size.
+
+MediaPipe's normalised coordinates times the crop size are taken as continuous pixel coordinates
+(docs/CONVENTIONS.md); z is the mesh's relative depth in the same pixel scale as x (negative towards the
+camera). The 68 iBUG points come from the mesh through `core.frontend.mesh68`.
+
+Confidence: ``confidence = detector score x pose factor``, the pose factor being 1 up to |yaw| = 45 deg and
+falling linearly to 0 at 90 deg (the mesh is trained on faces that show both eyes; beyond ~70 deg it
+still returns a frontal-looking mesh). `core.frontend.confidence` turns this into warnings and refusals.
+"""
+from __future__ import annotations
+
+import importlib.util
+import threading
+
+import numpy as np
+
+from .head_pose import head_pose_from_mesh
+from .landmarks import (DetectorUnavailableError, FaceDetection, LandmarkDetector, _as_uint8_rgb,
+                        _resize_uint8, _sort_largest_first)
+from .mesh68 import mesh_to_ibug68
+
+__all__ = ["MediaPipeDetector", "MEDIAPIPE_INSTALL_HINT", "pose_factor"]
+
+MEDIAPIPE_INSTALL_HINT = ("pip install --no-deps mediapipe==0.10.14 && pip install absl-py attrs flatbuffers "
+                          "'protobuf>=4.25.3,<5' 'matplotlib<3.11' opencv-contrib-python-headless==4.11.0.86 "
+                          "(or: ./setup.sh)")
+
+_lock = threading.Lock()  # mediapipe's solution graphs are not safe to call from two threads
+_solutions: dict[str, object] = {}
+
+
+def pose_factor(yaw_deg: float) -> float:
+    """1 for |yaw| <= 45 deg, linearly down to 0 at 90 deg."""
+    return float(np.clip((90.0 - abs(yaw_deg)) / 45.0, 0.0, 1.0))
+
+
+def _solution(kind: str, min_confidence: float):
+    key = f"{kind}:{min_confidence}"
+    s = _solutions.get(key)
+    if s is None:
+        import logging
+        import os
+        os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ start-up chatter
+        logging.getLogger("absl").setLevel(logging.ERROR)
+        import mediapipe as mp
+        if kind == "short":
+            s = mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_confidence)
+        elif kind == "full":
+            s = mp.solutions.face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
+        elif kind == "mesh":
+            s = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True,
+                                                min_detection_confidence=min_confidence)
+        else:  # pragma: no cover
+            raise ValueError(kind)
+        _solutions[key] = s
+    return s
+
+
+class MediaPipeDetector(LandmarkDetector):
+    """MediaPipe face detection + 478-point face mesh (see the module docstring).
+
+    Parameters
+    ----------
+    min_score: detections below this detector score are dropped (MediaPipe's own default 0.5).
+    detect_side: the detector runs on a copy whose longest side is at most this.
+    crop_factor: the mesh's square crop side, in units of the detector box's longest side.
+    mesh_side: the mesh crop is resized to this many pixels.
+    """
+
+    name = "mediapipe"
+
+    def __init__(self, min_score: float = 0.5, detect_side: int = 640, crop_factor: float = 2.0,
+                 mesh_side: int = 384):
+        ok, reason = self.availability()
+        if not ok:
+            raise DetectorUnavailableError(reason)
+        self.min_score = float(min_score)
+        self.detect_side = int(detect_side)
+        self.crop_factor = float(crop_factor)
+        self.mesh_side = int(mesh_side)
+        self.last_used: str | None = None  # 'short', 'full' or None: which detection model found the faces
+
+    @classmethod
+    def availability(cls) -> tuple[bool, str]:
+        try:
+            spec = importlib.util.find_spec("mediapipe")
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:
+            return False, f"the MediaPipe detector needs the 'mediapipe' package: {MEDIAPIPE_INSTALL_HINT}"
+        try:
+            from importlib.metadata import version
+            v = version("mediapipe")
+        except Exception:  # pragma: no cover - metadata missing
+            v = "unknown"
+        if not v.startswith("0.10."):
+            return False, (f"mediapipe {v} is installed, but only 0.10.x ships the face models and "
+                           f"mp.solutions: {MEDIAPIPE_INSTALL_HINT}")
+        return True, f"mediapipe {v}"
+
+    def load(self) -> "MediaPipeDetector":
+        with _lock:
+            for kind in ("short", "full", "mesh"):
+                _solution(kind, self.min_score if kind != "mesh" else 0.3)
+        return self
+
+    def _boxes(self, img: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        h, w = img.shape[:2]
+        small = img if max(h, w) <= self.detect_side else _resize_uint8(img, self.detect_side / max(h, w))
+        self.last_used = None
+        for kind in ("short", "full"):
+            res = _solution(kind, self.min_score).process(small)
+            dets = res.detections or []
+            if dets:
+                self.last_used = kind
+                out = []
+                for d in dets:
+                    b = d.location_data.relative_bounding_box
+                    box = np.array([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
+                    out.append((box, float(d.score[0])))
+                return out
+        return []
+
+    def _mesh(self, img: np.ndarray, box: np.ndarray) -> np.ndarray | None:
+        """(478, 3) photo pixels + depth for the face in ``box``, or None when the mesh finds none."""
+        from PIL import Image
+        cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+        side = self.crop_factor * max(box[2] - box[0], box[3] - box[1])
+        x0, y0 = cx - side / 2.0, cy - side / 2.0
+        # Image.transform samples the continuous square [x0, x0 + side)^2 (zeros outside the photo).
+        crop = Image.fromarray(img).transform(
+            (self.mesh_side, self.mesh_side), Image.Transform.EXTENT, (x0, y0, x0 + side, y0 + side),
+            resample=Image.Resampling.BILINEAR)
+        res = _solution("mesh", 0.3).process(np.asarray(crop))
+        if not res.multi_face_landmarks:
+            return None
+        lm = res.multi_face_landmarks[0].landmark
+        pts = np.array([[p.x, p.y, p.z] for p in lm], dtype=np.float64) * side  # crop-normalised -> pixels
+        pts[:, 0] += x0
+        pts[:, 1] += y0
+        return pts
+
+    def detect(self, image) -> list[FaceDetection]:
+        img = _as_uint8_rgb(image)
+        out = []
+        with _lock:
+            for box, score in self._boxes(img):
+                dense = self._mesh(img, box)
+                if dense is None:
+                    continue
+                pose = head_pose_from_mesh(dense)
+                out.append(FaceDetection(box=box, landmarks=mesh_to_ibug68(dense[:, :2]), score=score,
+                                         detector="mediapipe", dense=dense, yaw=pose.yaw,
+                                         confidence=score * pose_factor(pose.yaw)))
+        return _sort_largest_first(out)
