@@ -468,8 +468,10 @@ def test_get_detector_choices():
             get_detector("fan")
     if dlib_ok:
         assert isinstance(get_detector("dlib"), DlibDetector)
-    auto_expected = FanDetector if fan_ok else DlibDetector
-    if fan_ok or dlib_ok:
+    from core.frontend import MediaPipeDetector
+    mp_ok = MediaPipeDetector.is_available()
+    auto_expected = MediaPipeDetector if mp_ok else FanDetector if fan_ok else DlibDetector
+    if mp_ok or fan_ok or dlib_ok:
         assert isinstance(get_detector("auto"), auto_expected)
     with pytest.raises(ValueError):
         get_detector("mtcnn")
@@ -702,6 +704,10 @@ def fake_fa(tmp_path, monkeypatch):
     import sys
     import torch.hub
     from core.frontend import landmarks as lmmod
+
+    from core.frontend import MediaPipeDetector
+    # 'auto' prefers MediaPipe: hide it so that these tests see the FAN-then-dlib order behind it
+    monkeypatch.setattr(MediaPipeDetector, "availability", classmethod(lambda cls: (False, "hidden by the test")))
 
     def install(new_api: bool, with_weights: bool):
         root = tmp_path / ("new" if new_api else "old")
