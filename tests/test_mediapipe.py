@@ -179,3 +179,36 @@ def test_foreshortened_face_is_refused_not_reconstructed(mp_results, mp_detector
         with pytest.raises((NoFaceError, LowConfidenceError)):
             for d in detect_faces(frame, mp_detector, source=p):
                 check_detection(d)
+
+
+@pytest.mark.slow
+def test_cli_reconstruct_uses_mediapipe_by_default(tmp_path_factory, test_flame_pkl, deca_data_dir, photos_dir):
+    """`deca-blender reconstruct` (default detector) on every shared photo: one result folder each, saying
+    mediapipe, with the dense points, confidence and yaw; the 68 detected points are the mesh's."""
+    import io
+    import json
+    from contextlib import redirect_stdout
+
+    from core.cli import main as cli_main
+    from core.pipeline.result import ReconstructionResult
+    from test_pipeline_support import random_checkpoint_home
+
+    home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
+    out = tmp_path_factory.mktemp("mp_out")
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = cli_main(["reconstruct", str(photos_dir), "--out", str(out), "--home", str(home), "--device", "cpu",
+                       "--wrinkle-samples", "8", "--json"])
+    assert rc == 0
+    summary = json.loads(buf.getvalue())
+    photos = _photos(photos_dir)
+    assert len(summary["succeeded"]) == len(photos) and not summary["failed"]
+    for s in summary["succeeded"]:
+        res = ReconstructionResult.load(s["folder"])
+        assert str(res.extra["detector"]) == "mediapipe"
+        dense = res.extra["detected_landmarks_dense"]
+        assert dense.shape == (478, 3) and dense.dtype == np.float32
+        np.testing.assert_allclose(res.detected_landmarks, mesh_to_ibug68(dense[:, :2].astype(np.float64)),
+                                   atol=1e-3)
+        assert 0.5 <= float(res.extra["landmark_confidence"]) <= 1.0
+        assert abs(float(res.extra["head_yaw"])) < 45
