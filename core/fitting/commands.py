@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_fit_options(f)
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     f.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"))
+    f.add_argument("--commercial", action="store_true",
+                   help="refuse to run with components licensed for non-commercial use only (assets status)")
     f.add_argument("--force", action="store_true",
                    help="fit faces below the landmark confidence threshold (e.g. strong profiles)")
     f.add_argument("--all-faces", action="store_true", help="fit every face (default: the largest)")
@@ -66,6 +68,11 @@ def build_fitter(args: argparse.Namespace, mode: str = "fit"):
         pcfg.iterations = args.iterations
     try:
         manager = AssetManager(args.home) if getattr(args, "home", None) else AssetManager()
+        if getattr(args, "commercial", False):
+            from core.assets.licences import FIT_ASSETS, RECONSTRUCT_ASSETS, require_commercial
+            from core.frontend import get_detector
+            require_commercial(manager, RECONSTRUCT_ASSETS if mode == "deca+fit" else FIT_ASSETS,
+                               get_detector(args.landmarks).name)
         fitter = Fitter(manager, device=args.device, landmarks=args.landmarks, mode=mode, photometric_config=pcfg,
                         photometric=not args.no_photometric, force=getattr(args, "force", False))
         fitter.detector  # fail now, not on the first photo

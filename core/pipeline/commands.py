@@ -18,6 +18,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     p.add_argument("--force", action="store_true",
                    help="reconstruct faces below the landmark confidence threshold (e.g. strong profiles)")
+    p.add_argument("--commercial", action="store_true",
+                   help="refuse to run with components licensed for non-commercial use only (assets status)")
     p.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"),
                    help="landmark detector (default: MediaPipe when installed, else FAN when its weights are on disk, else dlib)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="faces per network forward (default 8)")
@@ -92,12 +94,18 @@ def _build(args: argparse.Namespace):
         return usage_error(str(exc))
     try:
         manager = AssetManager(args.home) if args.home else AssetManager()
+        if args.commercial:
+            from core.assets.licences import RECONSTRUCT_ASSETS, require_commercial
+            from core.frontend import get_detector
+            require_commercial(manager, RECONSTRUCT_ASSETS, get_detector(args.landmarks).name)
         rec = Reconstructor(manager, device=device, landmarks=args.landmarks,
                             wrinkle_components=args.wrinkle_components,
                             wrinkle_samples=args.wrinkle_samples or wrinkles.DEFAULT_SAMPLES, bf16=args.bf16,
                             force=args.force)
         rec.detector  # fail now, not on the first photo
     except (AssetError, CheckpointError, DetectorUnavailableError) as exc:
+        return usage_error(str(exc))
+    except RuntimeError as exc:  # CommercialUseError
         return usage_error(str(exc))
     except ValueError as exc:  # FlameModelError, TemplateError, ...: a damaged asset
         return usage_error(str(exc))
