@@ -3,7 +3,7 @@
 Uses the models bundled in the ``mediapipe==0.10.14`` wheel (Apache-2.0), through ``mp.solutions``:
 
 1. BlazeFace short-range detection on a copy of the photo downscaled to at most ``detect_side`` pixels
-   (the model sees 128x128 anyway; downscaling ourselves with an antialiasing filter keeps large photos
+   (the model sees 128x128 anyway; downscaling ourselves with OpenCV's area filter keeps large photos
    cheap and clean), the full-range model when the short-range one finds nothing (small or distant faces);
 2. per detected face, the face mesh with refined eyes and irises (``refine_landmarks``: 478 points) on a
    square crop of side ``crop_factor`` x the box, resized to ``mesh_side`` pixels. Running the mesh on a
@@ -27,7 +27,7 @@ import numpy as np
 
 from .head_pose import head_pose_from_mesh
 from .landmarks import (DetectorUnavailableError, FaceDetection, LandmarkDetector, _as_uint8_rgb,
-                        _resize_uint8, _sort_largest_first)
+                        _sort_largest_first)
 from .mesh68 import mesh_to_ibug68
 
 __all__ = ["MediaPipeDetector", "MEDIAPIPE_INSTALL_HINT", "pose_factor"]
@@ -116,8 +116,12 @@ class MediaPipeDetector(LandmarkDetector):
         return self
 
     def _boxes(self, img: np.ndarray) -> list[tuple[np.ndarray, float]]:
+        import cv2  # a dependency of mediapipe; INTER_AREA is a proper (fast) antialiasing downscale
         h, w = img.shape[:2]
-        small = img if max(h, w) <= self.detect_side else _resize_uint8(img, self.detect_side / max(h, w))
+        small = img
+        if max(h, w) > self.detect_side:
+            f = self.detect_side / max(h, w)
+            small = cv2.resize(img, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
         self.last_used = None
         for kind in ("short", "full"):
             res = _solution(kind, self.min_score).process(small)
@@ -125,7 +129,7 @@ class MediaPipeDetector(LandmarkDetector):
             if dets:
                 self.last_used = kind
                 out = []
-                for d in dets:
+                for d in dets:  # relative coordinates: the same in the small copy and the photo
                     b = d.location_data.relative_bounding_box
                     box = np.array([b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h])
                     out.append((box, float(d.score[0])))
@@ -134,19 +138,26 @@ class MediaPipeDetector(LandmarkDetector):
 
     def _mesh(self, img: np.ndarray, box: np.ndarray) -> np.ndarray | None:
         """(478, 3) photo pixels + depth for the face in ``box``, or None when the mesh finds none."""
-        from PIL import Image
+        import cv2
+        h, w = img.shape[:2]
         cx, cy = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
-        side = self.crop_factor * max(box[2] - box[0], box[3] - box[1])
-        x0, y0 = cx - side / 2.0, cy - side / 2.0
-        # Image.transform samples the continuous square [x0, x0 + side)^2 (zeros outside the photo).
-        crop = Image.fromarray(img).transform(
-            (self.mesh_side, self.mesh_side), Image.Transform.EXTENT, (x0, y0, x0 + side, y0 + side),
-            resample=Image.Resampling.BILINEAR)
-        res = _solution("mesh", 0.3).process(np.asarray(crop))
+        n = max(8, int(round(self.crop_factor * max(box[2] - box[0], box[3] - box[1]))))
+        x0, y0 = int(round(cx - n / 2.0)), int(round(cy - n / 2.0))
+        # the square [x0, x0 + n) x [y0, y0 + n) of whole pixels, zeros outside the photo; only this
+        # region is copied, whatever the photo's size
+        crop = np.zeros((n, n, 3), np.uint8)
+        sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + n, w), min(y0 + n, h)
+        if sx1 <= sx0 or sy1 <= sy0:
+            return None
+        crop[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = img[sy0:sy1, sx0:sx1]
+        if n != self.mesh_side:
+            interp = cv2.INTER_AREA if n > self.mesh_side else cv2.INTER_LINEAR
+            crop = cv2.resize(crop, (self.mesh_side, self.mesh_side), interpolation=interp)
+        res = _solution("mesh", 0.3).process(crop)
         if not res.multi_face_landmarks:
             return None
         lm = res.multi_face_landmarks[0].landmark
-        pts = np.array([[p.x, p.y, p.z] for p in lm], dtype=np.float64) * side  # crop-normalised -> pixels
+        pts = np.array([[p.x, p.y, p.z] for p in lm], dtype=np.float64) * n  # crop-normalised -> pixels
         pts[:, 0] += x0
         pts[:, 1] += y0
         return pts

@@ -18,7 +18,7 @@ How the map was chosen (see tests/test_frontend.py::test_mesh68_crop_agrees_with
 Every row's weights sum to 1 (an affine combination), so the map commutes with any 2D/3D similarity.
 JAW_START and JAW_PUSH were chosen on the 9 photos of ../shared/photos against dlib's 68 points (crop box
 centre / size, the numbers DECA's crop depends on): with them the median crop-centre difference is
-1.8 % and the median size difference 2.2 % of the box size (push 0: 2.6 % and 5.1 %). Same photos, no
+1.9 % and the median size difference 2.2 % of the box size (push 0: 2.6 % and 5.1 %). Same photos, no
 held-out set: see benchmarks/bench_frontend.py for the measurement.
 
 Subject's right side = photo's left for a frontal face, as in iBUG (point 0 is on the photo's left).
