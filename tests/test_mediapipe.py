@@ -262,3 +262,46 @@ def test_embedding_accuracy_on_test_model_renders(test_flame):
     print(f"embedding error: median {np.median(px):.2f} px = {np.median(mm):.2f} mm, "
           f"p95 {np.percentile(px, 95):.2f} px = {np.percentile(mm, 95):.2f} mm")
     assert np.median(mm) < 2.3 and np.percentile(mm, 95) < 7.0
+
+
+# ------------------------------------------------------------------------------ skin masks
+
+def test_skin_mask_outlines_are_mediapipes_connection_cycles():
+    from mediapipe.python.solutions import face_mesh_connections as c
+
+    from core.frontend import skin_mask as sm
+    for outline, edges in ((sm.FACE_OVAL, c.FACEMESH_FACE_OVAL), (sm.RIGHT_EYE, c.FACEMESH_RIGHT_EYE),
+                           (sm.LEFT_EYE, c.FACEMESH_LEFT_EYE)):
+        und = {frozenset(e) for e in edges}
+        cyc = {frozenset((outline[i], outline[(i + 1) % len(outline)])) for i in range(len(outline))}
+        assert cyc == und
+    lips = {frozenset(e) for e in c.FACEMESH_LIPS}
+    outer = {frozenset((sm.LIPS_OUTER[i], sm.LIPS_OUTER[(i + 1) % 20])) for i in range(20)}
+    assert outer <= lips
+    for brow, edges in ((sm.RIGHT_EYEBROW, c.FACEMESH_RIGHT_EYEBROW), (sm.LEFT_EYEBROW, c.FACEMESH_LEFT_EYEBROW)):
+        assert set(brow) == {i for e in edges for i in e}
+
+
+def test_skin_mask_on_real_photos(mp_results):
+    from core.frontend.skin_mask import FACE_OVAL, skin_mask
+    open_eyes = 0
+    # (the oval also covers hair or a hand over the face: MediaPipe's mesh does not see occluders)
+    for p, (img, dets) in mp_results.items():
+        m = dets[0].dense
+        mask = skin_mask(m, img.shape[:2])
+        pix = lambda i: mask[int(m[i, 1]), int(m[i, 0])]  # noqa: E731
+        assert pix(4) and pix(101) and pix(330) and pix(151), p  # nose tip, both upper cheeks, forehead
+        for iris, top, bottom in ((468, 159, 145), (473, 386, 374)):  # open eyes: the iris is not skin
+            if np.linalg.norm(m[top, :2] - m[bottom, :2]) > 3.0:  # (closed lids are skin)
+                assert not pix(iris), p
+                open_eyes += 1
+        mouth = (m[13, :2] + m[14, :2]) / 2
+        assert not mask[int(mouth[1]), int(mouth[0])], p
+        for brow in ((46, 53, 52, 65, 55, 70, 63, 105, 66, 107), (276, 283, 282, 295, 285, 300, 293, 334, 296, 336)):
+            c = m[list(brow), :2].mean(0)  # inside the eyebrow
+            assert not mask[int(c[1]), int(c[0])], p
+        # against the oval's own area (shoelace): skin is most of it, not all of it
+        o = m[list(FACE_OVAL), :2]
+        area = 0.5 * abs(np.dot(o[:, 0], np.roll(o[:, 1], 1)) - np.dot(o[:, 1], np.roll(o[:, 0], 1)))
+        assert 0.7 < mask.sum() / area < 0.95, (p, mask.sum() / area)
+    assert open_eyes >= 12  # of 18: the check above is not vacuous
