@@ -10,12 +10,11 @@ from .landmarks import (DetectorUnavailableError, DlibDetector, FaceDetection, F
                         LandmarkDetector, NoFaceError, detect_faces, dlib_models_dir, get_detector,
                         select_faces)
 from .mediapipe_mesh import MediaPipeDetector
-from .skin_mask import skin_mask
 
 __all__ = [
     "read_image", "read_png16", "write_png", "ImageReadError",
     "FaceDetection", "LandmarkDetector", "MediaPipeDetector", "DlibDetector", "FanDetector", "get_detector",
-    "check_detection", "LowConfidenceError", "FaceConfidenceWarning", "skin_mask",
+    "check_detection", "LowConfidenceError", "FaceConfidenceWarning",
     "select_faces", "detect_faces", "dlib_models_dir", "NoFaceError", "DetectorUnavailableError",
     "CropTransform", "crop_from_landmarks", "crop_from_box", "warp_image", "warp_images",
 ]
