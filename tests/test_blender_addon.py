@@ -63,7 +63,8 @@ def test_blender_build_extension_zip(tmp_path):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "training/", "deca_blender/"))]
-    assert all(n.endswith(".py") for n in names if n.startswith("core/"))
+    assert all(n.endswith(".py") or "/data/" in n for n in names if n.startswith("core/"))
+    assert "core/frontend/data/mediapipe_flame_embedding.npz" in names  # package data travels with core
     manifest = zipfile.ZipFile(zips[0]).read("blender_manifest.toml").decode()
     assert 'id = "deca_blender"' in manifest and "SPDX:GPL-3.0-or-later" in manifest
     assert 'blender_version_min = "4.2.0"' in manifest
