@@ -305,3 +305,36 @@ def test_skin_mask_on_real_photos(mp_results):
         area = 0.5 * abs(np.dot(o[:, 0], np.roll(o[:, 1], 1)) - np.dot(o[:, 1], np.roll(o[:, 0], 1)))
         assert 0.7 < mask.sum() / area < 0.95, (p, mask.sum() / area)
     assert open_eyes >= 12  # of 18: the check above is not vacuous
+
+
+@pytest.mark.parametrize("yaw", [60, 70, 75, 80, 85, -65, -80])
+def test_strong_profile_render_is_refused_or_warned(yaw):
+    """A true profile: FLAME's mean head rendered (painted) at a strong yaw. MediaPipe's own yaw saturates
+    near 50 deg there, so the turn ratio must catch it: no face, a refusal, or at least a warning."""
+    from core.flame.template import read_template_obj
+    from core.testmodels.painted_head import render_painted
+
+    t = read_template_obj(Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "deca" / "head_template.obj")
+    img = render_painted(t.vertices, t.faces, yaw_deg=yaw).image
+    try:
+        dets = detect_faces(img, MediaPipeDetector(), source=f"yaw{yaw}.png")
+    except NoFaceError:
+        return
+    import warnings
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            check_detection(dets[0], source=f"yaw{yaw}.png")
+        except LowConfidenceError:
+            return  # refused
+    assert any(issubclass(w.category, FaceConfidenceWarning) for w in caught)  # else at least warned
+
+
+@pytest.mark.parametrize("yaw", [0, 20, -30, 40])
+def test_moderate_turns_pass_without_warning(yaw):
+    from core.flame.template import read_template_obj
+    from core.testmodels.painted_head import render_painted
+
+    t = read_template_obj(Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "deca" / "head_template.obj")
+    d = detect_faces(render_painted(t.vertices, t.faces, yaw_deg=yaw).image, MediaPipeDetector())[0]
+    assert check_detection(d) == [] and d.confidence > 0.5

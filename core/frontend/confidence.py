@@ -5,7 +5,9 @@ frontal-looking set of landmarks from every detector, and a result written from 
 is wrong. Detectors that know the head pose (MediaPipe: `FaceDetection.yaw`, `FaceDetection.confidence`)
 let us say so:
 
-- |yaw| > `WARN_YAW_DEG` (70 deg): a warning (CLI, worker log, Blender report);
+- |yaw| > `WARN_YAW_DEG` (70 deg), or a turn ratio above `WARN_TURN` (the nose tip well past the face
+  outline, about 55 deg of true yaw: MediaPipe's own yaw saturates near 50 deg, see
+  core/frontend/mediapipe_mesh.py): a warning (CLI, worker log, Blender report);
 - confidence < `MIN_CONFIDENCE`: `LowConfidenceError` unless the caller forces it, and then a warning.
 
 Detectors without a pose (dlib, FAN) get no check (nothing to judge by); the result says which detector ran.
@@ -16,11 +18,12 @@ import warnings as _warnings
 
 from .landmarks import FaceDetection
 
-__all__ = ["WARN_YAW_DEG", "MIN_CONFIDENCE", "LowConfidenceError", "FaceConfidenceWarning", "check_detection"]
+__all__ = ["WARN_YAW_DEG", "WARN_TURN", "MIN_CONFIDENCE", "LowConfidenceError", "FaceConfidenceWarning", "check_detection"]
 
 WARN_YAW_DEG = 70.0
-# confidence = detector score x pose factor (core/frontend/mediapipe_mesh.py); 0.3 is reached at about
-# |yaw| = 75 deg for a typical score of 0.9, or by a weak detection of a frontal face.
+WARN_TURN = 1.45
+# confidence = detector score x pose factor x turn factor (core/frontend/mediapipe_mesh.py); below 0.3 at
+# about 60 deg of true yaw and more (renders of FLAME's mean head), or for a weak detection.
 MIN_CONFIDENCE = 0.3
 
 
@@ -40,7 +43,8 @@ class LowConfidenceError(ValueError):
         where = f" in {source}" if source else ""
         super().__init__(
             f"the face{where} is beyond what the model handles: landmark confidence "
-            f"{detection.confidence:.2f} < {MIN_CONFIDENCE} (head yaw {detection.yaw:+.0f} deg, detector "
+            f"{detection.confidence:.2f} < {MIN_CONFIDENCE} (head yaw {detection.yaw:+.0f} deg, turn ratio "
+            f"{detection.turn_ratio if detection.turn_ratio is not None else float('nan'):.2f}, detector "
             f"score {detection.score:.2f}); the reconstruction would look confident and be wrong. Use a "
             f"photo that shows both eyes, or --force to reconstruct anyway")
 
@@ -59,6 +63,9 @@ def check_detection(det: FaceDetection, force: bool = False, source: str | None 
     if det.yaw is not None and abs(det.yaw) > WARN_YAW_DEG:
         found.append(f"{where}head yaw {det.yaw:+.0f} deg is beyond {WARN_YAW_DEG:.0f} deg: the model is "
                      f"trained on faces that show both eyes, expect a wrong head")
+    elif det.turn_ratio is not None and det.turn_ratio > WARN_TURN:
+        found.append(f"{where}the head is turned far (the nose is past the face outline, turn ratio "
+                     f"{det.turn_ratio:.2f} > {WARN_TURN}; roughly 55 deg or more): expect a wrong head")
     for msg in found:
         _warnings.warn(msg, FaceConfidenceWarning, stacklevel=2)
     det.warnings.extend(found)

@@ -74,6 +74,7 @@ class FaceDetection:
     dense: np.ndarray | None = None
     yaw: float | None = None
     confidence: float | None = None
+    turn_ratio: float | None = None  # MediaPipe: how far the nose tip is towards/past the face outline
     warnings: list[str] = field(default_factory=list)  # filled by core.frontend.confidence.check_detection
 
     def __post_init__(self):
@@ -98,6 +99,8 @@ class FaceDetection:
             out["landmark_confidence"] = np.float64(self.confidence)
         if self.yaw is not None:
             out["head_yaw"] = np.float64(self.yaw)
+        if self.turn_ratio is not None:
+            out["head_turn_ratio"] = np.float64(self.turn_ratio)
         if self.warnings:
             out["landmark_warnings"] = np.str_("\n".join(self.warnings))
         return out

@@ -14,9 +14,14 @@ MediaPipe's normalised coordinates times the crop size are taken as continuous p
 (docs/CONVENTIONS.md); z is the mesh's relative depth in the same pixel scale as x (negative towards the
 camera). The 68 iBUG points come from the mesh through `core.frontend.mesh68`.
 
-Confidence: ``confidence = detector score x pose factor``, the pose factor being 1 up to |yaw| = 45 deg and
-falling linearly to 0 at 90 deg (the mesh is trained on faces that show both eyes; beyond ~70 deg it
-still returns a frontal-looking mesh). `core.frontend.confidence` turns this into warnings and refusals.
+Confidence: ``confidence = detector score x pose factor x turn factor``. The pose factor is 1 up to a mesh
+yaw of 45 deg, falling linearly to 0 at 90 deg. The mesh's own yaw saturates near 50 deg (measured on
+renders of FLAME's mean head: 39, 44, 49, 50, 47, 44 deg for true yaws of 40, 50, 60, 70, 75, 80; beyond
+80 nothing is detected), so the turn factor uses a 2D cue that keeps growing: the turn ratio
+``|2 (x_nose - x_234) / (x_454 - x_234) - 1|`` (0 frontal, 1 when the nose tip reaches the face outline;
+1.16, 1.36, 1.72, 1.84, 1.74 at those yaws; at most 0.64 on the shared photos). The turn factor is 1 up to
+`TURN_OK` and 0 from `TURN_ZERO`: about 60 deg and more of true yaw gives a confidence below 0.3.
+`core.frontend.confidence` turns this into warnings and refusals.
 """
 from __future__ import annotations
 
@@ -30,7 +35,10 @@ from .landmarks import (DetectorUnavailableError, FaceDetection, LandmarkDetecto
                         _sort_largest_first)
 from .mesh68 import mesh_to_ibug68
 
-__all__ = ["MediaPipeDetector", "MEDIAPIPE_INSTALL_HINT", "pose_factor"]
+__all__ = ["MediaPipeDetector", "MEDIAPIPE_INSTALL_HINT", "pose_factor", "turn_ratio", "turn_factor",
+           "TURN_OK", "TURN_ZERO"]
+
+TURN_OK, TURN_ZERO = 1.4, 1.75
 
 MEDIAPIPE_INSTALL_HINT = ("pip install --no-deps mediapipe==0.10.14 && pip install absl-py attrs flatbuffers "
                           "'protobuf>=4.25.3,<5' 'matplotlib<3.11' opencv-contrib-python-headless==4.11.0.86 "
@@ -43,6 +51,20 @@ _solutions: dict[str, object] = {}
 def pose_factor(yaw_deg: float) -> float:
     """1 for |yaw| <= 45 deg, linearly down to 0 at 90 deg."""
     return float(np.clip((90.0 - abs(yaw_deg)) / 45.0, 0.0, 1.0))
+
+
+def turn_ratio(mesh: np.ndarray) -> float:
+    """0 for a frontal face, 1 when the nose tip (4) reaches the face outline (234 / 454), more beyond."""
+    m = np.asarray(mesh, np.float64)
+    width = m[454, 0] - m[234, 0]
+    if abs(width) < 1e-9:
+        return float("inf")
+    return float(abs(2.0 * (m[4, 0] - m[234, 0]) / width - 1.0))
+
+
+def turn_factor(ratio: float) -> float:
+    """1 up to TURN_OK, linearly down to 0 at TURN_ZERO."""
+    return float(np.clip((TURN_ZERO - ratio) / (TURN_ZERO - TURN_OK), 0.0, 1.0))
 
 
 def _solution(kind: str, min_confidence: float):
@@ -171,7 +193,8 @@ class MediaPipeDetector(LandmarkDetector):
                 if dense is None:
                     continue
                 pose = head_pose_from_mesh(dense)
+                turn = turn_ratio(dense)
                 out.append(FaceDetection(box=box, landmarks=mesh_to_ibug68(dense[:, :2]), score=score,
-                                         detector="mediapipe", dense=dense, yaw=pose.yaw,
-                                         confidence=score * pose_factor(pose.yaw)))
+                                         detector="mediapipe", dense=dense, yaw=pose.yaw, turn_ratio=turn,
+                                         confidence=score * pose_factor(pose.yaw) * turn_factor(turn)))
         return _sort_largest_first(out)
