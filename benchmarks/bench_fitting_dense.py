@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_name  # noqa: E402
+from core.atomic import atomic_write_bytes  # noqa: E402
 
 SHARED = Path(os.environ.get("DECA_SHARED", str(REPO.parent / "shared")))
 
@@ -129,11 +130,9 @@ def main(argv=None):
     print(json.dumps(summary, indent=1))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    res = {"machine": {"cpu": cpu_name(), "load_average_1_5_15": list(os.getloadavg())}, "summary": summary,
-           "per_head": rows}
-    t = out.with_name(out.name + ".tmp")
-    t.write_text(json.dumps(res, indent=1))
-    os.replace(t, out)
+    payload = json.dumps({"machine": {"cpu": cpu_name(), "load_average_1_5_15": list(os.getloadavg())},
+                          "summary": summary, "per_head": rows}, indent=1).encode()
+    atomic_write_bytes(out, lambda f: f.write(payload))
     print(f"wrote {out}")
 
 

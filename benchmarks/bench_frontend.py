@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.machine import cpu_name  # noqa: E402
+from core.atomic import atomic_write_bytes  # noqa: E402
 from core.frontend import DlibDetector, FanDetector, MediaPipeDetector, read_image  # noqa: E402
 
 EXTS = {".jpg", ".jpeg", ".png", ".webp"}
@@ -61,6 +62,22 @@ def framed(img: np.ndarray, hw: tuple[int, int], scale: int) -> tuple[np.ndarray
     return frame, off.astype(np.float64), float(scale)
 
 
+def compare(detectors: dict, img: np.ndarray, repeat: int) -> dict:
+    """{detector: {faces, detect_s, ratio_to_dlib, agreement_with_dlib (others than dlib)}} on one image."""
+    out, found = {}, {}
+    for name, det in detectors.items():
+        t, dets = timed(lambda: det.detect(img), repeat)
+        found[name] = dets
+        out[name] = {"faces": len(dets), "detect_s": t}
+        if name == "mediapipe" and dets:
+            out[name].update(yaw=dets[0].yaw, confidence=dets[0].confidence, score=dets[0].score)
+    for name in detectors:
+        out[name]["ratio_to_dlib"] = out[name]["detect_s"] / out["dlib"]["detect_s"]
+        if name != "dlib" and found[name] and found["dlib"]:
+            out[name]["agreement_with_dlib"] = agreement(found[name][0].landmarks, found["dlib"][0].landmarks)
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--photos", default=os.environ.get("DECA_SHARED", str(REPO.parent / "shared")) + "/photos")
@@ -87,18 +104,7 @@ def main(argv=None):
     rows = []
     for p in photos:
         img = np.rint(read_image(p) * 255).astype(np.uint8)
-        row = {"photo": p.name, "size_hw": list(img.shape[:2])}
-        found = {}
-        for name, det in detectors.items():
-            t, dets = timed(lambda: det.detect(img), args.repeat)
-            found[name] = dets
-            row[name] = {"faces": len(dets), "detect_s": t}
-            if name == "mediapipe" and dets:
-                row[name].update(yaw=dets[0].yaw, confidence=dets[0].confidence, score=dets[0].score)
-        for name in detectors:
-            row[name]["ratio_to_dlib"] = row[name]["detect_s"] / row["dlib"]["detect_s"]
-            if name != "dlib" and found[name] and found["dlib"]:
-                row[name]["agreement_with_dlib"] = agreement(found[name][0].landmarks, found["dlib"][0].landmarks)
+        row = {"photo": p.name, "size_hw": list(img.shape[:2]), **compare(detectors, img, args.repeat)}
         rows.append(row)
         print(f"{p.name[:34]:34s} " + "  ".join(
             f"{n} {row[n]['faces']} face {row[n]['detect_s'] * 1e3:6.1f} ms" for n in detectors))
@@ -107,17 +113,8 @@ def main(argv=None):
     src_row = next(r for r in rows if r["dlib"]["faces"] and r.get("mediapipe", {}).get("faces", 1))
     src = np.rint(read_image(Path(args.photos) / src_row["photo"]) * 255).astype(np.uint8)
     for hw, scale in (((1718, 2444), 5), ((3000, 4000), 8)):
-        frame, off, k = framed(src, hw, scale)
-        entry = {"size_hw": list(hw), "face_scale": k}
-        found = {}
-        for name, det in detectors.items():
-            t, dets = timed(lambda: det.detect(frame), max(1, args.repeat - 1))
-            found[name] = dets
-            entry[name] = {"faces": len(dets), "detect_s": t}
-        for name in detectors:
-            entry[name]["ratio_to_dlib"] = entry[name]["detect_s"] / entry["dlib"]["detect_s"]
-            if name != "dlib" and found[name] and found["dlib"]:
-                entry[name]["agreement_with_dlib"] = agreement(found[name][0].landmarks, found["dlib"][0].landmarks)
+        frame, _, k = framed(src, hw, scale)
+        entry = {"size_hw": list(hw), "face_scale": k, **compare(detectors, frame, max(1, args.repeat - 1))}
         large.append(entry)
         print(f"large {hw[1]}x{hw[0]}: " + "  ".join(
             f"{n} {entry[n]['faces']} face {entry[n]['detect_s'] * 1e3:7.1f} ms (x{entry[n]['ratio_to_dlib']:.2f})"
@@ -143,9 +140,8 @@ def main(argv=None):
                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                           "load_average_1_5_15": list(os.getloadavg())},
               "repeat": args.repeat, "summary": summary, "large_photos": large, "per_photo": rows}
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    payload = json.dumps(result, indent=1).encode()
+    atomic_write_bytes(out, lambda f: f.write(payload))
     print(f"wrote {out}")
 
 
