@@ -229,8 +229,8 @@ def test_embedding_file_is_sane():
 def test_embedding_accuracy_on_test_model_renders(test_flame):
     """Heads of the TEST model with random shape, expression, jaw and head pose, painted and rendered;
     MediaPipe's points against our embedding's points projected by the same camera (512 px for 32 cm,
-    1.6 px per mm). Measured on these 12 heads x 126 points: median 2.9 px = 1.8 mm, 95th percentile
-    8.6 px = 5.4 mm (the mean head alone, at views not used for the derivation: 0.8 / 2.4 mm)."""
+    1.6 px per mm). Measured on these 12 heads x 126 points: median 2.7 px = 1.7 mm, 95th percentile
+    8.7 px = 5.4 mm (the mean head alone, at views not used for the derivation: 0.8 / 2.4 mm)."""
     import torch
 
     from core.flame.layer import FlameLayer
