@@ -50,6 +50,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from core.errors import DecaError
+# `python -m core.worker` starts with its working folder (the Blender extension folder) first on sys.path.
+# `core` is imported by now (its submodules resolve through core.__path__), so move that folder last:
+# the extension's own top-level modules (e.g. deca_blender's packaging.py) must not shadow installed
+# packages (matplotlib, imported by mediapipe, imports `packaging.version`).
+_cwd = os.path.abspath(os.getcwd())
+sys.path[:] = ([p for p in sys.path if os.path.abspath(p or ".") != _cwd]
+               + [p for p in sys.path if os.path.abspath(p or ".") == _cwd])
 
 PROTOCOL_VERSION = 1
 CANCEL_GRACE_S = 0.25  # a cancelled request not answered by then is answered by the reader side

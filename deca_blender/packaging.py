@@ -61,7 +61,8 @@ def _files(folder: Path, python_only: bool, skip: set[str]) -> list[tuple[Path, 
             rel = path.relative_to(folder).as_posix()
             if rel in skip or name.endswith((".pyc", ".pyo")) or name.startswith("."):
                 continue
-            if python_only and path.suffix != ".py":
+            # (package data of core, e.g. core/frontend/data/, travels with the code)
+            if python_only and path.suffix != ".py" and "data" not in Path(rel).parts[:-1]:
                 continue
             out.append((path, rel))
     return out

@@ -131,3 +131,51 @@ def test_require_names_every_missing_file(tmp_path):
     msg = str(err.value)
     assert "generic_model.pkl" in msg and "deca_model.tar" in msg
     assert "deca-blender assets install --flame PATH" in msg and "deca-blender assets install --deca PATH" in msg
+
+
+def test_licence_table_and_commercial_refusal(tmp_path, capsys, deca_data_dir, test_flame_pkl):
+    """`assets status` says which installed components are non-commercial; `--commercial` refuses them
+    (exit 1 naming each) and accepts a home without them."""
+    home = tmp_path / "home"
+    rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--flame", str(test_flame_pkl))
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "assets", "--home", str(home), "status", "--commercial", "--json")
+    info = json.loads(out)
+    assert rc == 0 and info["commercial_refusal"] is None
+    lic = {c["component"]: c for c in info["licences"]}
+    assert lic["flame_model"]["commercial"] is True and "TEST" in lic["flame_model"]["what"]
+
+    rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--data", str(deca_data_dir))
+    assert rc == 0, err
+    rc, out, err = run_cli(capsys, "assets", "--home", str(home), "status")
+    assert rc == 0
+    for spec in catalog.DATA_FILES:
+        line = next(ln for ln in out.splitlines() if f" {spec.name} " in ln and "--" in ln)
+        assert "NON-COMMERCIAL" in line and "DECA licence" in line
+    rc, out, err = run_cli(capsys, "assets", "--home", str(home), "status", "--commercial")
+    assert rc == 1
+    for spec in catalog.DATA_FILES:
+        assert f"  {spec.name}: " in err
+    assert "flame_model:" not in err  # the test model is not the problem
+
+    from core.assets.licences import CommercialUseError, component_licences, require_commercial
+    m = AssetManager(home)
+    names = {c.component: c.commercial for c in component_licences(m, detectors=("mediapipe", "dlib"))}
+    assert names["mediapipe"] is True and names["dlib"] is False
+    with pytest.raises(CommercialUseError, match="dlib"):
+        require_commercial(m, ("flame_model",), "dlib")
+    require_commercial(m, ("flame_model",), "mediapipe")  # FLAME (here the test model) + MediaPipe: allowed
+
+
+def test_reconstruct_and_fit_refuse_non_commercial_components(tmp_path, capsys, deca_data_dir, test_flame_pkl,
+                                                               photos_dir):
+    home = tmp_path / "home"
+    rc, _, err = run_cli(capsys, "assets", "--home", str(home), "install", "--flame", str(test_flame_pkl),
+                         "--data", str(deca_data_dir))
+    assert rc == 0, err
+    photo = str(next(photos_dir.iterdir()))
+    for argv in (["reconstruct", photo], ["fit", photo]):
+        rc, out, err = run_cli(capsys, *argv, "--out", str(tmp_path / "out"), "--home", str(home), "--device", "cpu",
+                               "--commercial")
+        assert rc != 0 and "--commercial" in err and "head_template" in err, (argv, err)
+        assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -99,7 +99,8 @@ def test_blender_build_extension_zip(tmp_path):
         assert required in names
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     assert not [n for n in names if n.startswith(("tests/", "training/", "deca_blender/", "core/"))]
-    assert all(n.endswith(".py") for n in names if n.startswith("_vendor/"))
+    assert all(n.endswith(".py") or "/data/" in n for n in names if n.startswith("_vendor/"))
+    assert "_vendor/core/frontend/data/mediapipe_flame_embedding.npz" in names  # package data travels with core
     # No absolute core import is left: the core is private to the extension.
     z = zipfile.ZipFile(zips[0])
     leftover = [n for n in names if n.endswith(".py") and re.search(r"^\s*(from|import) core\b", z.read(n).decode(), re.M)]

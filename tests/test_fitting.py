@@ -110,6 +110,23 @@ def test_sparse_landmark_model_equals_the_flame_layer(face_model):
         assert torch.allclose(project(pts, cam), g.landmarks2d, atol=2e-5)
 
 
+def test_landmark_model_dense_points_equal_the_embedding_on_the_full_mesh(face_model):
+    """The dense points the fit uses (MediaPipe's, through our FLAME embedding) equal the embedding
+    evaluated on FlameLayer's full posed mesh."""
+    from core.frontend.flame_embedding import load_mediapipe_embedding
+
+    emb = load_mediapipe_embedding()
+    lm = LandmarkModel(face_model.flame, emb.face_index, emb.bary)
+    rng = np.random.default_rng(1)
+    t = lambda *s: torch.as_tensor(rng.normal(size=s), dtype=torch.float32)  # noqa: E731
+    shape, exp, pose = t(2, 100), t(2, 50), t(2, 6) * 0.3
+    pts = lm.landmarks(shape, exp, pose)
+    assert pts.shape == (2, 68 + len(emb.face_index), 3)
+    full = face_model.flame(shape, exp, pose).vertices
+    ref = emb.points(full, face_model.flame.faces)
+    assert torch.allclose(pts[:, 68:], ref, atol=2e-6)
+
+
 @pytest.mark.parametrize("yaw_deg", [-60.0, -20.0, 0.0, 35.0, 60.0])
 def test_rigid_init_recovers_the_head_pose(face_model, yaw_deg):
     from scipy.spatial.transform import Rotation

@@ -468,8 +468,10 @@ def test_get_detector_choices():
             get_detector("fan")
     if dlib_ok:
         assert isinstance(get_detector("dlib"), DlibDetector)
-    auto_expected = FanDetector if fan_ok else DlibDetector
-    if fan_ok or dlib_ok:
+    from core.frontend import MediaPipeDetector
+    mp_ok = MediaPipeDetector.is_available()
+    auto_expected = MediaPipeDetector if mp_ok else FanDetector if fan_ok else DlibDetector
+    if mp_ok or fan_ok or dlib_ok:
         assert isinstance(get_detector("auto"), auto_expected)
     with pytest.raises(ValueError):
         get_detector("mtcnn")
@@ -714,6 +716,10 @@ def fake_fa(tmp_path, monkeypatch):
 
     import torch.hub
     from core.frontend import landmarks as lmmod
+
+    from core.frontend import MediaPipeDetector
+    # 'auto' prefers MediaPipe: hide it so that these tests see the FAN-then-dlib order behind it
+    monkeypatch.setattr(MediaPipeDetector, "availability", classmethod(lambda cls: (False, "hidden by the test")))
 
     def install(new_api: bool, with_weights: bool):
         mods = _fake_fa_modules(new_api)

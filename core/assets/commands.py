@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="assets_command", required=True)
     s = asub.add_parser("status", help="what is installed and what is missing")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--commercial", action="store_true",
+                   help="exit with status 1 when a component every mode needs is licensed non-commercially")
     s.set_defaults(func=cmd_status)
     i = asub.add_parser("install", help="check and install downloaded files")
     i.add_argument("--flame", metavar="PATH", help="FLAME model: generic_model.pkl (2020), flame2023_Open.pkl, or .npz")
@@ -37,12 +39,22 @@ def _manager(args: argparse.Namespace) -> "AssetManager":
 
 def cmd_status(args: argparse.Namespace) -> int:
     from core.assets.manager import describe_missing, status_as_json
+    from core.assets.licences import FIT_ASSETS, CommercialUseError, component_licences, require_commercial
 
     m = _manager(args)
     info = status_as_json(m)
+    licences = component_licences(m)
+    refusal = None
+    if getattr(args, "commercial", False):
+        try:
+            require_commercial(m, FIT_ASSETS, "mediapipe")
+        except CommercialUseError as exc:
+            refusal = str(exc)
     if args.json:
+        info["licences"] = [c.to_dict() for c in licences]
+        info["commercial_refusal"] = refusal
         print(json.dumps(info, indent=2))
-        return 0
+        return 1 if refusal else 0
     print(f"asset folder: {m.home}")
     for st in m.status():
         mark = "ok " if st.present else ("-- " if st.required else "(optional) ")
@@ -56,6 +68,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(describe_missing(missing, m.home))
     else:
         print("\nall required assets are installed")
+    print("\nlicences of the installed components:")
+    for c in licences:
+        print(f"  {'commercial    ' if c.commercial else 'NON-COMMERCIAL'}  {c.component:20s} {c.what} -- {c.licence}")
+    if refusal:
+        print(f"\n{refusal}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -22,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fit: FLAME only; deca+fit: start from DECA's regressor and refine (needs its checkpoint)")
     add_fit_options(f)
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    f.add_argument("--landmarks", default="auto", choices=("auto", "fan", "dlib"))
+    f.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"))
+    f.add_argument("--commercial", action="store_true",
+                   help="refuse to run with components licensed for non-commercial use only (assets status)")
+    f.add_argument("--force", action="store_true",
+                   help="fit faces below the landmark confidence threshold (e.g. strong profiles)")
     f.add_argument("--all-faces", action="store_true", help="fit every face (default: the largest)")
     f.add_argument("--overwrite", action="store_true", help="replace existing result folders")
     add_skip_existing(f)

@@ -32,6 +32,8 @@ class ModeOptions:
     device: str = "auto"
     landmarks: str = "auto"
     home: str | None = None  # asset folder (None: $DECA_BLENDER_HOME or the user data folder)
+    force: bool = False  # reconstruct faces below the landmark confidence threshold (with a warning)
+    commercial: bool = False  # refuse components licensed for non-commercial use only
     # deca
     bf16: bool = False
     conventions: str = "deca"  # DECA's crop (deca) or ours (continuous): docs/CONVENTIONS.md
@@ -110,6 +112,12 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
     from core.assets import AssetManager
 
     manager = None if face_assets is not None else (AssetManager(options.home) if options.home else AssetManager())
+    if options.commercial and manager is not None:
+        from core.assets.licences import FIT_ASSETS, RECONSTRUCT_ASSETS, require_commercial
+        from core.frontend import get_detector
+
+        require_commercial(manager, FIT_ASSETS if mode == "fit" else RECONSTRUCT_ASSETS,
+                           get_detector(options.landmarks).name)
     if mode == "deca":
         from core.pipeline import wrinkles
         from core.pipeline.reconstruct import Reconstructor as DecaReconstructor
@@ -117,7 +125,7 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
         rec = DecaReconstructor(manager, face_assets=face_assets, device=options.device, landmarks=options.landmarks,
                                 wrinkle_components=options.wrinkle_components,
                                 wrinkle_samples=options.wrinkle_samples or wrinkles.DEFAULT_SAMPLES,
-                                bf16=options.bf16, conventions=options.conventions)
+                                bf16=options.bf16, conventions=options.conventions, force=options.force)
     else:
         from core.fitting.fitter import Fitter
         from core.fitting.photometric_fit import PhotometricFitConfig
@@ -129,7 +137,7 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
             pcfg.iterations = options.iterations
         rec = FitReconstructor(Fitter(manager, face_assets=face_assets, device=options.device,
                                       landmarks=options.landmarks, mode=mode, photometric_config=pcfg,
-                                      photometric=options.photometric), same_person=options.same_person)
+                                      photometric=options.photometric, force=options.force), same_person=options.same_person)
     if load_detector:
         rec.detector  # noqa: B018 - a missing detector is not a per-photo failure
     return rec

@@ -26,8 +26,12 @@ class UsageError(DecaError, ValueError):
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the result folders (created if needed)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
-    p.add_argument("--landmarks", default="auto", choices=("auto", "fan", "dlib"),
-                   help="landmark detector: face-alignment (FAN) when its weights are installed, else dlib")
+    p.add_argument("--force", action="store_true",
+                   help="reconstruct faces below the landmark confidence threshold (e.g. strong profiles)")
+    p.add_argument("--commercial", action="store_true",
+                   help="refuse to run with components licensed for non-commercial use only (assets status)")
+    p.add_argument("--landmarks", default="auto", choices=("auto", "mediapipe", "fan", "dlib"),
+                   help="landmark detector (default: MediaPipe when installed, else FAN when its weights are on disk, else dlib)")
     p.add_argument("--batch-size", type=int, default=8, metavar="N", help="faces per network forward (default 8)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing result folders (default: pick a new name, never overwrite)")
@@ -97,6 +101,7 @@ def mode_options(args: argparse.Namespace) -> ModeOptions:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
     return ModeOptions(device=args.device, landmarks=args.landmarks, home=args.home, bf16=args.bf16,
+                       force=args.force, commercial=args.commercial,
                        conventions=args.conventions, wrinkle_samples=args.wrinkle_samples, wrinkle_components=args.wrinkle_components,
                        same_person=args.same_person, photometric=not args.no_photometric,
                        iterations=args.iterations)

@@ -28,9 +28,11 @@ import numpy as np
 import torch
 
 from core.fitting.codes import FitCodes
-from core.fitting.landmark_fit import CROP_SIZE, LandmarkFitConfig, LandmarkFitInfo, fit_landmarks, rigid_init
+from core.fitting.landmark_fit import (CROP_SIZE, DenseTargets, LandmarkFitConfig, LandmarkFitInfo, fit_landmarks,
+                                       rigid_init)
 from core.fitting.photometric_fit import PhotometricFitConfig, PhotometricFitInfo, fit_photometric
 from core.frontend import CropTransform, crop_from_landmarks, detect_faces, get_detector, read_image, warp_image
+from core.frontend.confidence import check_detection
 from core.frontend.landmarks import FaceDetection, LandmarkDetector
 from core.pipeline.reconstruct import resolve_device
 
@@ -41,7 +43,9 @@ MODES = ("fit", "deca+fit")
 # pixels at large yaw), and trusting them less lets the priors and the photometric stage decide (posed
 # median error 2.3 mm at 1 px, 1.9 at 3 px, 1.4 at 8 px, 1.5 at 12 px after stage 2). FAN's 4 px is not
 # measured here (FAN's weights are not available on this machine).
-LANDMARK_SIGMA_PX = {"ground-truth": 1.0, "given": 1.0, "fan": 4.0, "dlib": 8.0}
+# mediapipe: not measured against ground truth; its mesh-derived 68 points differ from dlib's by 3.3 % of
+# the box (~5 crop px) on ../shared/photos (core/frontend/mesh68.py), so it sits between FAN and dlib.
+LANDMARK_SIGMA_PX = {"ground-truth": 1.0, "given": 1.0, "fan": 4.0, "mediapipe": 6.0, "dlib": 8.0}
 DEFAULT_SIGMA_PX = 4.0
 Progress = Callable[[float, str], None]
 
@@ -123,9 +127,13 @@ class Fitter:
                  landmarks: str | LandmarkDetector = "auto", mode: str = "fit", reconstructor=None,
                  landmark_config: LandmarkFitConfig | None = None,
                  photometric_config: PhotometricFitConfig | None = None, photometric: bool = True,
-                 landmark_sigma_px: dict[str, float] | None = None) -> None:
+                 landmark_sigma_px: dict[str, float] | None = None, force: bool = False,
+                 dense: bool = True) -> None:
         from core.model.face_model import FaceAssets, FaceModel
 
+
+        self.force = bool(force)  # fit faces below the landmark confidence threshold (with a warning)
+        self.dense = bool(dense)  # stage 1 also fits MediaPipe's dense points (when the detector has them)
         if mode not in MODES:
             raise ValueError(f"unknown fitting mode {mode!r}: use one of {MODES}")
         self.mode = mode
@@ -221,13 +229,17 @@ class Fitter:
         base = self.landmark_config.sigma_px
         lw = torch.as_tensor([(base / self.sigma_for(d.detector)) ** 2 for d in detections], dtype=ref.dtype,
                              device=ref.device)[:, None].expand(n, 68)
+        dense = self._dense_targets(detections, crops) if self.dense else None
         groups = [list(range(n))] if same_person else [[i] for i in range(n)]
         fits: list[FaceFit | None] = [None] * n
         for g in groups:
             idx = torch.as_tensor(g, device=ref.device)
             t0 = time.perf_counter()
+            dg = None if dense is None else DenseTargets(dense.target_ndc[idx], dense.faces, dense.bary,
+                                                         dense.weights[idx])
             c1, info1 = fit_landmarks(fm, target[idx], init=FitCodes(**{k: v[idx] for k, v in init.__dict__.items()}),
-                                      config=self.landmark_config, shared_shape=same_person, landmark_weights=lw[idx])
+                                      config=self.landmark_config, shared_shape=same_person, landmark_weights=lw[idx],
+                                      dense=dg)
             t1 = time.perf_counter()
             c2, info2, albedo = c1, None, None
             if self.photometric:
@@ -244,6 +256,25 @@ class Fitter:
                     albedo=albedo[j:j + 1] if albedo is not None else None, mode=self.mode,
                     timings={"stage1": (t1 - t0) * share, "stage2": (t2 - t1) * share})
         return fits  # type: ignore[return-value]
+
+    def _dense_targets(self, detections: Sequence[FaceDetection], crops) -> DenseTargets | None:
+        """MediaPipe's fixed surface points (our FLAME embedding) in crop NDC, or None when no face has
+        them. Faces without them get weight 0; the irises get 0 (the fit has no gaze)."""
+        if not any(d.dense is not None and d.dense.shape[0] >= 478 for d in detections):
+            return None
+        from core.frontend.flame_embedding import load_mediapipe_embedding
+
+        emb = load_mediapipe_embedding()
+        ref = self.face_model.flame.v_template
+        iris = np.isin(emb.mediapipe_index, np.arange(468, 478))
+        pts, w = [], []
+        for d, c in zip(detections, crops):
+            ok = d.dense is not None and d.dense.shape[0] >= 478
+            xy = d.dense[emb.mediapipe_index, :2] if ok else np.zeros((len(emb.mediapipe_index), 2))
+            pts.append(c.apply(xy) / (CROP_SIZE / 2.0) - 1.0)
+            w.append(np.where(iris, 0.0, 1.0) if ok else np.zeros(len(emb.mediapipe_index)))
+        return DenseTargets(torch.as_tensor(np.stack(pts), dtype=ref.dtype, device=ref.device), emb.face_index,
+                            emb.bary, torch.as_tensor(np.stack(w), dtype=ref.dtype, device=ref.device))
 
     def sigma_for(self, detector: str) -> float:
         """Landmark noise (crop pixels) assumed for a detector's points."""
@@ -286,7 +317,10 @@ class Fitter:
 
     def _detect(self, path: str | Path, all_faces: bool) -> tuple[np.ndarray, list[FaceDetection]]:
         image = read_image(path)
-        return image, detect_faces(image, self.detector, all_faces=all_faces, source=path)
+        dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
+        for d in dets:  # LowConfidenceError (a per-photo failure) or warnings kept in the result
+            check_detection(d, force=self.force, source=str(path))
+        return image, dets
 
     def fit_photos(self, paths: Iterable[str | Path], out_dir: str | Path, same_person: bool = False,
                    all_faces: bool = False, overwrite: bool = False, progress: Progress | None = None) -> FitSummary:

@@ -44,7 +44,11 @@ class LandmarkFitConfig:
     sigma_px: float = 1.0  # landmark noise, pixels of a 224 crop
     shape_std: float = 1.0
     exp_std: float = 1.0
-    jaw_std: float = 0.3  # radians
+    jaw_std: float = 0.3  # radians, the jaw's opening (about FLAME's x axis)
+    # The jaw's rotation about the vertical (y) and forward (z) axes: a real jaw barely twists sideways,
+    # yet 68 points on an extreme expression let the fit explain mouth shapes by a 0.5-0.6 rad twist.
+    jaw_side_std: float = 0.05  # radians
+    dense_sigma_px: float = 2.0  # noise of the dense (MediaPipe) points, pixels of a 224 crop
     rigid_iterations: int = 10  # Levenberg-Marquardt iterations on pose and camera alone
     iterations: int = 30  # Levenberg-Marquardt iterations of the full fit
     landmark_weights: np.ndarray = field(default_factory=default_landmark_weights)
@@ -155,15 +159,21 @@ class _Layout:
         return m
 
 
+def jaw_prior_std(cfg: LandmarkFitConfig, like: torch.Tensor) -> torch.Tensor:
+    """(3,) prior std of the jaw's axis-angle: opening (x), then the sideways twists (y, z)."""
+    return like.new_tensor([cfg.jaw_std, cfg.jaw_side_std, cfg.jaw_side_std])
+
+
 def _residuals(lm: LandmarkModel, layout: _Layout, x: torch.Tensor, s0: torch.Tensor, target: torch.Tensor,
                sqrt_w: torch.Tensor, cfg: LandmarkFitConfig, rows: torch.Tensor) -> torch.Tensor:
-    """Residual vector r with energy E = |r|^2 / 2 (see the module docstring)."""
+    """Residual vector r with energy E = |r|^2 / 2 (see the module docstring). ``target`` and ``sqrt_w``
+    hold the 68 landmarks, then the dense points when `lm` has them (their weights carry 1 / sigma)."""
     shape, exp, pose, cam = layout.unpack(x, s0)
     p = project(lm.landmarks(shape, exp, pose, rows), cam)
     r_lmk = ((p - target) * (CROP_SIZE / 2.0) * sqrt_w[..., None] / cfg.sigma_px).reshape(-1)
     n = layout.n_shape_vec * layout.S
     return torch.cat([r_lmk, x[:n] / cfg.shape_std, exp.reshape(-1) / cfg.exp_std,
-                      pose[:, 3:].reshape(-1) / cfg.jaw_std])
+                      (pose[:, 3:] / jaw_prior_std(cfg, pose)).reshape(-1)])
 
 
 def _levenberg_marquardt(fun, x: torch.Tensor, free: torch.Tensor, rows_of, iterations: int,
@@ -208,7 +218,7 @@ def _levenberg_marquardt(fun, x: torch.Tensor, free: torch.Tensor, rows_of, iter
 
 def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = None,
                   config: LandmarkFitConfig | None = None, shared_shape: bool = False,
-                  landmark_weights: torch.Tensor | None = None) -> tuple[FitCodes, LandmarkFitInfo]:
+                  landmark_weights: torch.Tensor | None = None, dense=None) -> tuple[FitCodes, LandmarkFitInfo]:
     """Fit FLAME codes to 68 landmarks per face.
 
     Args:
@@ -217,6 +227,8 @@ def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = 
         init: starting codes (e.g. the regressor's); default: closed-form rigid init, zero shape/exp.
         shared_shape: one identity for the whole batch (several photos of one person).
         landmark_weights: (B, 68) or (68,) extra per-landmark weights (e.g. 0 for missing points).
+        dense: optional `DenseTargets`: MediaPipe points with their FLAME embedding, fitted besides the 68
+            (noise ``config.dense_sigma_px``; their weights, e.g. 0 for faces without them).
     Returns:
         the fitted codes (detached; tex and light copied from `init`) and `LandmarkFitInfo`.
     """
@@ -235,6 +247,11 @@ def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = 
         w = w * torch.as_tensor(landmark_weights, dtype=ref.dtype, device=ref.device).expand(B, 68)
     sqrt_w = w.clamp_min(0).sqrt()
     lm = _landmark_model(face_model)
+    if dense is not None:  # the dense points after the 68, each weighted as sigma_px / dense_sigma_px
+        lm = LandmarkModel(face_model.flame, dense.faces, dense.bary)
+        target = torch.cat([target, dense.target_ndc.to(ref)], 1)
+        wd = torch.as_tensor(dense.weights, dtype=ref.dtype, device=ref.device).expand(B, -1)
+        sqrt_w = torch.cat([sqrt_w, wd.clamp_min(0).sqrt() * (cfg.sigma_px / cfg.dense_sigma_px)], 1)
     n_shape = min(init.shape.shape[1], face_model.flame.n_shape)
     n_exp = min(init.exp.shape[1], face_model.flame.n_expression)
     layout = _Layout(B, n_shape, n_exp, shared_shape)
@@ -256,7 +273,7 @@ def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = 
         shape, exp, pose, cam = layout.unpack(x, s0)
         r = fun(x, rows_of(x))
         p = project(lm.landmarks(shape, exp, pose), cam)
-        dist = ((p - target) * (CROP_SIZE / 2.0)).norm(dim=-1)
+        dist = ((p - target) * (CROP_SIZE / 2.0)).norm(dim=-1)[:, :68]
     shape_full = init.shape.clone()
     shape_full[:, :n_shape] = shape
     exp_full = init.exp.clone()
@@ -265,6 +282,17 @@ def fit_landmarks(face_model, target_ndc: torch.Tensor, init: FitCodes | None = 
                      init.tex.clone(), init.light.clone())
     return codes, LandmarkFitInfo(reprojection_px=dist.mean(1).cpu().numpy(),
                                   energy=0.5 * float((r.double() ** 2).sum()), iterations=it1 + it2)
+
+
+@dataclass
+class DenseTargets:
+    """Dense points for `fit_landmarks`: ``target_ndc`` (B, N, 2) in the crop's image NDC, their FLAME
+    embedding ``faces`` (N,) / ``bary`` (N, 3), and ``weights`` (B, N) or (N,)."""
+
+    target_ndc: torch.Tensor
+    faces: np.ndarray
+    bary: np.ndarray
+    weights: np.ndarray | torch.Tensor
 
 
 def _landmark_model(face_model) -> LandmarkModel:

@@ -18,10 +18,15 @@ from core.flame.lbs import axis_angle_to_matrix, pose_feature, rigid_transforms
 class LandmarkModel:
     """68 fitting-form landmarks (FLAME space) of a `FlameLayer` with an embedding."""
 
-    def __init__(self, flame: FlameLayer) -> None:
+    def __init__(self, flame: FlameLayer, extra_faces=None, extra_bary=None) -> None:
+        """``extra_faces`` (N,) / ``extra_bary`` (N, 3): further fixed surface points (e.g. MediaPipe's,
+        core/frontend/flame_embedding.py) returned after the 68."""
         if flame.embedding is None:
             raise ValueError("the FLAME layer has no landmark embedding")
         self.flame = flame
+        dev = flame.v_template.device
+        self.extra_faces = None if extra_faces is None else torch.as_tensor(extra_faces, dtype=torch.long, device=dev)
+        self.extra_bary = None if extra_bary is None else torch.as_tensor(extra_bary, device=dev)
         Jr = flame.J_regressor
         self.J_template = Jr @ flame.v_template  # (J, 3)
         self.J_shape = torch.einsum("jv,vcn->jcn", Jr, flame.shape_basis)  # (J, 3, S)
@@ -34,14 +39,17 @@ class LandmarkModel:
 
     def landmarks(self, shape: torch.Tensor, exp: torch.Tensor, pose: torch.Tensor,
                   rows: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, 68, 3) fitting-form landmarks in FLAME space. `rows` fixes the contour rows (e.g. for
-        Jacobians); by default they follow the pose."""
+        """(B, 68 [+ N], 3) fitting-form landmarks (then the extra points) in FLAME space. `rows` fixes the
+        contour rows (e.g. for Jacobians); by default they follow the pose."""
         fl = self.flame
         B = pose.shape[0]
         if rows is None:
             rows = self.rows(pose)
         face_idx = torch.cat([fl.dynamic_lmk_faces[rows], fl.static_lmk_faces.expand(B, -1)], 1)  # (B, 68)
         bary = torch.cat([fl.dynamic_lmk_bary[rows], fl.static_lmk_bary.expand(B, -1, -1)], 1)
+        if self.extra_faces is not None:
+            face_idx = torch.cat([face_idx, self.extra_faces.expand(B, -1)], 1)
+            bary = torch.cat([bary, self.extra_bary.to(bary).expand(B, -1, -1)], 1)
         vid = fl.faces[face_idx]  # (B, 68, 3)
         S, E = shape.shape[1], exp.shape[1]
         v = fl.v_template[vid] + torch.einsum("bn,blkcn->blkc", shape, fl.shape_basis[vid][..., :S])

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from core.fitting.codes import FitCodes
-from core.fitting.landmark_fit import CROP_SIZE, LandmarkFitConfig
+from core.fitting.landmark_fit import CROP_SIZE, LandmarkFitConfig, jaw_prior_std
 from core.render import sample_uv_map, sh_basis
 from core.render.shading import SH_CONSTANTS
 
@@ -238,7 +238,7 @@ def fit_photometric(face_model, images: torch.Tensor, init: FitCodes, target_ndc
         e = cfg.w_photo * mse.sum()
         e = e + (c.shape[:n_shape_vec] ** 2).sum() / (2 * lcfg.shape_std ** 2)
         e = e + (c.exp ** 2).sum() / (2 * lcfg.exp_std ** 2)
-        e = e + (c.pose[:, 3:] ** 2).sum() / (2 * lcfg.jaw_std ** 2)
+        e = e + ((c.pose[:, 3:] / jaw_prior_std(lcfg, c.pose)) ** 2).sum() / 2
         if target is not None and cfg.landmark_weight > 0:
             d2 = (((g.landmarks2d - target) * (CROP_SIZE / 2.0)) ** 2).sum(-1)
             e = e + cfg.landmark_weight * (w_lmk * d2).sum() / (2 * lcfg.sigma_px ** 2)

@@ -114,6 +114,7 @@ def build_outputs(fitter, fit) -> tuple[ReconstructionResult, FaceImages]:
         "detail_source": np.str_(detail_source),
         "detector": np.str_(fit.detection.detector),
         "crop_convention": np.str_(fit.crop.convention),
+        **fit.detection.record(),
         "texture_crop_size": np.int64(tcrop.size),
         "faces_in_photo": np.int64(fit.faces_in_photo),  # lets a rerun tell a finished photo
         "fit_reprojection_px_stage1": np.float64(s1.reprojection_px[0]) if s1 is not None else np.float64(np.nan),

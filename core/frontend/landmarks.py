@@ -1,4 +1,4 @@
-"""Face detection and 68-point landmarks (iBUG 300-W order).
+"""Face detection and 68-point landmarks (iBUG 300-W order), plus a dense mesh where the detector has one.
 
 Coordinates: boxes and landmarks are in **continuous photo pixel coordinates** (docs/CONVENTIONS.md):
 pixel ``(row i, col j)`` covers ``[j, j+1) x [i, i+1)``. dlib reports integer pixel indices, so its points
@@ -14,6 +14,9 @@ Detectors:
 - `FanDetector`: the ``face_alignment`` package (FAN), used only when it is importable **and** its weights
   are already in the torch hub cache; it never downloads.
 
+- `MediaPipeDetector` (core/frontend/mediapipe_mesh.py, the default): MediaPipe's face detector and
+  478-point mesh; its 68 points come from the mesh (core/frontend/mesh68.py).
+
 `get_detector` picks one; `select_faces` applies the multiple-faces policy and raises `NoFaceError`.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import contextlib
 import importlib.util
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -67,6 +70,14 @@ class FaceDetection:
     landmarks: np.ndarray
     score: float
     detector: str
+    # Set by detectors that know them (MediaPipe): the dense mesh (N, 3) = photo pixels + relative depth
+    # (same scale as x, negative towards the camera), the head yaw in degrees (> 0: nose towards +x) and a
+    # confidence in [0, 1] (see core/frontend/mediapipe_mesh.py for how it is made).
+    dense: np.ndarray | None = None
+    yaw: float | None = None
+    confidence: float | None = None
+    turn_ratio: float | None = None  # MediaPipe: how far the nose tip is towards/past the face outline
+    warnings: list[str] = field(default_factory=list)  # filled by core.frontend.confidence.check_detection
 
     def __post_init__(self):
         self.box = np.asarray(self.box, dtype=np.float64).reshape(4)
@@ -74,6 +85,27 @@ class FaceDetection:
         if self.landmarks.shape != (68, 2):
             raise ValueError(f"landmarks must be (68, 2), got {self.landmarks.shape}")
         self.score = float(self.score)
+        if self.dense is not None:
+            self.dense = np.asarray(self.dense, dtype=np.float64)
+            if self.dense.ndim != 2 or self.dense.shape[1] != 3:
+                raise ValueError(f"dense landmarks must be (N, 3), got {self.dense.shape}")
+
+    def record(self) -> dict[str, np.ndarray]:
+        """What a result stores about this detection besides the 68 points (saved as ``extra_<key>``):
+        ``detector_score``, and when known ``detected_landmarks_dense`` (N, 3) float32,
+        ``landmark_confidence``, ``head_yaw`` (degrees) and ``landmark_warnings`` (one line each)."""
+        out: dict[str, np.ndarray] = {"detector_score": np.float64(self.score)}
+        if self.dense is not None:
+            out["detected_landmarks_dense"] = self.dense.astype(np.float32)
+        if self.confidence is not None:
+            out["landmark_confidence"] = np.float64(self.confidence)
+        if self.yaw is not None:
+            out["head_yaw"] = np.float64(self.yaw)
+        if self.turn_ratio is not None:
+            out["head_turn_ratio"] = np.float64(self.turn_ratio)
+        if self.warnings:
+            out["landmark_warnings"] = np.str_("\n".join(self.warnings))
+        return out
 
     @property
     def area(self) -> float:
@@ -424,32 +456,6 @@ class FanDetector(LandmarkDetector):
         return _sort_largest_first(dets)
 
 
-# ------------------------------------------------------------------------------------------- choosing
-
-def get_detector(method: str = "auto", device: str = "cpu", **kwargs) -> LandmarkDetector:
-    """``'fan'``, ``'dlib'`` or ``'auto'`` (FAN when available, else dlib).
-
-    Raises `DetectorUnavailableError` naming what to install. ``kwargs`` go to `DlibDetector`.
-    """
-    method = (method or "auto").lower()
-    if method == "fan":
-        return FanDetector(device=device)
-    if method == "dlib":
-        return DlibDetector(**kwargs)
-    if method != "auto":
-        raise ValueError(f"unknown landmark detector {method!r}: use 'auto', 'fan' or 'dlib'")
-    fan_ok, fan_reason = FanDetector.availability()
-    if fan_ok:
-        return FanDetector(device=device)
-    dlib_ok, dlib_reason = _dlib_availability(kwargs.get("models_dir"),
-                                              need_cnn=kwargs.get("cnn_fallback", True))
-    if dlib_ok:
-        return DlibDetector(**kwargs)
-    raise DetectorUnavailableError(
-        "no landmark detector is available.\n"
-        f"  FAN: {fan_reason}\n  dlib: {dlib_reason}")
-
-
 def select_faces(detections: Sequence[FaceDetection], all_faces: bool = False,
                  source: str | os.PathLike | None = None) -> list[FaceDetection]:
     """The multiple-faces policy: the largest face by default, every face (largest first) with
@@ -458,14 +464,3 @@ def select_faces(detections: Sequence[FaceDetection], all_faces: bool = False,
     if not dets:
         raise NoFaceError(source)
     return dets if all_faces else dets[:1]
-
-
-def detect_faces(image, detector: LandmarkDetector | None = None, all_faces: bool = False,
-                 source: str | os.PathLike | None = None) -> list[FaceDetection]:
-    """Detect, then apply `select_faces` (raising `NoFaceError` naming ``source``)."""
-    det = detector if detector is not None else get_detector("auto")
-    found = det.detect(image)
-    try:
-        return select_faces(found, all_faces=all_faces, source=source)
-    except NoFaceError:
-        raise NoFaceError(source, getattr(det, "name", None)) from None

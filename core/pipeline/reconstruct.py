@@ -51,6 +51,7 @@ from core.flame.layer import FlameOutput
 from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
 from core.frontend.crop import check_convention
+from core.frontend.confidence import check_detection
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
 from core.model.face_model import FaceAssets, FaceModel
@@ -241,7 +242,7 @@ class Reconstructor:
             user's). Missing assets raise `MissingAssetError` listing all of them; a checkpoint of another
             architecture raises `CheckpointError`.
         device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.
-        landmarks: 'auto', 'fan', 'dlib', or a `LandmarkDetector` instance. The detector is created on first
+        landmarks: 'auto', 'mediapipe', 'fan', 'dlib', or a `LandmarkDetector` instance. The detector is created on first
             use (`detector`), so `decode_displacement` works without one.
         face_assets, networks: injected instead of loaded (tests, training).
         wrinkle_components: K maps of the wrinkle model.
@@ -251,6 +252,8 @@ class Reconstructor:
         bf16: bfloat16 autocast for the two encoders (off by default: not yet checked on DECA's released
             weights). The detail decoder always runs in float32.
         profile: synchronise the device at stage boundaries so `timings` are exact on CUDA.
+        force: reconstruct faces whose landmark confidence is below the threshold (with a warning)
+            instead of failing them with `LowConfidenceError` (core/frontend/confidence.py).
     """
 
     mode = "deca"  # core.commands.modes.Reconstructor: the fit modes are core.commands.modes.FitReconstructor
@@ -259,9 +262,11 @@ class Reconstructor:
                  landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
                  networks: DecaNetworks | None = None, wrinkle_components: int = wr.DEFAULT_COMPONENTS, *,
                  wrinkle_samples: int = wr.DEFAULT_SAMPLES, wrinkle_holdout: int = wr.DEFAULT_HOLDOUT,
-                 bf16: bool = False, profile: bool = False, conventions: str = "deca") -> None:
+                 bf16: bool = False, profile: bool = False, conventions: str = "deca",
+                 force: bool = False) -> None:
         self.device = resolve_device(device)
         self.conventions = check_convention(conventions)  # "deca" (DECA's crop) or "continuous"
+        self.force = bool(force)  # reconstruct faces below the landmark confidence threshold (a warning)
         self.manager = assets
         if face_assets is None or networks is None:
             self.manager = assets if assets is not None else AssetManager()
@@ -354,6 +359,8 @@ class Reconstructor:
             image = read_image(path)
         with self._stage("landmarks"):
             dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
+            for d in dets:  # LowConfidenceError (a per-photo failure) or warnings kept in the result
+                check_detection(d, force=self.force, source=str(path))
         with self._stage("crop"):
             crops = [crop_from_landmarks(d.landmarks, size=NETWORK_SIZE, convention=self.conventions) for d in dets]
         return _Photo(Path(path), image, dets, crops)
@@ -485,6 +492,7 @@ class Reconstructor:
             "bf16": np.bool_(self.bf16),
             "crop_convention": np.str_(face.crop.convention),
             "displacement_map": dec.displacement_map,
+            **face.detection.record(),
             **(extra or {}),
         }
         return ReconstructionResult(

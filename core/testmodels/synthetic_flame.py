@@ -3,7 +3,8 @@
 The licensed FLAME model cannot enter the repo or CI, yet the whole pipeline (landmark embedding,
 UVs, masks, renderer, Blender rig) must run on the real 5023-vertex topology. This generator builds a
 model from what we may use: DECA's template mesh (geometry, faces, UVs) and FLAME 2020's joint
-regressor. Its bases are smooth synthetic fields, its skinning weights and pose correctives are derived
+regressor. Its bases are smooth synthetic fields (the first 10 expression components are region-driven,
+landmark-placed expressions: smile, lips apart, pucker, brow raise/furrow, eye closure, ...), its skinning weights and pose correctives are derived
 from the geometry. It is written as the official pickle is: a Python-2-compatible protocol-2 pickle with
 chumpy objects and a scipy sparse `J_regressor`, so the same loader path is exercised.
 
@@ -24,6 +25,7 @@ from core.flame.landmarks import LandmarkEmbedding, read_official_embedding
 from core.atomic import atomic_write_bytes
 from core.flame.model_file import FLAME_PARENTS, FlameModelData
 from core.flame.template import read_template_obj
+from core.testmodels.expressions import region_expression_basis
 
 N_SHAPE, N_EXPR, N_POSE_FEATURES = 300, 100, 36
 
@@ -99,6 +101,13 @@ def build_test_flame(template_obj: str | Path, joint_regressor_npz: str | Path,
     front = _sigmoid((v[:, 2] - centre[2]) / 0.01) * _sigmoid((v[:, 1] - (joints[0, 1] + 0.06)) / 0.01)
     exp_std = 0.003 / (1.0 + np.arange(N_EXPR) / 6.0)
     expr_basis = _smooth_fields(p, N_EXPR, rng, max_freq=4.0) * front[:, None, None] * exp_std
+    # The first components look like expressions (smile, lips apart, pucker, brows, eye closure, ...; see
+    # core/testmodels/expressions.py), so that fits, renders and Blender sliders can be judged by eye;
+    # the rest stay random smooth bumps. The random fields are drawn first, so every other array is
+    # unchanged.
+    eyeballs = np.logical_or(*_eyeball_masks(v, mesh.faces, joints[3:5]))
+    region = region_expression_basis(v, mesh.faces, eyeballs)
+    expr_basis[:, :, : region.shape[2]] = region
 
     if embedding is None:
         mouth_y = joints[2, 1] - 0.02  # without landmarks: 2 cm below the jaw joint
