@@ -79,6 +79,11 @@ class ModelConfig:
     #: and a white ambient light, and shrink the last layer's weights by ``head_init_gain``
     init_head_from_data: bool = True
     head_init_gain: float = 0.1
+    #: E_flame's ResNet blocks per stage (DECA: [3, 4, 6, 3], a ResNet-50). Fewer (e.g. [1, 1, 1, 1]) is a
+    #: REDUCED encoder for tests and debugging on a CPU: such a run exports no deca_model.tar
+    encoder_blocks: list = field(default_factory=lambda: [3, 4, 6, 3])
+    #: side E_flame resizes its input to (DECA: 224; smaller is a reduced encoder, as above)
+    encoder_input_size: int = 224
 
 
 @dataclass
@@ -208,6 +213,12 @@ class TrainingConfig:
                                                         f"got {m.encoder_trainable_layers!r}")
         if m.bn_mode not in BN_MODES:
             raise bad("model.bn_mode", f"must be one of {', '.join(BN_MODES)}, got {m.bn_mode!r}")
+        if len(m.encoder_blocks) != 4 or any((not isinstance(b, (int, float))) or int(b) != b or b < 1
+                                             for b in m.encoder_blocks):
+            raise bad("model.encoder_blocks", f"needs four positive integers, got {m.encoder_blocks!r}")
+        m.encoder_blocks = [int(b) for b in m.encoder_blocks]
+        if m.encoder_input_size < 32:
+            raise bad("model.encoder_input_size", "must be >= 32")
         if m.bn_calibration_images < 0 or m.bn_calibration_chunk < 1:
             raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
         for f in dataclasses.fields(LossConfig):

@@ -33,6 +33,7 @@ from core.networks import DecaNetworks, build_deca_networks, load_deca_checkpoin
 from core.networks.encoders import FLAME_CODE_SIZES
 
 from .config import ConfigError, TrainingConfig, config_to_dict
+from .networks import build_training_networks, is_reduced
 from .data import IdentityBatchSampler, IdentityDataset, advance, collate, landmarks_to_ndc
 from .objective import DecaObjective, StepOutput
 
@@ -408,7 +409,10 @@ class Trainer:
         face = self._face_model(device)
 
         # ---- networks
-        nets = build_deca_networks()
+        nets = build_training_networks(cfg.model)
+        if is_reduced(cfg.model):
+            log.warning("E_flame is a REDUCED encoder (blocks %s, input %d): for tests/debugging, no deca_model.tar "
+                        "is exported", cfg.model.encoder_blocks, cfg.model.encoder_input_size)
         resume = self._resume_path()
         ckpt = None
         if resume is not None:
@@ -544,7 +548,7 @@ class Trainer:
             del it
         result.step = step
         result.checkpoint = last_ckpt
-        if step >= cfg.train.max_steps and cfg.train.export_on_finish and d.main:
+        if step >= cfg.train.max_steps and cfg.train.export_on_finish and d.main and not is_reduced(cfg.model):
             result.exported = save_deca_checkpoint(nets, self.out / "deca_model.tar")
             log.info("exported %s (official deca_model.tar layout)", result.exported)
         if d.enabled:
