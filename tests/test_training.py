@@ -394,3 +394,42 @@ def test_set_trainable_selects_stage_modules_and_resnet_layers():
     assert not trained("E_flame")
     assert trained("E_detail") == {n for n, _ in nets.E_detail.named_parameters(prefix="E_detail") if ".layers." in n}
     assert trained("D_detail") == {n for n, _ in nets.D_detail.named_parameters(prefix="D_detail")}
+
+
+# ----------------------------------------------------------------------------------------------- cli / resume
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy\nsys.argv = ['deca-train', 'train', '--help']\ntry:\n"
+            "    runpy.run_module('training.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH-LOADED' if 'torch' in sys.modules else 'TORCH-NOT-LOADED')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "--config" in out.stdout  # the help text was printed
+    assert out.stdout.strip().endswith("TORCH-NOT-LOADED"), out.stdout[-300:] + out.stderr[-300:]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip", b"not a checkpoint at all"])
+def test_corrupt_resume_file_is_a_clean_error(tmp_path, content):
+    from training.trainer import read_training_checkpoint
+
+    p = tmp_path / "latest.pt"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match=r"latest\.pt: not a readable deca-train checkpoint"):
+        read_training_checkpoint(p)
+
+
+def test_corrupt_resume_file_exits_2_from_the_cli(tmp_path, synth, test_flame_pkl, deca_data_dir, capsys):
+    from training.cli import main
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"stage: pretrain\noutput_dir: {tmp_path / 'out'}\n"
+                   f"data: {{root: {synth}, identities_per_batch: 1}}\n"
+                   f"model: {{flame: {test_flame_pkl}, data_dir: {deca_data_dir}}}\n"
+                   f"train: {{resume: {bad}, tensorboard: false}}\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt: not a readable deca-train checkpoint" in err and "Traceback" not in err

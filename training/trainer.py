@@ -181,7 +181,12 @@ def read_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    obj = torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, a pickle asking for code: all unusable
+        raise ValueError(f"{p}: not a readable deca-train checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no details'}); delete it or point "
+                         f"train.resume at another checkpoint") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: not a checkpoint written by deca-train (use model.init_from for an official "
                          f"deca_model.tar)")
@@ -264,10 +269,17 @@ class Trainer:
         spec = self.cfg.train.device
         if spec == "auto":
             spec = "cuda" if torch.cuda.is_available() else "cpu"
-        if spec == "cuda":
+        if spec.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ConfigError("train.device is 'cuda' but CUDA is not available")
-            return torch.device("cuda", d.local_rank)
+                raise ConfigError(f"train.device is '{spec}' but CUDA is not available")
+            if d.enabled:
+                # under torchrun every process takes the GPU of its local rank; a fixed cuda:N would put all
+                # ranks on one GPU (choose the GPUs with CUDA_VISIBLE_DEVICES instead)
+                if spec != "cuda" and torch.device(spec).index != d.local_rank:
+                    log.warning("train.device %s ignored under torchrun: rank %d (local rank %d) uses cuda:%d",
+                                spec, d.rank, d.local_rank, d.local_rank)
+                return torch.device("cuda", d.local_rank)
+            return torch.device(spec) if spec != "cuda" else torch.device("cuda", 0)
         return torch.device(spec)
 
     def _setup_logging(self, d: _Dist) -> None:
