@@ -90,6 +90,11 @@ class ModelConfig:
 class LossConfig:
     """Loss weights (DECA paper, Sec. 4 / 5, unless noted in docs/training.md). 0 turns a term off."""
 
+    #: how the coarse / pretrain terms are computed and reduced: ``release`` (DECA's released trainer: weighted
+    #: landmarks normalised per coordinate, eyelid / lip *distances*, regularisers summed over the batch
+    #: ``sum(x^2)/2``, the render masked by the UV face-eye region, shape consistency as a doubled batch) or
+    #: ``paper`` (the paper's per-image terms averaged over the batch). Table: docs/training.md
+    formulas: str = "paper"
     # coarse stage (pretrain uses lmk, eye, lip and the shape / expression regularizers only)
     lmk: float = 1.0
     eye: float = 1.0
@@ -223,7 +228,10 @@ class TrainingConfig:
             raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
         for f in dataclasses.fields(LossConfig):
             v = getattr(self.loss, f.name)
-            if f.name == "landmark_weights":
+            if f.name == "formulas":
+                if v not in ("release", "paper"):
+                    raise bad("loss.formulas", f"must be release or paper, got {v!r}")
+            elif f.name == "landmark_weights":
                 if v and len(v) != 68:
                     raise bad("loss.landmark_weights", f"needs 68 values (or none), got {len(v)}")
             elif v < 0:

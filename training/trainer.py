@@ -148,6 +148,12 @@ def init_head_from_data(nets: DecaNetworks, face, images: torch.Tensor, landmark
     return {"cam": [float(c) for c in cam], "light_band0": [float(x) for x in light0]}
 
 
+def _untouched_batchnorm(module: nn.Module) -> bool:
+    """True when every batch norm of ``module`` still holds its initial statistics (mean 0, variance 1)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    return bool(bns) and all(bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all()) for m in bns)
+
+
 def _numpy_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
@@ -441,6 +447,11 @@ class Trainer:
         nets = nets.to(device)
         if ckpt is None and not cfg.model.init_from:
             self._init_from_scratch(nets, face, ds, device)
+        elif ckpt is None and cfg.stage == "detail" and _untouched_batchnorm(nets.E_detail) \
+                and cfg.model.bn_calibration_images > 0:
+            # the documented chain pretrain -> coarse -> detail never trains E_detail / D_detail before this
+            # stage: their batch norms still hold mean 0 / variance 1, far from their inputs' statistics
+            self._calibrate_detail(nets, ds, device)
         trained = set_trainable(nets, cfg.stage, cfg.model.encoder_trainable_layers)
         params = [p for p in nets.parameters() if p.requires_grad]
         log.info("training %s: %.1fM parameters (encoder layers: %s, batch norm: %s)",
@@ -597,6 +608,26 @@ class Trainer:
 
             calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
             log.info("batch norm of E_detail and D_detail calibrated")
+        nets.eval()
+
+    def _calibrate_detail(self, nets: DecaNetworks, ds: IdentityDataset, device: torch.device) -> None:
+        from core.networks import split_flame_codes
+
+        cfg = self.cfg
+        samples = ds.calibration_samples(cfg.model.bn_calibration_images, cfg.train.seed)
+        images = collate([ds[s] for s in samples])["image"].to(device)
+        c = cfg.model.bn_calibration_chunk
+        chunks = [images[i:i + c] for i in range(0, images.shape[0], c)]
+        nets.E_flame.eval()
+        k = calibrate_batchnorm(nets.E_detail, chunks)
+
+        def dec(x):
+            codes = split_flame_codes(nets.E_flame(x))
+            nets.D_detail.decode(codes.jaw_pose, codes.exp, nets.E_detail(x))
+
+        k += calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
+        log.info("batch norm of E_detail and D_detail estimated on %d images (%d layers): they start untrained",
+                 images.shape[0], k)
         nets.eval()
 
     def _set_modes(self, nets: DecaNetworks, trained: list[nn.Module]) -> None:
