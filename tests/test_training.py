@@ -433,3 +433,70 @@ def test_corrupt_resume_file_exits_2_from_the_cli(tmp_path, synth, test_flame_pk
     assert main(["train", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "bad.pt: not a readable deca-train checkpoint" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------- VGGFace2 pickle
+
+def test_reads_a_resnet50_ft_weight_pkl_of_numpy_arrays(tmp_path):
+    import pickle
+
+    from training.perceptual import FaceResNet50, load_face_recognition
+
+    torch.manual_seed(0)
+    src = FaceResNet50(stride_in_1x1=True, caffe_maxpool=True).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as trained weights have
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    # the released file's format: a (Python 2) pickle of {name: numpy array}, Caffe-converted (no batch
+    # counters), with VGGFace2's classifier (8631 classes there; fewer here to keep the file small)
+    arrays = {k: v.numpy() for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arrays["fc.weight"] = np.zeros((7, 2048), np.float32)
+    arrays["fc.bias"] = np.zeros(7, np.float32)
+    path = tmp_path / "resnet50_ft_weight.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=2))
+    net = load_face_recognition(path)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(net(x), src(x), atol=1e-5)
+        assert net(x).shape == (2, 2048)
+    # Caffe-style max-pool: padding 0, ceil_mode (a 112 map pools to 56 either way; 111 tells them apart)
+    y = torch.rand(1, 64, 111, 111)
+    assert torch.nn.functional.max_pool2d(y, 3, 2, 0, ceil_mode=True).shape[-1] == 55
+
+
+def test_a_weights_pickle_that_asks_for_code_is_refused(tmp_path):
+    import pickle
+
+    from training.perceptual import PretrainedWeightsError, load_face_recognition
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"conv1.weight": Evil()}, protocol=2))
+    with pytest.raises(PretrainedWeightsError, match=r"evil\.pkl: refused: .*system"):
+        load_face_recognition(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_identity_preprocessing_as_released():
+    from training.perceptual import IdentityLoss
+
+    class Probe(torch.nn.Module):  # returns its input: the preprocessing is what is compared
+        def forward(self, x):
+            return x.flatten(1)
+
+    mean = [91.4953, 103.8827, 131.0912]
+    loss = IdentityLoss(Probe(), input_size=224, crop_margin=10, release_scaling=True)
+    x = torch.rand(1, 3, 224, 224)
+    got = loss.features(x).view(1, 3, 224, 224)
+    # released VGGFace2Loss: RGB->BGR, *255 - mean_bgr, crop 10 px, x*2-1, bilinear back to 224
+    bgr = torch.stack([x[:, 2], x[:, 1], x[:, 0]], 1) * 255 - torch.tensor(mean).view(1, 3, 1, 1)
+    ref = torch.nn.functional.interpolate(bgr[:, :, 10:214, 10:214] * 2 - 1, size=(224, 224), mode="bilinear",
+                                          align_corners=False)
+    assert torch.allclose(got, ref, atol=1e-3)

@@ -130,6 +130,10 @@ class IdentityConfig:
     bgr: bool = True
     input_scale: float = 255.0
     mean: list = field(default_factory=lambda: [91.4953, 103.8827, 131.0912])
+    #: DECA's VGGFace2Loss (release): crop this margin (pixels) after the mean subtraction ...
+    crop_margin: int = 10
+    #: ... then ``x * 2 - 1`` and a bilinear resize back to ``input_size`` (false: the paper's plain input)
+    release_scaling: bool = True
 
 
 @dataclass

@@ -340,7 +340,7 @@ class Trainer:
             if c.identity.weights:
                 net = load_face_recognition(c.identity.weights, c.identity.stride_in_1x1)
                 identity = IdentityLoss(net, c.identity.input_size, c.identity.bgr, c.identity.input_scale,
-                                        c.identity.mean).to(device)
+                                        c.identity.mean, c.identity.crop_margin, c.identity.release_scaling).to(device)
                 log.info("identity loss on (weight %g), face-recognition network from %s", c.loss.id, c.identity.weights)
             else:
                 log.info("identity loss is OFF: no face-recognition weights given (identity.weights); DECA used a "
