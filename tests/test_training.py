@@ -500,3 +500,21 @@ def test_identity_preprocessing_as_released():
     ref = torch.nn.functional.interpolate(bgr[:, :, 10:214, 10:214] * 2 - 1, size=(224, 224), mode="bilinear",
                                           align_corners=False)
     assert torch.allclose(got, ref, atol=1e-3)
+
+
+def test_face_model_reads_the_bfm_albedo_npz(tmp_path, test_flame_pkl, deca_data_dir):
+    from core.pipeline.face_model import FaceAssets, FaceModel
+
+    S, K = 16, 60  # the released file has 199 components; the model uses the first 50
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(0.2, 0.8, S * S * 3)  # FLAME_albedo_from_BFM.npz: 0..1, BGR texels, flattened
+    pc = rng.normal(size=(S * S * 3, K)) * 0.01
+    path = tmp_path / "FLAME_albedo_from_BFM.npz"
+    np.savez(path, MU=mu, PC=pc)
+    face = FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir, path))
+    assert face.has_texture_space
+    code = torch.zeros(1, 50)
+    code[0, 1] = 2.0
+    got = face.albedo(code, 1)[0]  # (3, S, S) RGB
+    ref = (mu.reshape(S, S, 3) + 2.0 * pc[:, 1].reshape(S, S, 3))[..., ::-1].clip(0, 1)  # BGR -> RGB
+    assert np.allclose(got.permute(1, 2, 0).numpy(), ref, atol=1e-5)
