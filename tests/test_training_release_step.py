@@ -143,3 +143,19 @@ def test_detail_stage_after_the_chain_estimates_detail_batchnorm(face, synth, tm
         sd = torch.load(res.exported, map_location="cpu", weights_only=True)[name]
         var = torch.cat([v.flatten() for k, v in sd.items() if k.endswith("running_var")])
         assert float(_bn_means(res.exported, name).abs().max()) > 1e-3 and float((var - 1).abs().max()) > 1e-3
+
+
+def test_missing_pretrained_networks_are_a_warning_and_a_metrics_entry(face, synth, tmp_path):
+    import json
+
+    from training.trainer import train
+
+    cfg = config_from_dict({"stage": "coarse", "output_dir": str(tmp_path),
+                            "data": {"root": str(synth), "identities_per_batch": 2, "images_per_identity": 2},
+                            "model": {**REDUCED, "bn_calibration_images": 4},
+                            "train": {"max_steps": 1, "tensorboard": False, "resume": "never"}})
+    train(cfg, face=face)
+    log = (tmp_path / "train.log").read_text()
+    assert "WARNING identity loss is OFF" in log
+    rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
+    assert rec["disabled_losses"] == ["id"] and "id" not in rec

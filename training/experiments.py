@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", type=int, nargs=4, default=[3, 4, 6, 3])
     ap.add_argument("--input-size", type=int, default=224)
     ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--spec", default="{}", help="SyntheticSpec fields of both sets as JSON, e.g. '{\"yaw_deg\": 30}'")
     ap.add_argument("overrides", nargs="*", help="config overrides section.key=value (YAML values)")
     a = ap.parse_args(argv)
 
@@ -104,11 +105,13 @@ def main(argv: list[str] | None = None) -> int:
     face = FaceModel(FaceAssets.from_paths(flame, data_dir))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     face = face.to(device)
-    train, held = make_learning_sets(face.to("cpu"), a.out / "data", a.ids, a.per_id, a.held_ids, a.held_per_id)
+    train, held = make_learning_sets(face.to("cpu"), a.out / "data", a.ids, a.per_id, a.held_ids, a.held_per_id,
+                                     **json.loads(a.spec))
     over = _parse_overrides(a.overrides)
     over.setdefault("model", {}).update(encoder_blocks=a.blocks, encoder_input_size=a.input_size)
     over.setdefault("train", {}).setdefault("max_steps", a.steps)
     tag = "_".join(f"{k}" for k in a.overrides) or "default"
+    tag = tag.replace("/", "_")
     report = run_learning(face.to("cpu") if device.type == "cpu" else face, train, held, a.out / "runs" / tag, over)
     report["overrides"] = a.overrides
     print(json.dumps(report, indent=1))

@@ -343,7 +343,8 @@ class Trainer:
                                         c.identity.mean, c.identity.crop_margin, c.identity.release_scaling).to(device)
                 log.info("identity loss on (weight %g), face-recognition network from %s", c.loss.id, c.identity.weights)
             else:
-                log.info("identity loss is OFF: no face-recognition weights given (identity.weights); DECA used a "
+                self.disabled_losses.append("id")
+                log.warning("identity loss is OFF: no face-recognition weights given (identity.weights); DECA used a "
                          "VGGFace2 ResNet-50")
         if c.stage == "detail" and c.loss.mrf > 0:
             if c.mrf.vgg_weights:
@@ -351,7 +352,8 @@ class Trainer:
                                 c.mrf.input_size).to(device)
                 log.info("ID-MRF loss on (weight %g), VGG-19 from %s", c.loss.mrf, c.mrf.vgg_weights)
             else:
-                log.info("ID-MRF loss is OFF: no VGG-19 weights given (mrf.vgg_weights)")
+                self.disabled_losses.append("mrf")
+                log.warning("ID-MRF loss is OFF: no VGG-19 weights given (mrf.vgg_weights)")
         return identity, mrf
 
     def _amp(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -488,6 +490,7 @@ class Trainer:
                 log.warning("resuming a %d-process run with %d processes: the batches differ from the original run",
                             int(ckpt.get("world_size")), d.world)
 
+        self.disabled_losses: list[str] = []
         identity, mrf = self._perceptual(device)
         objective = DecaObjective(nets, face, cfg, identity, mrf, amp_dtype)
         model: nn.Module = objective
@@ -542,6 +545,8 @@ class Trainer:
                 rec = self._reduce_terms(out, d)
                 now = time.perf_counter()
                 rec.update(step=step, epoch=position[0], lr=opt.param_groups[0]["lr"], step_time_s=now - t_last)
+                if self.disabled_losses:  # weighted terms that are not computed (a missing pretrained network)
+                    rec["disabled_losses"] = list(self.disabled_losses)
                 if grad_norm is not None:
                     rec["grad_norm"] = grad_norm
                 t_last = now
@@ -554,11 +559,11 @@ class Trainer:
                     if step % cfg.train.log_every == 0 or step == 1:
                         log.info("step %d  loss %.5f  %s  (%.2f s/step)", step, rec["loss"],
                                  "  ".join(f"{k} {v:.4g}" for k, v in rec.items()
-                                           if k not in ("step", "epoch", "lr", "loss", "step_time_s")),
+                                           if k not in ("step", "epoch", "lr", "loss", "step_time_s", "disabled_losses")),
                                  rec["step_time_s"])
                         if writer is not None:
                             for k, v in rec.items():
-                                if k not in ("step", "epoch"):
+                                if k not in ("step", "epoch", "disabled_losses"):
                                     writer.add_scalar(("loss/" if k not in ("lr", "step_time_s", "grad_norm") else "train/") + k, v, step)
                     if writer is not None and out.vis is not None:
                         writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), _grid(out.vis), step)
