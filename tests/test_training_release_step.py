@@ -159,3 +159,26 @@ def test_missing_pretrained_networks_are_a_warning_and_a_metrics_entry(face, syn
     assert "WARNING identity loss is OFF" in log
     rec = json.loads((tmp_path / "metrics.jsonl").read_text().splitlines()[0])
     assert rec["disabled_losses"] == ["id"] and "id" not in rec
+
+
+def test_validation_every_n_steps_matches_an_evaluation_of_the_checkpoint(face, synth, tmp_path):
+    import json
+
+    from training.evaluate import evaluate
+    from training.networks import load_training_networks
+    from training.trainer import train
+
+    cfg = config_from_dict({"stage": "pretrain", "output_dir": str(tmp_path),
+                            "data": {"root": str(synth), "identities_per_batch": 2, "images_per_identity": 2},
+                            "model": {**REDUCED, "bn_calibration_images": 4},
+                            "train": {"max_steps": 2, "eval_every": 1, "val_root": str(synth), "tensorboard": True,
+                                      "resume": "never"}})
+    res = train(cfg, face=face)
+    val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
+    assert [v["step"] for v in val] == [1, 2]
+    ref = evaluate(load_training_networks(res.checkpoint, cfg.model), face, synth)
+    assert val[-1]["val"]["landmark_px"] == pytest.approx(ref["landmark_px"], rel=1e-5)
+    assert val[-1]["val"]["landmark_px"] != val[0]["val"]["landmark_px"]
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    with pytest.raises(Exception, match="val_root"):
+        config_from_dict({"train": {"eval_every": 5}})

@@ -183,6 +183,11 @@ class TrainConfig:
     #: stop after this many steps of this run (0: run to max_steps); checkpoints first (for schedulers)
     stop_after: int = 0
     tensorboard: bool = True
+    #: validate every this many steps (0: never) on ``val_root``: ``training.evaluate.evaluate`` errors
+    #: (landmark px; parameter errors on synthetic sets) to TensorBoard ``val/*`` and ``metrics.jsonl``
+    eval_every: int = 0
+    #: validation dataset folder (same layout as data.root)
+    val_root: str = ""
     #: torch.use_deterministic_algorithms (slower on CUDA; CPU runs are deterministic anyway)
     deterministic: bool = False
     #: distributed backend when launched by torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
@@ -260,6 +265,10 @@ class TrainingConfig:
         for k in ("log_every", "vis_every", "checkpoint_every"):
             if getattr(t, k) < 1:
                 raise bad(f"train.{k}", "must be >= 1")
+        if t.eval_every < 0:
+            raise bad("train.eval_every", "must be >= 0")
+        if t.eval_every > 0 and not t.val_root:
+            raise bad("train.val_root", "train.eval_every needs a validation dataset folder")
         if t.keep_checkpoints < 1:
             raise bad("train.keep_checkpoints", "must be >= 1")
         return self
@@ -355,7 +364,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
 
 #: options that name files or folders (``~`` is expanded)
 PATH_KEYS = ("output_dir", "data.root", "model.flame", "model.data_dir", "model.texture_space", "model.init_from",
-             "identity.weights", "mrf.vgg_weights")
+             "identity.weights", "mrf.vgg_weights", "train.val_root")
 
 
 def _expand_paths(cfg: "TrainingConfig") -> None:

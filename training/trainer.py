@@ -252,6 +252,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self._handlers: list[logging.Handler] = []
+        self._val: IdentityDataset | None = None
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_dist(self) -> _Dist:
@@ -567,6 +568,8 @@ class Trainer:
                                     writer.add_scalar(("loss/" if k not in ("lr", "step_time_s", "grad_norm") else "train/") + k, v, step)
                     if writer is not None and out.vis is not None:
                         writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), _grid(out.vis), step)
+                if d.main and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
+                    self._validate(nets, face, device, step, writer, metrics_path, trained)
                 if step % cfg.train.checkpoint_every == 0 or step == stop_at:
                     last_ckpt = self._save(d, nets, opt, scaler, step, position)
         finally:
@@ -614,6 +617,25 @@ class Trainer:
             calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
             log.info("batch norm of E_detail and D_detail calibrated")
         nets.eval()
+
+    def _validate(self, nets: DecaNetworks, face, device: torch.device, step: int, writer, metrics_path: Path,
+                  trained: list[nn.Module]) -> dict[str, float]:
+        """E_flame's errors on ``train.val_root`` (eval mode), to TensorBoard ``val/*`` and metrics.jsonl."""
+        from .evaluate import evaluate
+
+        if self._val is None:
+            self._val = IdentityDataset(self.cfg.train.val_root)
+        res = evaluate(nets, face, self._val, device=device)
+        self._set_modes(nets, trained)
+        rec = {"step": step, "val": {k: float(v) for k, v in res.items()}}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if writer is not None:
+            for k, v in res.items():
+                if k != "n_images":
+                    writer.add_scalar(f"val/{k}", v, step)
+        log.info("validation at step %d: %s", step, "  ".join(f"{k} {v:.4g}" for k, v in res.items()))
+        return res
 
     def _calibrate_detail(self, nets: DecaNetworks, ds: IdentityDataset, device: torch.device) -> None:
         from core.networks import split_flame_codes
