@@ -518,3 +518,44 @@ def test_face_model_reads_the_bfm_albedo_npz(tmp_path, test_flame_pkl, deca_data
     got = face.albedo(code, 1)[0]  # (3, S, S) RGB
     ref = (mu.reshape(S, S, 3) + 2.0 * pc[:, 1].reshape(S, S, 3))[..., ::-1].clip(0, 1)  # BGR -> RGB
     assert np.allclose(got.permute(1, 2, 0).numpy(), ref, atol=1e-5)
+
+
+def test_prepare_in_shards_with_workers_and_resume(photos_dir, tmp_path):
+    from PIL import Image
+
+    from core.frontend import DetectorUnavailableError, get_detector
+    from training.prepare import parse_shard, prepare_dataset
+
+    try:
+        get_detector("dlib", cnn_fallback=False)
+    except DetectorUnavailableError as e:
+        pytest.skip(str(e))
+    photos = [q for q in sorted(photos_dir.glob("*")) if q.name.startswith(("alfw", "image0"))][:3]
+    if len(photos) < 3:
+        pytest.skip("needs three small photos in ../shared/photos")
+    src = tmp_path / "photos"
+    for i, p in enumerate(photos):
+        (src / f"person{i % 2}").mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            im.thumbnail((400, 400))
+            im.save(src / f"person{i % 2}" / f"photo{i}.png")
+    # two independent shard jobs cover every photo exactly once
+    a = prepare_dataset(src, tmp_path / "sharded", detector="dlib", shard="0/2")
+    b = prepare_dataset(src, tmp_path / "sharded", detector="dlib", shard="1/2")
+    assert (a.written, b.written) == (2, 1)
+    sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.npz"))
+    assert len(sharded) == 3
+    # an interrupted run resumes: what exists is kept, nothing is redone
+    again = prepare_dataset(src, tmp_path / "sharded", detector="dlib")
+    assert again.written == 0 and again.identities == 2
+    # two worker processes write the same samples as the sharded single-process jobs
+    par = prepare_dataset(src, tmp_path / "parallel", detector="dlib", workers=2)
+    assert par.written == 3
+    for rel in sharded:
+        with np.load(tmp_path / "sharded" / rel) as x, np.load(tmp_path / "parallel" / rel) as y:
+            assert np.array_equal(x["landmarks"], y["landmarks"]) and np.array_equal(x["skin_mask"], y["skin_mask"])
+    assert parse_shard("3/16") == (3, 16)
+    for bad in ("16/16", "a/b", "1"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)
