@@ -55,6 +55,7 @@ def run_learning(face, train: Path, held: Path, out: Path, overrides: dict) -> d
     t0 = time.perf_counter()
     res = run(cfg, face=face)
     seconds = time.perf_counter() - t0
+    face = face.to("cpu")  # the trainer moved it to its device; the report runs on the CPU
     nets = load_training_networks(res.checkpoint, cfg.model)
     return {"seconds": seconds, "steps": res.step,
             "train": learning_report(nets, face, train, train).as_dict(),
@@ -88,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*", help="config overrides section.key=value (YAML values)")
     a = ap.parse_args(argv)
 
-    import torch
-
     from core.pipeline.face_model import FaceAssets, FaceModel
 
     repo = Path(__file__).resolve().parents[1]
@@ -103,16 +102,14 @@ def main(argv: list[str] | None = None) -> int:
             a.out.mkdir(parents=True, exist_ok=True)
             write_test_flame(flame, data_dir, data_dir.parent / "flame" / "flame2020_joint_regressor.npz")
     face = FaceModel(FaceAssets.from_paths(flame, data_dir))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    face = face.to(device)
-    train, held = make_learning_sets(face.to("cpu"), a.out / "data", a.ids, a.per_id, a.held_ids, a.held_per_id,
+    train, held = make_learning_sets(face, a.out / "data", a.ids, a.per_id, a.held_ids, a.held_per_id,
                                      **json.loads(a.spec))
     over = _parse_overrides(a.overrides)
     over.setdefault("model", {}).update(encoder_blocks=a.blocks, encoder_input_size=a.input_size)
     over.setdefault("train", {}).setdefault("max_steps", a.steps)
     tag = "_".join(f"{k}" for k in a.overrides) or "default"
     tag = tag.replace("/", "_")
-    report = run_learning(face.to("cpu") if device.type == "cpu" else face, train, held, a.out / "runs" / tag, over)
+    report = run_learning(face, train, held, a.out / "runs" / tag, over)  # train.device auto: a GPU when present
     report["overrides"] = a.overrides
     print(json.dumps(report, indent=1))
     with open(a.out / "results.jsonl", "a") as f:
