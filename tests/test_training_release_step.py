@@ -117,7 +117,8 @@ def test_batchnorm_statistics_move_only_in_training_mode(face, synth, tmp_path, 
                             "data": {"root": str(synth), "identities_per_batch": 2, "images_per_identity": 2},
                             "model": {**REDUCED, "bn_mode": mode, "bn_calibration_images": 4},
                             "train": {"max_steps": 2, "checkpoint_every": 1, "tensorboard": False, "resume": "never"}})
-    train(cfg, face=face)
+    res = train(cfg, face=face)
+    assert len(res.history) == 2
     a, b = _bn_means(tmp_path / "checkpoints" / "step_0000001.pt"), _bn_means(tmp_path / "checkpoints" / "step_0000002.pt")
     moved = float((a - b).abs().max())
     if mode == "train":
@@ -172,8 +173,9 @@ def test_validation_every_n_steps_matches_an_evaluation_of_the_checkpoint(face, 
                             "data": {"root": str(synth), "identities_per_batch": 2, "images_per_identity": 2},
                             "model": {**REDUCED, "bn_calibration_images": 4},
                             "train": {"max_steps": 2, "eval_every": 1, "val_root": str(synth), "tensorboard": True,
-                                      "resume": "never"}})
+                                      "resume": "never", "history_limit": 1}})
     res = train(cfg, face=face)
+    assert [h["step"] for h in res.history] == [2]  # bounded: only the newest record stays in memory
     val = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"val"' in x]
     assert [v["step"] for v in val] == [1, 2]
     ref = evaluate(load_training_networks(res.checkpoint, cfg.model), face, synth)

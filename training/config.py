@@ -183,6 +183,8 @@ class TrainConfig:
     #: stop after this many steps of this run (0: run to max_steps); checkpoints first (for schedulers)
     stop_after: int = 0
     tensorboard: bool = True
+    #: logged steps kept in memory in ``TrainResult.history`` (the newest; metrics.jsonl keeps them all)
+    history_limit: int = 10000
     #: validate every this many steps (0: never) on ``val_root``: ``training.evaluate.evaluate`` errors
     #: (landmark px; parameter errors on synthetic sets) to TensorBoard ``val/*`` and ``metrics.jsonl``
     eval_every: int = 0
@@ -265,6 +267,8 @@ class TrainingConfig:
         for k in ("log_every", "vis_every", "checkpoint_every"):
             if getattr(t, k) < 1:
                 raise bad(f"train.{k}", "must be >= 1")
+        if t.history_limit < 0:
+            raise bad("train.history_limit", "must be >= 0")
         if t.eval_every < 0:
             raise bad("train.eval_every", "must be >= 0")
         if t.eval_every > 0 and not t.val_root:

@@ -224,7 +224,8 @@ class TrainResult:
     output_dir: Path
     checkpoint: Path | None = None
     exported: Path | None = None
-    history: list[dict[str, float]] = field(default_factory=list)  # this run's logged steps (rank 0)
+    #: this run's newest ``train.history_limit`` step records (rank 0)
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -555,6 +556,8 @@ class Trainer:
                     raise FloatingPointError(f"loss is {rec['loss']} at step {step}; terms: {rec}")
                 if d.main:
                     result.history.append(rec)
+                    if len(result.history) > cfg.train.history_limit:  # bounded over a million steps
+                        del result.history[: len(result.history) - cfg.train.history_limit]
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     if step % cfg.train.log_every == 0 or step == 1:
