@@ -195,6 +195,13 @@ def _init_worker(detector: str, face_parser: str | None, skin_threshold: float, 
     _WORKER["threshold"] = skin_threshold
 
 
+def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: float) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # N workers on N cores: no oversubscription
+    _init_worker(detector, face_parser, skin_threshold)
+
+
 def _prepare_one(f: Path, folder: Path, name: str) -> str | None:
     """Detect, crop and write one photo (in a worker); returns why it was skipped, or None."""
     from core.frontend import ImageReadError, NoFaceError, crop_from_landmarks, detect_faces, read_image, warp_image
@@ -277,9 +284,10 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # spawn: a fresh interpreter per worker (no forked torch / OpenMP state); one thread each
-        ctx = mp.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker,
+        # fork where there is one: the workers inherit the imported modules (a spawned interpreter re-imports
+        # torch and the detector libraries: seconds per worker); no torch op has run yet in this process
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(detector, face_parser, skin_threshold)) as pool:
             futures = [pool.submit(_prepare_one, f, out / ident, name) for ident, f, name in tasks]
             for i, ((ident, f, _), fut) in enumerate(zip(tasks, futures)):
