@@ -284,9 +284,13 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        # fork where there is one: the workers inherit the imported modules (a spawned interpreter re-imports
-        # torch and the detector libraries: seconds per worker); no torch op has run yet in this process
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        # forkserver: the server imports torch and the detectors once and forks the workers from a clean state
+        # (plain fork after torch has run hangs the children in OpenMP; spawn re-imports in every worker)
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["training.prepare", "core.frontend"])
+        else:
+            ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(detector, face_parser, skin_threshold)) as pool:
             futures = [pool.submit(_prepare_one, f, out / ident, name) for ident, f, name in tasks]
