@@ -15,24 +15,9 @@ import pytest
 import torch
 
 from training.config import (SECTIONS, ConfigError, TrainingConfig, config_from_dict, load_config)
+from training_fixtures import face, one_thread  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The machine is shared; one thread avoids OpenMP oversubscription (see docs/training.md).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def face(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets, FaceModel
-
-    return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir))
 
 
 @pytest.fixture(scope="module")

@@ -14,26 +14,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from training_fixtures import face, one_thread  # noqa: F401  (shared fixtures)
 
 pytestmark = pytest.mark.slow
 
 #: the reduced encoder and the from-scratch recipe the tests train
 REDUCED = {"encoder_blocks": [1, 1, 1, 1], "encoder_input_size": 64, "bn_mode": "train"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def face(test_flame_pkl, deca_data_dir):
-    from core.pipeline.face_model import FaceAssets, FaceModel
-
-    return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir))
 
 
 def _train(face, root, out, steps, ids_per_batch, **model):

@@ -108,17 +108,19 @@ class DecaObjective(nn.Module):
             return self._detail(batch, step, want_vis)
         return self._coarse(batch, step, want_vis)
 
+    def _encode(self, batch):
+        """E_flame on the batch: ``(images, landmarks in NDC, skin mask, FlameCodes)``."""
+        images = batch["image"]
+        with self._autocast(images.device):
+            params = self.nets.E_flame(images)
+        return images, landmarks_to_ndc(batch["landmarks"]), batch["skin_mask"], split_flame_codes(params.float())
+
     def _coarse(self, batch, step: int, want_vis: bool) -> StepOutput:
         if self.w.formulas == "release":
             return self._coarse_release(batch, step, want_vis)
         face = self.face
-        images = batch["image"]
-        lmk_gt = landmarks_to_ndc(batch["landmarks"])
-        skin = batch["skin_mask"]
+        images, lmk_gt, skin, codes = self._encode(batch)
         B = images.shape[0]
-        with self._autocast(images.device):
-            params = self.nets.E_flame(images)
-        codes = split_flame_codes(params.float())
         g = face.geometry(codes.shape, codes.exp, codes.pose, codes.cam)
         render = None
         terms: dict[str, torch.Tensor] = {}
@@ -158,13 +160,8 @@ class DecaObjective(nn.Module):
                                      weighted_landmark_loss)
 
         face = self.face
-        images = batch["image"]
-        lmk_gt = landmarks_to_ndc(batch["landmarks"])
-        skin = batch["skin_mask"]
+        images, lmk_gt, skin, codes = self._encode(batch)
         B = images.shape[0]
-        with self._autocast(images.device):
-            params = self.nets.E_flame(images)
-        codes = split_flame_codes(params.float())
         shape, exp, pose, cam, tex, light = codes.shape, codes.exp, codes.pose, codes.cam, codes.tex, codes.light
         if self.stage == "coarse" and self.w.sc > 0:
             swap = identity_swap_index(batch["identity"], self.cfg.train.seed, step)
