@@ -10,6 +10,10 @@ model (the speed does not depend on the model's values). The time of a step is t
         [--stages pretrain coarse detail] [--trainable all] [--shared ../shared]
 
 Writes ``benchmarks/results/training.json`` (results of other devices already there are kept).
+
+``--prepare``: wall time of ``deca-train prepare`` on ``<shared>/photos`` with ``--prepare-workers`` (default 1
+and 2) worker processes, in one run, with the speed-up over the first and the load average
+(``benchmarks/results/training_prepare.json``).
 """
 from __future__ import annotations
 
@@ -35,8 +39,29 @@ RESULTS = ROOT / "benchmarks" / "results" / "training.json"
 BATCH = {"pretrain": (8, 1), "coarse": (2, 4), "detail": (2, 3)}
 
 
+def bench_prepare(photos: Path, workers: list[int], detector: str = "dlib") -> dict:
+    """Wall time of ``prepare_dataset`` on ``photos`` (every photo one identity) per worker count, each into a
+    fresh folder, measured in one run so the machine's load is shared; ratio against the first count."""
+    from training.prepare import prepare_dataset
+
+    out: dict = {"photos": str(photos), "detector": detector, "runs": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        for w in workers:
+            t0 = time.perf_counter()
+            rep = prepare_dataset(photos, Path(tmp) / f"w{w}", detector=detector, workers=w)
+            out["runs"][str(w)] = {"seconds": time.perf_counter() - t0, "written": rep.written}
+    base = out["runs"][str(workers[0])]["seconds"]
+    for w in workers:
+        out["runs"][str(w)]["speedup"] = base / out["runs"][str(w)]["seconds"]
+    out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--prepare", action="store_true",
+                    help="benchmark deca-train prepare on <shared>/photos with --workers 1 and 2 instead")
+    ap.add_argument("--prepare-workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 on a shared machine, see docs/training.md)")
     ap.add_argument("--steps", type=int, default=8)
@@ -48,6 +73,13 @@ def main(argv=None) -> int:
     ap.add_argument("--shared", default=os.environ.get("DECA_SHARED", str(ROOT.parent / "shared")))
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
+    if args.prepare:
+        res = bench_prepare(Path(args.shared) / "photos", args.prepare_workers)
+        print(json.dumps(res, indent=2))
+        out = Path(args.out).with_name("training_prepare.json")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
+        return 0
 
     from core.model.face_model import FaceAssets, FaceModel
     from core.testmodels.synthetic_flame import write_test_flame

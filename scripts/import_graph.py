@@ -45,7 +45,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 # Modules nothing imports on purpose: they are run (`python -m`), loaded by Blender, or the console script.
 ENTRY_POINTS = {
-    "core.cli", "core.worker", "training.cli", "deca_blender",
+    "core.cli", "core.worker", "training.cli", "training.experiments", "deca_blender",
 }
 # Code outside the rooms that uses them: a module only these import (test models, scoring) is not unused.
 USERS = ("tests", "benchmarks", "scripts")

@@ -15,24 +15,9 @@ import pytest
 import torch
 
 from training.config import (SECTIONS, ConfigError, TrainingConfig, config_from_dict, load_config)
+from training_fixtures import face, one_thread  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The machine is shared; one thread avoids OpenMP oversubscription (see docs/training.md).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def face(test_flame_pkl, deca_data_dir):
-    from core.model.face_model import FaceAssets, FaceModel
-
-    return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir))
 
 
 @pytest.fixture(scope="module")
@@ -394,3 +379,168 @@ def test_set_trainable_selects_stage_modules_and_resnet_layers():
     assert not trained("E_flame")
     assert trained("E_detail") == {n for n, _ in nets.E_detail.named_parameters(prefix="E_detail") if ".layers." in n}
     assert trained("D_detail") == {n for n, _ in nets.D_detail.named_parameters(prefix="D_detail")}
+
+
+# ----------------------------------------------------------------------------------------------- cli / resume
+
+def test_help_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, runpy\nsys.argv = ['deca-train', 'train', '--help']\ntry:\n"
+            "    runpy.run_module('training.cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH-LOADED' if 'torch' in sys.modules else 'TORCH-NOT-LOADED')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert "--config" in out.stdout  # the help text was printed
+    assert out.stdout.strip().endswith("TORCH-NOT-LOADED"), out.stdout[-300:] + out.stderr[-300:]
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated zip", b"not a checkpoint at all"])
+def test_corrupt_resume_file_is_a_clean_error(tmp_path, content):
+    from training.trainer import read_training_checkpoint
+
+    p = tmp_path / "latest.pt"
+    p.write_bytes(content)
+    with pytest.raises(ValueError, match=r"latest\.pt: not a readable deca-train checkpoint"):
+        read_training_checkpoint(p)
+
+
+def test_corrupt_resume_file_exits_2_from_the_cli(tmp_path, synth, test_flame_pkl, deca_data_dir, capsys):
+    from training.cli import main
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00" * 64)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"stage: pretrain\noutput_dir: {tmp_path / 'out'}\n"
+                   f"data: {{root: {synth}, identities_per_batch: 1}}\n"
+                   f"model: {{flame: {test_flame_pkl}, data_dir: {deca_data_dir}}}\n"
+                   f"train: {{resume: {bad}, tensorboard: false}}\n")
+    assert main(["train", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.pt: not a readable deca-train checkpoint" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------- VGGFace2 pickle
+
+def test_reads_a_resnet50_ft_weight_pkl_of_numpy_arrays(tmp_path):
+    import pickle
+
+    from training.perceptual import FaceResNet50, load_face_recognition
+
+    torch.manual_seed(0)
+    src = FaceResNet50(stride_in_1x1=True, caffe_maxpool=True).eval()
+    with torch.no_grad():  # non-trivial batch-norm statistics, as trained weights have
+        for m in src.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    # the released file's format: a (Python 2) pickle of {name: numpy array}, Caffe-converted (no batch
+    # counters), with VGGFace2's classifier (8631 classes there; fewer here to keep the file small)
+    arrays = {k: v.numpy() for k, v in src.state_dict().items() if not k.endswith("num_batches_tracked")}
+    arrays["fc.weight"] = np.zeros((7, 2048), np.float32)
+    arrays["fc.bias"] = np.zeros(7, np.float32)
+    path = tmp_path / "resnet50_ft_weight.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=2))
+    net = load_face_recognition(path)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(net(x), src(x), atol=1e-5)
+        assert net(x).shape == (2, 2048)
+    # Caffe-style max-pool: padding 0, ceil_mode (a 112 map pools to 56 either way; 111 tells them apart)
+    y = torch.rand(1, 64, 111, 111)
+    assert torch.nn.functional.max_pool2d(y, 3, 2, 0, ceil_mode=True).shape[-1] == 55
+
+
+def test_a_weights_pickle_that_asks_for_code_is_refused(tmp_path):
+    import pickle
+
+    from training.perceptual import PretrainedWeightsError, load_face_recognition
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, ("echo pwned > " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps({"conv1.weight": Evil()}, protocol=2))
+    with pytest.raises(PretrainedWeightsError, match=r"evil\.pkl: refused: .*system"):
+        load_face_recognition(path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_identity_preprocessing_as_released():
+    from training.perceptual import IdentityLoss
+
+    class Probe(torch.nn.Module):  # returns its input: the preprocessing is what is compared
+        def forward(self, x):
+            return x.flatten(1)
+
+    mean = [91.4953, 103.8827, 131.0912]
+    loss = IdentityLoss(Probe(), input_size=224, crop_margin=10, release_scaling=True)
+    x = torch.rand(1, 3, 224, 224)
+    got = loss.features(x).view(1, 3, 224, 224)
+    # released VGGFace2Loss: RGB->BGR, *255 - mean_bgr, crop 10 px, x*2-1, bilinear back to 224
+    bgr = torch.stack([x[:, 2], x[:, 1], x[:, 0]], 1) * 255 - torch.tensor(mean).view(1, 3, 1, 1)
+    ref = torch.nn.functional.interpolate(bgr[:, :, 10:214, 10:214] * 2 - 1, size=(224, 224), mode="bilinear",
+                                          align_corners=False)
+    assert torch.allclose(got, ref, atol=1e-3)
+
+
+def test_face_model_reads_the_bfm_albedo_npz(tmp_path, test_flame_pkl, deca_data_dir):
+    from core.model.face_model import FaceAssets, FaceModel
+
+    S, K = 16, 60  # the released file has 199 components; the model uses the first 50
+    rng = np.random.default_rng(0)
+    mu = rng.uniform(0.2, 0.8, S * S * 3)  # FLAME_albedo_from_BFM.npz: 0..1, BGR texels, flattened
+    pc = rng.normal(size=(S * S * 3, K)) * 0.01
+    path = tmp_path / "FLAME_albedo_from_BFM.npz"
+    np.savez(path, MU=mu, PC=pc)
+    face = FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir, path))
+    assert face.has_texture_space
+    code = torch.zeros(1, 50)
+    code[0, 1] = 2.0
+    got = face.albedo(code, 1)[0]  # (3, S, S) RGB
+    ref = (mu.reshape(S, S, 3) + 2.0 * pc[:, 1].reshape(S, S, 3))[..., ::-1].clip(0, 1)  # BGR -> RGB
+    assert np.allclose(got.permute(1, 2, 0).numpy(), ref, atol=1e-5)
+
+
+def test_prepare_in_shards_with_workers_and_resume(photos_dir, tmp_path):
+    from PIL import Image
+
+    from core.frontend import DetectorUnavailableError, get_detector
+    from training.prepare import parse_shard, prepare_dataset
+
+    try:
+        get_detector("dlib", cnn_fallback=False)
+    except DetectorUnavailableError as e:
+        pytest.skip(str(e))
+    photos = [q for q in sorted(photos_dir.glob("*")) if q.name.startswith(("alfw", "image0"))][:3]
+    if len(photos) < 3:
+        pytest.skip("needs three small photos in ../shared/photos")
+    src = tmp_path / "photos"
+    for i, p in enumerate(photos):
+        (src / f"person{i % 2}").mkdir(parents=True, exist_ok=True)
+        with Image.open(p) as im:
+            im = im.convert("RGB")
+            im.thumbnail((400, 400))
+            im.save(src / f"person{i % 2}" / f"photo{i}.png")
+    # two independent shard jobs cover every photo exactly once
+    a = prepare_dataset(src, tmp_path / "sharded", detector="dlib", shard="0/2")
+    b = prepare_dataset(src, tmp_path / "sharded", detector="dlib", shard="1/2")
+    assert (a.written, b.written) == (2, 1)
+    sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.npz"))
+    assert len(sharded) == 3
+    # an interrupted run resumes: what exists is kept, nothing is redone
+    again = prepare_dataset(src, tmp_path / "sharded", detector="dlib")
+    assert again.written == 0 and again.identities == 2
+    # two worker processes write the same samples as the sharded single-process jobs
+    par = prepare_dataset(src, tmp_path / "parallel", detector="dlib", workers=2)
+    assert par.written == 3
+    for rel in sharded:
+        with np.load(tmp_path / "sharded" / rel) as x, np.load(tmp_path / "parallel" / rel) as y:
+            assert np.array_equal(x["landmarks"], y["landmarks"]) and np.array_equal(x["skin_mask"], y["skin_mask"])
+    assert parse_shard("3/16") == (3, 16)
+    for bad in ("16/16", "a/b", "1"):
+        with pytest.raises(ValueError, match="shard"):
+            parse_shard(bad)

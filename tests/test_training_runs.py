@@ -278,7 +278,8 @@ def test_detail_stage_trains_details_on_the_frozen_coarse_model(face, coarse_run
     h = _metrics(tmp_path / "detail")
     assert len(h) == 2
     assert {"pho_detail", "dc", "sym", "reg_detail"} <= set(h[0]) and "mrf" not in h[0]
-    assert all(np.isfinite(r[k]) for r in h for k in r)
+    assert all(np.isfinite(r[k]) for r in h for k in r if k != "disabled_losses")
+    assert all(r["disabled_losses"] == ["mrf"] for r in h)  # weighted but without VGG weights
     assert h[0]["dc"] > 0
     text = (tmp_path / "detail" / "train.log").read_text()
     assert "ID-MRF loss is OFF" in text

@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--min-images", type=int, default=1, help="skip identities with fewer photos")
     pr.add_argument("--skin-threshold", type=float, default=3.0, help="chroma Mahalanobis threshold (sigmas)")
     pr.add_argument("--overwrite", action="store_true", help="redo samples that already exist")
+    pr.add_argument("--workers", type=int, default=1, help="processes (each loads its own detector)")
+    pr.add_argument("--shard", default=None, metavar="I/N",
+                    help="process only the I-th of N shares of the photos (N independent jobs cover all once)")
 
     sy = sub.add_parser("synth", help="render a synthetic dataset with ground-truth codes from a face model")
     sy.add_argument("--out", required=True)
@@ -87,7 +90,8 @@ def _cmd_prepare(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     rep = prepare_dataset(args.photos, args.out, detector=args.detector, face_parser=args.face_parser,
-                          min_images=args.min_images, skin_threshold=args.skin_threshold, overwrite=args.overwrite)
+                          min_images=args.min_images, skin_threshold=args.skin_threshold, overwrite=args.overwrite,
+                          workers=args.workers, shard=args.shard)
     print(f"wrote {rep.written} image(s) of {rep.identities} identit{'y' if rep.identities == 1 else 'ies'} to "
           f"{rep.out}; skipped {len(rep.skipped)}")
     for f, why in rep.skipped:

@@ -81,12 +81,22 @@ class ModelConfig:
     #: and a white ambient light, and shrink the last layer's weights by ``head_init_gain``
     init_head_from_data: bool = True
     head_init_gain: float = 0.1
+    #: E_flame's ResNet blocks per stage (DECA: [3, 4, 6, 3], a ResNet-50). Fewer (e.g. [1, 1, 1, 1]) is a
+    #: REDUCED encoder for tests and debugging on a CPU: such a run exports no deca_model.tar
+    encoder_blocks: list = field(default_factory=lambda: [3, 4, 6, 3])
+    #: side E_flame resizes its input to (DECA: 224; smaller is a reduced encoder, as above)
+    encoder_input_size: int = 224
 
 
 @dataclass
 class LossConfig:
     """Loss weights (DECA paper, Sec. 4 / 5, unless noted in docs/training.md). 0 turns a term off."""
 
+    #: how the coarse / pretrain terms are computed and reduced: ``release`` (DECA's released trainer: weighted
+    #: landmarks normalised per coordinate, eyelid / lip *distances*, regularisers summed over the batch
+    #: ``sum(x^2)/2``, the render masked by the UV face-eye region, shape consistency as a doubled batch) or
+    #: ``paper`` (the paper's per-image terms averaged over the batch). Table: docs/training.md
+    formulas: str = "paper"
     # coarse stage (pretrain uses lmk, eye, lip and the shape / expression regularizers only)
     lmk: float = 1.0
     eye: float = 1.0
@@ -122,6 +132,10 @@ class IdentityConfig:
     bgr: bool = True
     input_scale: float = 255.0
     mean: list = field(default_factory=lambda: [91.4953, 103.8827, 131.0912])
+    #: DECA's VGGFace2Loss (release): crop this margin (pixels) after the mean subtraction ...
+    crop_margin: int = 10
+    #: ... then ``x * 2 - 1`` and a bilinear resize back to ``input_size`` (false: the paper's plain input)
+    release_scaling: bool = True
 
 
 @dataclass
@@ -171,6 +185,13 @@ class TrainConfig:
     #: stop after this many steps of this run (0: run to max_steps); checkpoints first (for schedulers)
     stop_after: int = 0
     tensorboard: bool = True
+    #: logged steps kept in memory in ``TrainResult.history`` (the newest; metrics.jsonl keeps them all)
+    history_limit: int = 10000
+    #: validate every this many steps (0: never) on ``val_root``: ``training.evaluate.evaluate`` errors
+    #: (landmark px; parameter errors on synthetic sets) to TensorBoard ``val/*`` and ``metrics.jsonl``
+    eval_every: int = 0
+    #: validation dataset folder (same layout as data.root)
+    val_root: str = ""
     #: torch.use_deterministic_algorithms (slower on CUDA; CPU runs are deterministic anyway)
     deterministic: bool = False
     #: distributed backend when launched by torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
@@ -210,11 +231,20 @@ class TrainingConfig:
                                                         f"got {m.encoder_trainable_layers!r}")
         if m.bn_mode not in BN_MODES:
             raise bad("model.bn_mode", f"must be one of {', '.join(BN_MODES)}, got {m.bn_mode!r}")
+        if len(m.encoder_blocks) != 4 or any((not isinstance(b, (int, float))) or int(b) != b or b < 1
+                                             for b in m.encoder_blocks):
+            raise bad("model.encoder_blocks", f"needs four positive integers, got {m.encoder_blocks!r}")
+        m.encoder_blocks = [int(b) for b in m.encoder_blocks]
+        if m.encoder_input_size < 32:
+            raise bad("model.encoder_input_size", "must be >= 32")
         if m.bn_calibration_images < 0 or m.bn_calibration_chunk < 1:
             raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
         for f in dataclasses.fields(LossConfig):
             v = getattr(self.loss, f.name)
-            if f.name == "landmark_weights":
+            if f.name == "formulas":
+                if v not in ("release", "paper"):
+                    raise bad("loss.formulas", f"must be release or paper, got {v!r}")
+            elif f.name == "landmark_weights":
                 if v and len(v) != 68:
                     raise bad("loss.landmark_weights", f"needs 68 values (or none), got {len(v)}")
             elif v < 0:
@@ -239,6 +269,12 @@ class TrainingConfig:
         for k in ("log_every", "vis_every", "checkpoint_every"):
             if getattr(t, k) < 1:
                 raise bad(f"train.{k}", "must be >= 1")
+        if t.history_limit < 0:
+            raise bad("train.history_limit", "must be >= 0")
+        if t.eval_every < 0:
+            raise bad("train.eval_every", "must be >= 0")
+        if t.eval_every > 0 and not t.val_root:
+            raise bad("train.val_root", "train.eval_every needs a validation dataset folder")
         if t.keep_checkpoints < 1:
             raise bad("train.keep_checkpoints", "must be >= 1")
         return self
@@ -334,7 +370,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
 
 #: options that name files or folders (``~`` is expanded)
 PATH_KEYS = ("output_dir", "data.root", "model.flame", "model.data_dir", "model.texture_space", "model.init_from",
-             "identity.weights", "mrf.vgg_weights")
+             "identity.weights", "mrf.vgg_weights", "train.val_root")
 
 
 def _expand_paths(cfg: "TrainingConfig") -> None:

@@ -108,15 +108,19 @@ class DecaObjective(nn.Module):
             return self._detail(batch, step, want_vis)
         return self._coarse(batch, step, want_vis)
 
-    def _coarse(self, batch, step: int, want_vis: bool) -> StepOutput:
-        face = self.face
+    def _encode(self, batch):
+        """E_flame on the batch: ``(images, landmarks in NDC, skin mask, FlameCodes)``."""
         images = batch["image"]
-        lmk_gt = landmarks_to_ndc(batch["landmarks"])
-        skin = batch["skin_mask"]
-        B = images.shape[0]
         with self._autocast(images.device):
             params = self.nets.E_flame(images)
-        codes = split_flame_codes(params.float())
+        return images, landmarks_to_ndc(batch["landmarks"]), batch["skin_mask"], split_flame_codes(params.float())
+
+    def _coarse(self, batch, step: int, want_vis: bool) -> StepOutput:
+        if self.w.formulas == "release":
+            return self._coarse_release(batch, step, want_vis)
+        face = self.face
+        images, lmk_gt, skin, codes = self._encode(batch)
+        B = images.shape[0]
         g = face.geometry(codes.shape, codes.exp, codes.pose, codes.cam)
         render = None
         terms: dict[str, torch.Tensor] = {}
@@ -143,6 +147,67 @@ class DecaObjective(nn.Module):
         vis = None
         if want_vis:
             vis = self._vis_coarse(images, batch["landmarks"], g, codes, render)
+        return StepOutput(total, terms, vis)
+
+    def _coarse_release(self, batch, step: int, want_vis: bool) -> StepOutput:
+        """The released trainer's coarse / pretrain step (``decalib/trainer.py`` ``training_step``).
+
+        Shape consistency doubles the batch: the codes of every image once with its own shape code and once
+        with the shape code of another image of the same person, every term computed over the 2B images
+        (batch means of the data terms, batch *sums* of the regularisers). Returned terms are the released
+        batch scalars, unweighted; ``total = sum_k w_k * term_k``."""
+        from .release_losses import (eye_distance_loss, light_regularizer, lip_distance_loss, sum_regularizer,
+                                     weighted_landmark_loss)
+
+        face = self.face
+        images, lmk_gt, skin, codes = self._encode(batch)
+        B = images.shape[0]
+        shape, exp, pose, cam, tex, light = codes.shape, codes.exp, codes.pose, codes.cam, codes.tex, codes.light
+        if self.stage == "coarse" and self.w.sc > 0:
+            swap = identity_swap_index(batch["identity"], self.cfg.train.seed, step)
+            if bool((swap != torch.arange(B, device=swap.device)).any()):
+                shape = torch.cat([shape, shape[swap]])
+                exp, pose, cam, tex, light = (torch.cat([x, x]) for x in (exp, pose, cam, tex, light))
+                images, lmk_gt, skin = torch.cat([images, images]), torch.cat([lmk_gt, lmk_gt]), torch.cat([skin, skin])
+        g = face.geometry(shape, exp, pose, cam)
+        lw = self.lmk_weights.to(g.landmarks2d) if self.lmk_weights is not None else None
+        t: dict[str, torch.Tensor] = {"lmk": weighted_landmark_loss(g.landmarks2d, lmk_gt, lw),
+                                      "eye": eye_distance_loss(g.landmarks2d, lmk_gt)}
+        if self.w.lip > 0:
+            t["lip"] = lip_distance_loss(g.landmarks2d, lmk_gt)
+        render = None
+        if self.stage == "coarse":
+            n = shape.shape[0]
+            albedo = face.albedo(tex, n)
+            render = face.render(g.vertices, cam, albedo, light)
+            face_eye = F.grid_sample(face.uv_face_eye_mask.expand(n, -1, -1, -1).to(images), render.uv_grid.detach(),
+                                     mode="bilinear", align_corners=False)
+            predicted = render.image * face_eye * render.alpha
+            if self.w.pho > 0:
+                # useSeg: compared on the segmentation (skin) mask
+                t["pho"] = (skin * (predicted - images).abs()).mean()
+            ident = self._aux["identity"]
+            if ident is not None and self.w.id > 0:
+                # albedo and light detached (the identity loss shapes geometry only), face-eye region composited
+                from core.render import sh_shading
+
+                shading = sh_shading(render.normal_image, light.detach())
+                albedo_img = F.grid_sample(albedo.detach(), render.uv_grid, mode="bilinear", align_corners=False)
+                overlay = albedo_img * shading * face_eye + images * (1.0 - face_eye)
+                t["id"] = ident(images, overlay).mean()
+            t["reg_tex"] = sum_regularizer(tex)
+            t["reg_light"] = light_regularizer(light)
+        t["reg_shape"] = sum_regularizer(shape)
+        t["reg_exp"] = sum_regularizer(exp)
+        if self.w.reg_jaw > 0:
+            t["reg_jaw"] = sum_regularizer(pose[:, 3:])
+        total = None
+        for k, v in t.items():
+            total = self.weight(k) * v if total is None else total + self.weight(k) * v
+        terms = {k: v.detach() for k, v in t.items()}
+        vis = None
+        if want_vis:
+            vis = self._vis_coarse(images[:B], batch["landmarks"], g, codes, render)
         return StepOutput(total, terms, vis)
 
     def _detail(self, batch, step: int, want_vis: bool) -> StepOutput:

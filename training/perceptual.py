@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -25,7 +26,8 @@ from torch import nn
 from core.errors import DecaError
 
 __all__ = ["FaceResNet50", "load_face_recognition", "IdentityLoss", "VGG19Features", "IdMrfLoss",
-           "VGG19_LAYERS", "PretrainedWeightsError"]
+           "VGG19_LAYERS", "PretrainedWeightsError",
+           "load_numpy_pickle"]
 
 
 class PretrainedWeightsError(DecaError, ValueError):
@@ -57,8 +59,10 @@ class _Bottleneck(nn.Module):
 class FaceResNet50(nn.Module):
     """ResNet-50 returning the pooled 2048-d feature (the face-recognition embedding)."""
 
-    def __init__(self, stride_in_1x1: bool = True) -> None:
+    def __init__(self, stride_in_1x1: bool = True, caffe_maxpool: bool = False) -> None:
         super().__init__()
+        #: VGGFace2's Caffe-converted model pools with padding 0 and ceil_mode (torchvision: padding 1)
+        self.caffe_maxpool = bool(caffe_maxpool)
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         cin = 64
@@ -70,7 +74,11 @@ class FaceResNet50(nn.Module):
             setattr(self, f"layer{i}", nn.Sequential(*blocks))
 
     def forward(self, x):
-        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        x = F.relu(self.bn1(self.conv1(x)))
+        if self.caffe_maxpool:
+            x = F.max_pool2d(x, 3, stride=2, padding=0, ceil_mode=True)
+        else:
+            x = F.max_pool2d(x, 3, stride=2, padding=1)
         for i in range(1, 5):
             x = getattr(self, f"layer{i}")(x)
         return x.mean(dim=(2, 3))
@@ -87,6 +95,52 @@ def _load_tensor_dict(path: Path) -> dict[str, torch.Tensor]:
         if isinstance(v, torch.Tensor):
             out[k.removeprefix("module.")] = v
     return out
+
+
+#: what a VGGFace2 weights pickle (``resnet50_ft_weight.pkl``: a dict of numpy arrays) may construct
+_NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                  ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                  ("numpy._core.multiarray", "scalar"), ("collections", "OrderedDict"),
+                  ("_codecs", "encode")}  # protocol-2 pickles written by Python 3 store bytes this way
+
+
+def load_numpy_pickle(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """A pickled ``{name: numpy array}`` (DECA's ``resnet50_ft_weight.pkl``, Python 2 pickles included),
+    read with an unpickler that can build numpy arrays and nothing else: a pickle asking for any other
+    callable is refused before it runs. Raises :class:`PretrainedWeightsError`."""
+    import pickle
+
+    p = Path(path)
+
+    class _NumpyOnly(pickle.Unpickler):
+        def find_class(self, module, name):
+            if (module, name) in _NUMPY_GLOBALS:
+                return super().find_class(module, name)
+            raise PretrainedWeightsError(f"{p}: refused: the pickle asks for {module}.{name} (only numpy arrays "
+                                         f"are read from a weights pickle)")
+
+    try:
+        with open(p, "rb") as f:
+            obj = _NumpyOnly(f, encoding="latin1").load()
+    except PretrainedWeightsError:
+        raise
+    except Exception as e:  # noqa: BLE001 - truncated or not a pickle
+        raise PretrainedWeightsError(f"{p}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict) or not all(isinstance(v, np.ndarray) for v in obj.values()):
+        raise PretrainedWeightsError(f"{p}: expected a dict of numpy arrays, got {type(obj).__name__}")
+    return {str(k): v for k, v in obj.items()}
+
+
+def _is_pickle(p: Path) -> bool:
+    with open(p, "rb") as f:
+        head = f.read(2)
+    return head[:1] == b"\x80" or p.suffix == ".pkl"
+
+
+def _is_zip(p: Path) -> bool:
+    import zipfile
+
+    return zipfile.is_zipfile(p)
 
 
 def _is_torchscript(p: Path) -> bool:
@@ -126,6 +180,19 @@ def load_face_recognition(path: str | os.PathLike, stride_in_1x1: bool = True) -
                 net = torch.jit.load(str(p), map_location="cpu")
             except Exception as e:  # noqa: BLE001
                 raise PretrainedWeightsError(f"{p}: cannot load the TorchScript network ({e})") from None
+    elif _is_pickle(p) and not _is_zip(p):
+        # DECA's resnet50_ft_weight.pkl: VGGFace2's Caffe-style ResNet-50 (stride in the 1x1, max-pool padding 0
+        # with ceil_mode), 8631-class fc dropped: the embedding is the pooled 2048-d feature
+        arrays = load_numpy_pickle(p)
+        sd = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()
+              if not k.startswith(("fc.", "classifier."))}
+        own = FaceResNet50().state_dict()
+        sd = {k: (v.to(own[k].dtype) if k in own else v) for k, v in sd.items()}
+        for k in own:  # converted Caffe weights carry no batch counters
+            if k.endswith("num_batches_tracked") and k not in sd:
+                sd[k] = torch.zeros((), dtype=torch.long)
+        net = FaceResNet50(stride_in_1x1=True, caffe_maxpool=True)
+        _load_checked(net, sd, p, "a VGGFace2 ResNet-50 weights pickle")
     else:
         try:
             sd = _load_tensor_dict(p)
@@ -146,8 +213,13 @@ class IdentityLoss(nn.Module):
     """``1 - cos(f(I), f(I_r))`` per image, with the network's preprocessing (resize, BGR, scale, mean)."""
 
     def __init__(self, net: nn.Module, input_size: int = 224, bgr: bool = True, input_scale: float = 255.0,
-                 mean: Sequence[float] = (91.4953, 103.8827, 131.0912)) -> None:
+                 mean: Sequence[float] = (91.4953, 103.8827, 131.0912), crop_margin: int = 0,
+                 release_scaling: bool = False) -> None:
         super().__init__()
+        #: DECA's VGGFace2Loss: after the mean subtraction, crop ``crop_margin`` pixels on every side, then
+        #: ``x * 2 - 1`` and a bilinear resize back to ``input_size``
+        self.crop_margin = int(crop_margin)
+        self.release_scaling = bool(release_scaling)
         self.net = net
         self.input_size = int(input_size)
         self.bgr = bool(bgr)
@@ -165,6 +237,13 @@ class IdentityLoss(nn.Module):
         if self.bgr:
             x = x.flip(1)
         x = x * self.input_scale - self.mean.to(x)
+        m = self.crop_margin
+        if m > 0 or self.release_scaling:
+            if m > 0:
+                x = x[..., m:x.shape[-2] - m, m:x.shape[-1] - m]
+            if self.release_scaling:
+                x = x * 2.0 - 1.0
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return self.net(x)
 
     def forward(self, images: torch.Tensor, rendered: torch.Tensor) -> torch.Tensor:

@@ -168,51 +168,136 @@ def _photo_groups(photos: Path) -> dict[str, list[Path]]:
     return groups
 
 
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """``"i/N"`` (0 <= i < N) -> ``(i, N)``; None -> ``(0, 1)``. The photos are split by their position in the
+    sorted list of all photos, so N independent jobs (a Slurm array, Ray tasks, torchrun ranks) cover the
+    corpus exactly once with no coordination."""
+    if spec is None or spec == "":
+        return 0, 1
+    try:
+        a, b = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like i/N (e.g. 3/16), got {spec!r}") from None
+    if b < 1 or not 0 <= a < b:
+        raise ValueError(f"--shard {spec}: needs 0 <= i < N")
+    return a, b
+
+
+# one detector / face parser per worker process, built by the pool's initializer
+_WORKER: dict = {}
+
+
+def _init_worker(detector: str, face_parser: str | None, skin_threshold: float, detector_obj=None) -> None:
+    from core.frontend import get_detector
+
+    _WORKER["det"] = detector_obj or get_detector(detector)
+    _WORKER["parser"] = load_face_parser(face_parser) if face_parser else None
+    _WORKER["threshold"] = skin_threshold
+
+
+def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: float) -> None:
+    import torch
+
+    torch.set_num_threads(1)  # N workers on N cores: no oversubscription
+    _init_worker(detector, face_parser, skin_threshold)
+
+
+def _prepare_one(f: Path, folder: Path, name: str) -> str | None:
+    """Detect, crop and write one photo (in a worker); returns why it was skipped, or None."""
+    from core.frontend import ImageReadError, NoFaceError, crop_from_landmarks, detect_faces, read_image, warp_image
+
+    det, parser = _WORKER["det"], _WORKER["parser"]
+    try:
+        img = read_image(f)
+        face = detect_faces(img, det, source=f)[0]
+    except (ImageReadError, NoFaceError) as e:
+        return str(e)
+    tf = crop_from_landmarks(face.landmarks, scale=1.25, size=INPUT_SIZE)
+    crop = warp_image(img, tf).permute(1, 2, 0).numpy().astype(np.float32)
+    lm = tf.apply(face.landmarks).astype(np.float32)
+    if parser is not None:
+        mask = np.asarray(parser(crop)) > 0.5
+    else:
+        mask = skin_mask_from_landmarks(crop, lm, threshold=_WORKER["threshold"])
+    write_sample(folder, name, crop, lm, mask, crop_matrix=tf.matrix.astype(np.float64),
+                 source=np.array(str(f)), detector=np.array(face.detector))
+    return None
+
+
 def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto", face_parser: str | None = None,
                     min_images: int = 1, skin_threshold: float = 3.0, overwrite: bool = False,
-                    detector_obj=None) -> PrepareReport:
-    """Build the dataset (see the module docstring). Existing samples are kept unless ``overwrite``."""
-    from core.frontend import ImageReadError, NoFaceError, crop_from_landmarks, detect_faces, get_detector, read_image, warp_image
+                    detector_obj=None, workers: int = 1, shard: str | None = None) -> PrepareReport:
+    """Build the dataset (see the module docstring). Existing samples are kept unless ``overwrite``, so an
+    interrupted run resumes where it stopped. ``workers`` processes share the photos (each loads its own
+    detector); ``shard="i/N"`` processes only this job's share (:func:`parse_shard`)."""
+    import time
 
     photos, out = Path(photos), Path(out)
     if not photos.is_dir():
         raise FileNotFoundError(f"photo folder not found: {photos}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    shard_i, shard_n = parse_shard(shard)
     groups = _photo_groups(photos)
     if not groups:
         raise FileNotFoundError(f"{photos}: no photos ({', '.join(PHOTO_EXTS)}) found")
-    det = detector_obj or get_detector(detector)
-    parser = load_face_parser(face_parser) if face_parser else None
     report = PrepareReport(out=out)
+    tasks: list[tuple[str, Path, str]] = []
+    done_ids: set[str] = set()
+    position = 0
     for ident, files in groups.items():
         if len(files) < min_images:
             report.skipped.extend((str(f), f"identity has fewer than {min_images} photos") for f in files)
             continue
-        written_here = 0
         for k, f in enumerate(files):
+            mine = position % shard_n == shard_i
+            position += 1
+            if not mine:
+                continue
             name = f"{k:04d}_{f.stem}"
             if not overwrite and (out / ident / f"{name}.npz").is_file():
-                written_here += 1
+                done_ids.add(ident)  # resumed: already written
                 continue
-            try:
-                img = read_image(f)
-                face = detect_faces(img, det, source=f)[0]
-            except (ImageReadError, NoFaceError) as e:
-                report.skipped.append((str(f), str(e)))
-                log.warning("skipped %s: %s", f, e)
-                continue
-            tf = crop_from_landmarks(face.landmarks, scale=1.25, size=INPUT_SIZE)
-            crop = warp_image(img, tf).permute(1, 2, 0).numpy().astype(np.float32)
-            lm = tf.apply(face.landmarks).astype(np.float32)
-            if parser is not None:
-                mask = np.asarray(parser(crop)) > 0.5
-            else:
-                mask = skin_mask_from_landmarks(crop, lm, threshold=skin_threshold)
-            write_sample(out / ident, name, crop, lm, mask, crop_matrix=tf.matrix.astype(np.float64),
-                         source=np.array(str(f)), detector=np.array(face.detector))
-            written_here += 1
+            tasks.append((ident, f, name))
+    if tasks:
+        log.info("prepare: %d photo(s) to process with %d worker(s)%s", len(tasks), workers,
+                 f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")
+    t0 = time.perf_counter()
+
+    def record(i: int, ident: str, f: Path, why: str | None) -> None:
+        if why is None:
             report.written += 1
-        if written_here:
-            report.identities += 1
-    write_dataset_info(out, source=str(photos), detector=getattr(det, "name", str(detector)),
+            done_ids.add(ident)
+        else:
+            report.skipped.append((str(f), why))
+            log.warning("skipped %s: %s", f, why)
+        n = i + 1
+        if n == len(tasks) or n % max(1, len(tasks) // 20) == 0:
+            rate = n / max(time.perf_counter() - t0, 1e-9)
+            log.info("prepare: %d/%d photos (%.2f/s, %.0f s left)", n, len(tasks), rate, (len(tasks) - n) / rate)
+
+    if workers == 1 or len(tasks) <= 1:
+        _init_worker(detector, face_parser, skin_threshold, detector_obj)
+        for i, (ident, f, name) in enumerate(tasks):
+            record(i, ident, f, _prepare_one(f, out / ident, name))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        # forkserver: the server imports torch and the detectors once and forks the workers from a clean state
+        # (plain fork after torch has run hangs the children in OpenMP; spawn re-imports in every worker)
+        if "forkserver" in mp.get_all_start_methods():
+            ctx = mp.get_context("forkserver")
+            ctx.set_forkserver_preload(["training.prepare", "core.frontend"])
+        else:
+            ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
+                                 initargs=(detector, face_parser, skin_threshold)) as pool:
+            futures = [pool.submit(_prepare_one, f, out / ident, name) for ident, f, name in tasks]
+            for i, ((ident, f, _), fut) in enumerate(zip(tasks, futures)):
+                record(i, ident, f, fut.result())
+    report.identities = len(done_ids)
+    det_name = getattr(detector_obj, "name", None) or detector
+    write_dataset_info(out, source=str(photos), detector=str(det_name),
                        skin_mask="face parser " + face_parser if face_parser else "landmarks + colour statistics")
     return report

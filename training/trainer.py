@@ -33,6 +33,7 @@ from core.networks import DecaNetworks, build_deca_networks, load_deca_checkpoin
 from core.networks.encoders import FLAME_CODE_SIZES
 
 from .config import ConfigError, TrainingConfig, config_to_dict
+from .networks import build_training_networks, is_reduced
 from .data import IdentityBatchSampler, IdentityDataset, advance, collate, landmarks_to_ndc
 from .objective import DecaObjective, StepOutput
 
@@ -147,6 +148,12 @@ def init_head_from_data(nets: DecaNetworks, face, images: torch.Tensor, landmark
     return {"cam": [float(c) for c in cam], "light_band0": [float(x) for x in light0]}
 
 
+def _untouched_batchnorm(module: nn.Module) -> bool:
+    """True when every batch norm of ``module`` still holds its initial statistics (mean 0, variance 1)."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None]
+    return bool(bns) and all(bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all()) for m in bns)
+
+
 def _numpy_rng_state() -> dict[str, Any]:
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
@@ -180,7 +187,12 @@ def read_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu")
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    obj = torch.load(p, map_location=map_location, weights_only=True)
+    try:
+        obj = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, a pickle asking for code: all unusable
+        raise ValueError(f"{p}: not a readable deca-train checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else 'no details'}); delete it or point "
+                         f"train.resume at another checkpoint") from None
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{p}: not a checkpoint written by deca-train (use model.init_from for an official "
                          f"deca_model.tar)")
@@ -212,7 +224,8 @@ class TrainResult:
     output_dir: Path
     checkpoint: Path | None = None
     exported: Path | None = None
-    history: list[dict[str, float]] = field(default_factory=list)  # this run's logged steps (rank 0)
+    #: this run's newest ``train.history_limit`` step records (rank 0)
+    history: list[dict[str, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -240,6 +253,7 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.ckpt_dir = self.out / "checkpoints"
         self._handlers: list[logging.Handler] = []
+        self._val: IdentityDataset | None = None
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_dist(self) -> _Dist:
@@ -263,10 +277,17 @@ class Trainer:
         spec = self.cfg.train.device
         if spec == "auto":
             spec = "cuda" if torch.cuda.is_available() else "cpu"
-        if spec == "cuda":
+        if spec.startswith("cuda"):
             if not torch.cuda.is_available():
-                raise ConfigError("train.device is 'cuda' but CUDA is not available")
-            return torch.device("cuda", d.local_rank)
+                raise ConfigError(f"train.device is '{spec}' but CUDA is not available")
+            if d.enabled:
+                # under torchrun every process takes the GPU of its local rank; a fixed cuda:N would put all
+                # ranks on one GPU (choose the GPUs with CUDA_VISIBLE_DEVICES instead)
+                if spec != "cuda" and torch.device(spec).index != d.local_rank:
+                    log.warning("train.device %s ignored under torchrun: rank %d (local rank %d) uses cuda:%d",
+                                spec, d.rank, d.local_rank, d.local_rank)
+                return torch.device("cuda", d.local_rank)
+            return torch.device(spec) if spec != "cuda" else torch.device("cuda", 0)
         return torch.device(spec)
 
     def _setup_logging(self, d: _Dist) -> None:
@@ -321,10 +342,11 @@ class Trainer:
             if c.identity.weights:
                 net = load_face_recognition(c.identity.weights, c.identity.stride_in_1x1)
                 identity = IdentityLoss(net, c.identity.input_size, c.identity.bgr, c.identity.input_scale,
-                                        c.identity.mean).to(device)
+                                        c.identity.mean, c.identity.crop_margin, c.identity.release_scaling).to(device)
                 log.info("identity loss on (weight %g), face-recognition network from %s", c.loss.id, c.identity.weights)
             else:
-                log.info("identity loss is OFF: no face-recognition weights given (identity.weights); DECA used a "
+                self.disabled_losses.append("id")
+                log.warning("identity loss is OFF: no face-recognition weights given (identity.weights); DECA used a "
                          "VGGFace2 ResNet-50")
         if c.stage == "detail" and c.loss.mrf > 0:
             if c.mrf.vgg_weights:
@@ -332,7 +354,8 @@ class Trainer:
                                 c.mrf.input_size).to(device)
                 log.info("ID-MRF loss on (weight %g), VGG-19 from %s", c.loss.mrf, c.mrf.vgg_weights)
             else:
-                log.info("ID-MRF loss is OFF: no VGG-19 weights given (mrf.vgg_weights)")
+                self.disabled_losses.append("mrf")
+                log.warning("ID-MRF loss is OFF: no VGG-19 weights given (mrf.vgg_weights)")
         return identity, mrf
 
     def _amp(self, device: torch.device) -> tuple[torch.dtype | None, bool]:
@@ -408,7 +431,10 @@ class Trainer:
         face = self._face_model(device)
 
         # ---- networks
-        nets = build_deca_networks()
+        nets = build_training_networks(cfg.model)
+        if is_reduced(cfg.model):
+            log.warning("E_flame is a REDUCED encoder (blocks %s, input %d): for tests/debugging, no deca_model.tar "
+                        "is exported", cfg.model.encoder_blocks, cfg.model.encoder_input_size)
         resume = self._resume_path()
         ckpt = None
         if resume is not None:
@@ -425,6 +451,11 @@ class Trainer:
         nets = nets.to(device)
         if ckpt is None and not cfg.model.init_from:
             self._init_from_scratch(nets, face, ds, device)
+        elif ckpt is None and cfg.stage == "detail" and _untouched_batchnorm(nets.E_detail) \
+                and cfg.model.bn_calibration_images > 0:
+            # the documented chain pretrain -> coarse -> detail never trains E_detail / D_detail before this
+            # stage: their batch norms still hold mean 0 / variance 1, far from their inputs' statistics
+            self._calibrate_detail(nets, ds, device)
         trained = set_trainable(nets, cfg.stage, cfg.model.encoder_trainable_layers)
         params = [p for p in nets.parameters() if p.requires_grad]
         log.info("training %s: %.1fM parameters (encoder layers: %s, batch norm: %s)",
@@ -461,6 +492,7 @@ class Trainer:
                 log.warning("resuming a %d-process run with %d processes: the batches differ from the original run",
                             int(ckpt.get("world_size")), d.world)
 
+        self.disabled_losses: list[str] = []
         identity, mrf = self._perceptual(device)
         objective = DecaObjective(nets, face, cfg, identity, mrf, amp_dtype)
         model: nn.Module = objective
@@ -515,6 +547,8 @@ class Trainer:
                 rec = self._reduce_terms(out, d)
                 now = time.perf_counter()
                 rec.update(step=step, epoch=position[0], lr=opt.param_groups[0]["lr"], step_time_s=now - t_last)
+                if self.disabled_losses:  # weighted terms that are not computed (a missing pretrained network)
+                    rec["disabled_losses"] = list(self.disabled_losses)
                 if grad_norm is not None:
                     rec["grad_norm"] = grad_norm
                 t_last = now
@@ -522,19 +556,23 @@ class Trainer:
                     raise FloatingPointError(f"loss is {rec['loss']} at step {step}; terms: {rec}")
                 if d.main:
                     result.history.append(rec)
+                    if len(result.history) > cfg.train.history_limit:  # bounded over a million steps
+                        del result.history[: len(result.history) - cfg.train.history_limit]
                     with open(metrics_path, "a") as f:
                         f.write(json.dumps(rec) + "\n")
                     if step % cfg.train.log_every == 0 or step == 1:
                         log.info("step %d  loss %.5f  %s  (%.2f s/step)", step, rec["loss"],
                                  "  ".join(f"{k} {v:.4g}" for k, v in rec.items()
-                                           if k not in ("step", "epoch", "lr", "loss", "step_time_s")),
+                                           if k not in ("step", "epoch", "lr", "loss", "step_time_s", "disabled_losses")),
                                  rec["step_time_s"])
                         if writer is not None:
                             for k, v in rec.items():
-                                if k not in ("step", "epoch"):
+                                if k not in ("step", "epoch", "disabled_losses"):
                                     writer.add_scalar(("loss/" if k not in ("lr", "step_time_s", "grad_norm") else "train/") + k, v, step)
                     if writer is not None and out.vis is not None:
                         writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), _grid(out.vis), step)
+                if d.main and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
+                    self._validate(nets, face, device, step, writer, metrics_path, trained)
                 if step % cfg.train.checkpoint_every == 0 or step == stop_at:
                     last_ckpt = self._save(d, nets, opt, scaler, step, position)
         finally:
@@ -544,7 +582,7 @@ class Trainer:
             del it
         result.step = step
         result.checkpoint = last_ckpt
-        if step >= cfg.train.max_steps and cfg.train.export_on_finish and d.main:
+        if step >= cfg.train.max_steps and cfg.train.export_on_finish and d.main and not is_reduced(cfg.model):
             result.exported = save_deca_checkpoint(nets, self.out / "deca_model.tar")
             log.info("exported %s (official deca_model.tar layout)", result.exported)
         if d.enabled:
@@ -581,6 +619,45 @@ class Trainer:
 
             calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
             log.info("batch norm of E_detail and D_detail calibrated")
+        nets.eval()
+
+    def _validate(self, nets: DecaNetworks, face, device: torch.device, step: int, writer, metrics_path: Path,
+                  trained: list[nn.Module]) -> dict[str, float]:
+        """E_flame's errors on ``train.val_root`` (eval mode), to TensorBoard ``val/*`` and metrics.jsonl."""
+        from .evaluate import evaluate
+
+        if self._val is None:
+            self._val = IdentityDataset(self.cfg.train.val_root)
+        res = evaluate(nets, face, self._val, device=device)
+        self._set_modes(nets, trained)
+        rec = {"step": step, "val": {k: float(v) for k, v in res.items()}}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if writer is not None:
+            for k, v in res.items():
+                if k != "n_images":
+                    writer.add_scalar(f"val/{k}", v, step)
+        log.info("validation at step %d: %s", step, "  ".join(f"{k} {v:.4g}" for k, v in res.items()))
+        return res
+
+    def _calibrate_detail(self, nets: DecaNetworks, ds: IdentityDataset, device: torch.device) -> None:
+        from core.networks import split_flame_codes
+
+        cfg = self.cfg
+        samples = ds.calibration_samples(cfg.model.bn_calibration_images, cfg.train.seed)
+        images = collate([ds[s] for s in samples])["image"].to(device)
+        c = cfg.model.bn_calibration_chunk
+        chunks = [images[i:i + c] for i in range(0, images.shape[0], c)]
+        nets.E_flame.eval()
+        k = calibrate_batchnorm(nets.E_detail, chunks)
+
+        def dec(x):
+            codes = split_flame_codes(nets.E_flame(x))
+            nets.D_detail.decode(codes.jaw_pose, codes.exp, nets.E_detail(x))
+
+        k += calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
+        log.info("batch norm of E_detail and D_detail estimated on %d images (%d layers): they start untrained",
+                 images.shape[0], k)
         nets.eval()
 
     def _set_modes(self, nets: DecaNetworks, trained: list[nn.Module]) -> None:

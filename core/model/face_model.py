@@ -51,7 +51,13 @@ class FaceAssets:
         tex_mean = tex_basis = None
         if texture_space is not None:
             with np.load(texture_space, allow_pickle=False) as z:
-                tex_mean, tex_basis = z["mean"], z["basis"]
+                own_layout = {"mean", "basis"} <= set(z.files)
+                if own_layout:
+                    tex_mean, tex_basis = z["mean"], z["basis"]
+            if not own_layout:  # DECA's published files: FLAME_texture.npz, FLAME_albedo_from_BFM.npz (MU/PC)
+                from core.assets.manager import read_texture_space
+
+                tex_mean, tex_basis = read_texture_space(Path(texture_space))
         return cls(
             flame=load_flame_model(flame),
             embedding=load_embedding(emb_path),
