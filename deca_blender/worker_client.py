@@ -258,7 +258,11 @@ def new_log_path(configured: str, keep: int = KEEP_LOGS) -> Path:
         except OSError:
             pass
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    for n in itertools.count(1):
+    # Numbered after the highest run of this second still on disk, never in a gap: a name freed by the
+    # rotation above must not come back, or a crash report could be matched with an older run's name.
+    taken = [int(p.stem.rsplit("-", 1)[1]) for p in base.parent.glob(f"{stem}-{stamp}-*.log")
+             if p.stem.rsplit("-", 1)[1].isdigit()]
+    for n in itertools.count(max(taken, default=0) + 1):
         path = base.parent / f"{stem}-{stamp}-{n}.log"
         if not path.exists():
             return path
