@@ -183,8 +183,8 @@ class Worker:
             ours, self._interrupt = self._interrupt, False
             running = self._interruptible and self._current in self._cancelled
             if ours and running and _importing(frame):
-                # Never raise inside a C extension's init: it would turn into a broken module
-                # ("initialization failed"). Signal again shortly, once that import is done.
+                # Never raise inside an import (`_importing`): it would leave broken modules behind.
+                # Signal again shortly, once that import is done.
                 timer = threading.Timer(0.02, self._reinterrupt)
                 timer.daemon = True
                 timer.start()
@@ -403,11 +403,16 @@ class Worker:
 
 
 def _importing(frame) -> bool:
-    """Whether `frame` (or a caller) runs inside a C extension's initialisation (an exception raised there
-    leaves the extension broken for the process: "initialization failed"). Plain Python imports may be
-    interrupted: a failed module is removed from sys.modules and imported afresh next time."""
+    """Whether `frame` (or a caller) runs inside an import. An exception raised there is not undone: a C
+    extension stays broken for the process ("initialization failed"), and a Python package whose
+    `__init__` stops half-way is dropped from sys.modules while the submodules it had already imported
+    stay, bound to the dropped module (seen: a cancel inside `import mediapipe` left `matplotlib.cbook`
+    pointing at a half-initialised `matplotlib`, and every later detection failed with AttributeError)."""
     while frame is not None:
-        if (frame.f_code.co_name in ("create_module", "exec_module")
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib._bootstrap"):
+            return True
+        if (code.co_name in ("create_module", "exec_module")
                 and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):
             return True
         frame = frame.f_back

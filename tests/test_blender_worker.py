@@ -408,3 +408,19 @@ def test_blender_worker_one_log_per_run(client, tmp_path):
         client.stop()
     logs = sorted(tmp_path.glob("worker-*.log"))
     assert len(logs) == 5 and first not in logs
+
+
+def test_worker_never_interrupts_an_import(tmp_path, monkeypatch):
+    """A cancel must not land inside an import (a package whose __init__ stops half-way leaves submodules
+    bound to a dropped module): `_importing` sees a Python import in progress, and nothing outside one."""
+    import importlib
+
+    from core.worker import _importing
+
+    (tmp_path / "probe_pkg").mkdir()
+    (tmp_path / "probe_pkg" / "__init__.py").write_text(
+        "import sys\nfrom core.worker import _importing\nSEEN = _importing(sys._getframe())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "probe_pkg", raising=False)
+    assert importlib.import_module("probe_pkg").SEEN is True
+    assert _importing(sys._getframe()) is False

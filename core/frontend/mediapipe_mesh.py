@@ -67,15 +67,21 @@ def turn_factor(ratio: float) -> float:
     return float(np.clip((TURN_ZERO - ratio) / (TURN_ZERO - TURN_OK), 0.0, 1.0))
 
 
+def _import_mediapipe():
+    import logging
+    import os
+    os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ start-up chatter
+    logging.getLogger("absl").setLevel(logging.ERROR)
+    import mediapipe
+
+    return mediapipe
+
+
 def _solution(kind: str, min_confidence: float):
     key = f"{kind}:{min_confidence}"
     s = _solutions.get(key)
     if s is None:
-        import logging
-        import os
-        os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ start-up chatter
-        logging.getLogger("absl").setLevel(logging.ERROR)
-        import mediapipe as mp
+        mp = _import_mediapipe()
         if kind == "short":
             s = mp.solutions.face_detection.FaceDetection(model_selection=0, min_detection_confidence=min_confidence)
         elif kind == "full":
@@ -112,6 +118,9 @@ class MediaPipeDetector(LandmarkDetector):
         self.crop_factor = float(crop_factor)
         self.mesh_side = int(mesh_side)
         self.last_used: str | None = None  # 'short', 'full' or None: which detection model found the faces
+        # Import now, with the models, not inside the first photo: mediapipe pulls in matplotlib and
+        # opencv (about a second), and the Blender worker's cancel must not land inside that import.
+        _import_mediapipe()
 
     @classmethod
     def availability(cls) -> tuple[bool, str]:
