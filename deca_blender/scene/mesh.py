@@ -86,6 +86,18 @@ def add_shape_keys(obj, template: np.ndarray, expr_basis: np.ndarray, posedirs: 
         kb.value = 0.0
 
 
+def add_arkit_keys(obj, template: np.ndarray, keys) -> None:
+    """ARKit-named keys after the FLAME ones (core.results.arkit.ArkitKey list), value 0, sliders 0..1 as ARKit's
+    coefficients. Joint keys (jawOpen, eyeLook*) carry their rotation baked in: they move the mesh without the
+    bones, so an engine playing ARKit curves needs no bone track. tongueOut is created empty (FLAME has no tongue)."""
+    template = np.asarray(template, np.float64)
+    for key in keys:
+        kb = obj.shape_key_add(name=key.name, from_mix=False)
+        kb.points.foreach_set("co", (template + key.displacement).astype(np.float32).ravel())
+        kb.slider_min, kb.slider_max = 0.0, 1.0
+        kb.value = 0.0
+
+
 def exp_key_values(obj, n: int = 50) -> np.ndarray:
     keys = obj.data.shape_keys.key_blocks
     return np.array([keys[exp_key_name(i)].value if exp_key_name(i) in keys else 0.0 for i in range(n)])

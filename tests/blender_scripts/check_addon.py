@@ -159,6 +159,13 @@ def import_head():
     arrays["key_exp_003"] = co.reshape(-1, 3).copy()
     keys["pc_010"].points.foreach_get("co", co)
     arrays["key_pc_010"] = co.reshape(-1, 3).copy()
+    arkit = [kb for kb in keys if not kb.name.startswith(("Basis", "exp_", "pc_"))]
+    stack = np.empty((len(arkit), len(co)), np.float32)
+    for i, kb in enumerate(arkit):
+        kb.points.foreach_get("co", stack[i])
+    arrays["arkit_keys"] = stack.reshape(len(arkit), -1, 3)
+    report["arkit_ranges"] = {kb.name: [kb.slider_min, kb.slider_max, kb.value] for kb in arkit}
+    report["arkit_rms_mm"] = dict(obj["deca_arkit_rms_mm"])
     drivers = list(obj.data.shape_keys.animation_data.drivers) + list(obj.animation_data.drivers) + \
         list(obj.deca.wrinkle_group.animation_data.drivers)
     report["n_drivers"] = len(drivers)
