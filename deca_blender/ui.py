@@ -4,6 +4,7 @@ from __future__ import annotations
 import bpy
 
 from .properties import head_objects
+from .scene.mesh import shape_slider_keys
 
 N_SLIDERS_COLLAPSED = 10
 
@@ -72,7 +73,27 @@ class VIEW3D_PT_deca_expression(bpy.types.Panel):
         layout.prop(props, "show_all_expressions", text=f"Show all {len(keys)}")
 
 
-classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression)
+class VIEW3D_PT_deca_identity(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DECA"
+    bl_label = "Identity"
+    bl_parent_id = "VIEW3D_PT_deca"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(shape_slider_keys(head_objects(context.active_object)[0]))
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("deca.reset_identity", text="Reset Identity", icon="LOOP_BACK")
+        col = layout.column(align=True)
+        for kb in shape_slider_keys(head_objects(context.active_object)[0]):
+            col.prop(kb, "value", text=kb.name, slider=True)
+
+
+classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression, VIEW3D_PT_deca_identity)
 
 
 def register() -> None:

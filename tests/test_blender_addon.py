@@ -283,7 +283,7 @@ def test_blender_mesh_and_shape_keys(run):
     from core.results.arkit import ARKIT_NAMES
 
     expected_names = (["Basis"] + [f"exp_{i:03d}" for i in range(50)] + [f"pc_{i:03d}" for i in range(36)]
-                      + list(ARKIT_NAMES))
+                      + list(ARKIT_NAMES) + [f"shape_{i:03d}" for i in range(20)])
     assert r["shape_keys"] == expected_names
     for i in range(50):
         assert r["shape_key_values"][f"exp_{i:03d}"] == pytest.approx(float(res.exp[i]), abs=1e-6)
@@ -534,6 +534,26 @@ def test_blender_arkit_shape_keys(run):
     assert np.median([s[0] for s in stats.values()]) < 1.2, stats
 
 
+def test_blender_identity_sliders(run):
+    """shape_000..019 (sliders -3..3 at 0): with the bones at rest, moving two sliders moves the mesh by
+    FLAME's identity basis times the values (the test model's, in float16 as result.npz stores it), and
+    Reset Identity puts every slider at 0 and the mesh back where it was."""
+    _ok(run, "import_head", "identity_sliders")
+    r, a, model = run["report"], run["arrays"], run["model"]
+    assert list(r["identity_keys"]) == [f"shape_{i:03d}" for i in range(20)]
+    assert all(v == [-3.0, 3.0, 0.0] for v in r["identity_keys"].values())
+    basis = model.shape_basis[:, :, :20]
+    expected = 1.5 * basis[:, :, 3] - 0.8 * basis[:, :, 11]
+    # float16 storage: half a float16 step per component, times the slider values; float32 keys on top
+    step = np.spacing(np.abs(basis[:, :, [3, 11]]).astype(np.float16)).astype(np.float64) / 2
+    bound = 1.5 * step[:, :, 0] + 0.8 * step[:, :, 1] + 2e-6
+    moved = a["identity_moved"] - a["identity_rest"]
+    assert np.abs(expected).max() > 5e-3  # the sliders visibly change the head
+    assert np.all(np.abs(moved - expected) <= bound)
+    assert r["identity_reset"] == ["FINISHED"] and r["identity_values_after_reset"] == [0.0] * 20
+    np.testing.assert_array_equal(a["identity_reset"], a["identity_rest"])
+
+
 def test_blender_fbx_export_reimport(run):
     _ok(run, "exports", "fbx_reimport")
     r = run["report"]
@@ -543,7 +563,7 @@ def test_blender_fbx_export_reimport(run):
         assert found["meshes"] == 1 and found["armatures"] == 1, preset
         assert found["vertices"] == exp["vertices"] == 5023
         assert found["bones"] == exp["bones"] == 5
-        assert found["shape_keys"] == exp["shape_keys"] == 86 + 52
+        assert found["shape_keys"] == exp["shape_keys"] == 86 + 52 + 20
         assert found["shape_key_names"] == exp["morph_names"]
         assert found["vertex_groups"] == sorted(["root", "neck", "jaw", "eye_L", "eye_R"])
         assert any("albedo" in name for name in found["images"])
@@ -553,7 +573,7 @@ def test_blender_fbx_export_reimport(run):
     from core.results.arkit import ARKIT_NAMES
 
     for found in r["fbx_reimport"].values():  # the engine gets ARKit's morph names
-        assert found["shape_key_names"][86:] == list(ARKIT_NAMES)
+        assert found["shape_key_names"][86:138] == list(ARKIT_NAMES)
 
 
 def test_blender_exports_limit_influences(run):
@@ -633,11 +653,11 @@ def test_blender_gltf_export(run):
     g = pygltflib.GLTF2().load(str(path))
     assert len(g.meshes) == 1
     prim = g.meshes[0].primitives[0]
-    assert len(prim.targets) == exp["shape_keys"] == 86 + 52
+    assert len(prim.targets) == exp["shape_keys"] == 86 + 52 + 20
     assert g.meshes[0].extras["targetNames"] == exp["morph_names"]
     from core.results.arkit import ARKIT_NAMES
 
-    assert g.meshes[0].extras["targetNames"][86:] == list(ARKIT_NAMES)
+    assert g.meshes[0].extras["targetNames"][86:138] == list(ARKIT_NAMES)
     assert len(g.skins) == 1 and len(g.skins[0].joints) == 5
     assert sorted(g.nodes[j].name for j in g.skins[0].joints) == sorted(["root", "neck", "jaw", "eye_L", "eye_R"])
     # glTF splits vertices along UV seams: one vertex per distinct (position, uv) corner pair.

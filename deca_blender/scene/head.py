@@ -32,6 +32,7 @@ class ImportOptions:
     location: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the head's centre goes (the 3D cursor)
     photo_reference: bool = True  # the photo's camera and reference image, lined up with the head
     arkit_keys: bool = True  # the 52 ARKit-named shape keys (core.results.arkit), after exp_/pc_
+    identity_sliders: bool = True  # shape_000.. from rig_shape_basis, when the result carries it
 
 
 def load_result(folder: str | Path):
@@ -133,6 +134,9 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
         mesh_mod.add_arkit_keys(obj, result.rig_template, keys)
         # How well each expression key met its definition on this head (the README explains the numbers).
         obj["deca_arkit_rms_mm"] = {k.name: round(k.rms_error_mm, 3) for k in keys if k.kind == "expression"}
+
+    if options.identity_sliders and result.rig_shape_basis is not None:
+        mesh_mod.add_shape_sliders(obj, result.rig_template, result.rig_shape_basis)
 
     props = obj.deca
     props.role = "HEAD"

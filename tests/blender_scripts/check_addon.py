@@ -159,7 +159,7 @@ def import_head():
     arrays["key_exp_003"] = co.reshape(-1, 3).copy()
     keys["pc_010"].points.foreach_get("co", co)
     arrays["key_pc_010"] = co.reshape(-1, 3).copy()
-    arkit = [kb for kb in keys if not kb.name.startswith(("Basis", "exp_", "pc_"))]
+    arkit = [kb for kb in keys if not kb.name.startswith(("Basis", "exp_", "pc_", "shape_"))]
     stack = np.empty((len(arkit), len(co)), np.float32)
     for i, kb in enumerate(arkit):
         kb.points.foreach_get("co", stack[i])
@@ -189,6 +189,31 @@ def import_head():
     px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
     img.pixels.foreach_get(px)
     arrays["exact_image_r"] = px.reshape(img.size[1], img.size[0], 4)[::-1, :, 0]
+
+
+@section
+def identity_sliders():
+    """Move two identity sliders with the bones at rest, then Reset Identity; restore the pose."""
+    obj, arm = state["obj"], state["arm"]
+    saved = {pb.name: tuple(pb.rotation_quaternion) for pb in arm.pose.bones}
+    for pb in arm.pose.bones:
+        pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+    keys = obj.data.shape_keys.key_blocks
+    report["identity_keys"] = {kb.name: [kb.slider_min, kb.slider_max, kb.value] for kb in keys
+                               if kb.name.startswith("shape_")}
+    update()
+    arrays["identity_rest"] = evaluated_vertices(obj)
+    keys["shape_003"].value, keys["shape_011"].value = 1.5, -0.8
+    update()
+    arrays["identity_moved"] = evaluated_vertices(obj)
+    with bpy.context.temp_override(active_object=obj, object=obj):
+        report["identity_reset"] = sorted(bpy.ops.deca.reset_identity())
+    update()
+    arrays["identity_reset"] = evaluated_vertices(obj)
+    report["identity_values_after_reset"] = [kb.value for kb in keys if kb.name.startswith("shape_")]
+    for name, q in saved.items():
+        arm.pose.bones[name].rotation_quaternion = q
+    update()
 
 
 @section
