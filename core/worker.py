@@ -352,6 +352,36 @@ class Worker:
                                         progress=self._progress_callback(rid, 0.05, 1.0))
         return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t, "timings": dict(rec.timings)}
 
+    def cmd_video_expressions(self, rid: Any, video: str, every: int = 1, max_frames: int | None = None,
+                              home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
+        """Expression and jaw of every `every`-th frame of a video through the expression-only fast path
+        (core.pipeline.expressions): no result folder per frame. The frames go to a temporary folder that is
+        removed afterwards, cancelled or not. Answer: frame numbers (0-based, in the video), exp (K, 50),
+        jaw (K, 3), fps, and the frames that failed (no face)."""
+        import tempfile
+
+        from core.frontend.video import extract_frames
+        from core.pipeline.expressions import decode_expressions
+
+        every = int(every)
+        if every < 1:
+            raise RequestError(f"every must be >= 1, got {every}")
+        tmp = Path(tempfile.mkdtemp(prefix="deca-video-"))
+        try:
+            self.progress(rid, 0.0, "reading the video")
+            frames = extract_frames(video, tmp, every=every, max_frames=max_frames,
+                                    progress=self._progress_callback(rid, 0.0, 0.2))
+            self.progress(rid, 0.2, "loading the models")
+            rec = self._reconstructor(home, device, landmarks, "deca")
+            rec.detector
+            number = {str(p): n for p, n in zip(frames.paths, frames.frame_numbers)}
+            codes = decode_expressions(rec, frames.paths, progress=self._progress_callback(rid, 0.25, 1.0))
+            return {"frame_numbers": [number[s] for s in codes.sources], "exp": codes.exp.tolist(),
+                    "jaw": codes.jaw.tolist(), "fps": frames.fps, "n_read": len(frames.paths),
+                    "failed": [number.get(f.photo, f.photo) for f in codes.failed], "seconds": codes.seconds}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def cmd_decode_displacement(self, rid: Any, result: str, exp: list, jaw: list, out: str | None = None,
                                 home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
         import numpy as np
