@@ -756,6 +756,10 @@ def test_blender_worker_from_the_addon(run):
     assert c["seconds"] < 1.0, f"cancel took {c['seconds']:.2f} s"
     assert c["left_in_output"] == [] and c["objects_added"] == 0
     assert w["import_photo"] == "FINISHED", w["import_photo"]
-    assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36
+    assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]
     assert w["apply_from_photo"] == ["FINISHED"] and w["apply_keyed"]
+    # A video: frames 0, 2, 4 decoded (2 has no face), keyed at 10 + 0 and 10 + 4 beside the photo's key at 3.
+    assert w["apply_video"] == ["FINISHED"]
+    assert w["video_key_frames"] == [3, 10, 14]
+    assert w["video_frame_range"][1] >= 14

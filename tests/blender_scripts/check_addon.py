@@ -943,6 +943,30 @@ def worker_from_blender():
         res["apply_from_photo"] = sorted(bpy.ops.deca.apply_expression(filepath=str(PHOTO), keyframe=True, frame_start=3))
         res["apply_from_photo_seconds"] = time.perf_counter() - t
         res["apply_keyed"] = head.data.shape_keys.animation_data is not None
+        # A video (made here with OpenCV from the photo; frame 2 has no face), every 2nd frame from frame 10.
+        import cv2
+
+        img = cv2.imread(str(PHOTO))
+        s = 480 / max(img.shape[:2])
+        img = cv2.resize(img, (int(img.shape[1] * s) // 2 * 2, int(img.shape[0] * s) // 2 * 2))
+        video = OUT / "clip.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 24.0, (img.shape[1], img.shape[0]))
+        for frame in (img, img, np.full_like(img, 128), img, img):
+            writer.write(frame)
+        writer.release()
+        t = time.perf_counter()
+        res["apply_video"] = sorted(bpy.ops.deca.apply_expression(filepath=str(video), video_step=2, frame_start=10))
+        res["apply_video_seconds"] = time.perf_counter() - t
+        ad = head.data.shape_keys.animation_data
+        if hasattr(ad.action, "fcurves"):  # Blender < 5.0 (legacy action API)
+            curves = ad.action.fcurves
+        else:  # layered actions (4.4+, the only API in 5.0)
+            from bpy_extras import anim_utils
+
+            curves = anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot).fcurves
+        fc = next(c for c in curves if c.data_path == 'key_blocks["exp_000"].value')
+        res["video_key_frames"] = sorted(int(k.co[0]) for k in fc.keyframe_points)
+        res["video_frame_range"] = [bpy.context.scene.frame_start, bpy.context.scene.frame_end]
     except RuntimeError as exc:
         res["import_photo"] = str(exc)
     res["objects_after"] = len(bpy.data.objects)
