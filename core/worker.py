@@ -13,7 +13,8 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
 Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
 `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
-256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
+256x256 float32 .npy), `video_expressions` (a video + every N -> the exp (K, 50) and jaw (K, 3) of every
+Nth frame with their frame numbers, through the expression-only fast path), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
 adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
