@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.results.rig import axis_angle_matrix
+
 __all__ = ["ARKIT_NAMES", "DEFINITIONS", "JOINT_KEYS", "EMPTY_KEYS", "ArkitKey", "solve_arkit_keys",
            "measurement_points"]
 
@@ -190,21 +192,11 @@ def measurement_points(template: np.ndarray, faces: np.ndarray) -> dict:
     return out
 
 
-def _rodrigues(aa) -> np.ndarray:
-    aa = np.asarray(aa, np.float64)
-    angle = float(np.linalg.norm(aa))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = aa / angle
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
-
-
 def joint_displacement(template, posedirs, weights, joints, joint: int, axis_angle) -> np.ndarray:
     """(V, 3) FLAME's change when one joint turns by `axis_angle` (every other joint at rest): its pose
     correctives, then linear blend skinning (only that joint's transform differs from identity)."""
     template = np.asarray(template, np.float64)
-    R = _rodrigues(axis_angle)
+    R = axis_angle_matrix(axis_angle)
     pose_feature = np.zeros((4, 3, 3))  # joints 1..4 (neck, jaw, eyes): vec(R_j - I), FLAME's order
     pose_feature[joint - 1] = R - np.eye(3)
     v = template + np.asarray(posedirs, np.float64)[:, :, :36] @ pose_feature.ravel()

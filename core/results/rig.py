@@ -30,6 +30,17 @@ class Rig:
     shape_basis: np.ndarray | None = None  # (V, 3, N) float16, FLAME's first N identity components
 
 
+def axis_angle_matrix(aa) -> np.ndarray:
+    """Rodrigues: axis-angle (3,) -> (3, 3) rotation matrix, numpy (the torch form is core.flame.lbs)."""
+    aa = np.asarray(aa, np.float64).ravel()
+    angle = float(np.linalg.norm(aa))
+    if angle < 1e-12:
+        return np.eye(3)
+    k = aa / angle
+    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
+
+
 def build_rig(model: FlameModelData, shape: np.ndarray, n_expression: int = N_EXP,
               n_shape_sliders: int = N_SHAPE_SLIDERS) -> Rig:
     """Bake `shape` (S,) into FLAME's template; keep the first `n_expression` expression components and the
