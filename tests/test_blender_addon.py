@@ -433,6 +433,8 @@ def test_blender_ui_draws(run):
     assert u["problems"] == []
     assert EXPECTED_OPERATORS <= {o.split(".")[1] for o in u["operators"]}
     assert {"deca.install_assets", "deca.refresh_status", "deca.install_dependencies"} <= set(u["operators"])
+    assert "deca.reset_identity" in u["operators"]
+    assert all(run["report"]["ui_polls"].values()), run["report"]["ui_polls"]  # ARKit and Identity panels show
     assert {"wrinkle_strength", "exact_wrinkles", "value", "device", "landmarks", "python_mode", "external_python",
             "output_dir", "flame_file", "deca_file", "data_dir"} <= set(u["props"])
 

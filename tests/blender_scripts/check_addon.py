@@ -594,7 +594,8 @@ def ui_draw():
     obj = state["obj"]
     bpy.context.view_layer.objects.active = obj
     ctx = bpy.context
-    for cls in (ui.VIEW3D_PT_deca, ui.VIEW3D_PT_deca_expression):
+    for cls in (ui.VIEW3D_PT_deca, ui.VIEW3D_PT_deca_expression, ui.VIEW3D_PT_deca_arkit, ui.VIEW3D_PT_deca_identity):
+        report.setdefault("ui_polls", {})[cls.__name__] = bool(cls.poll(ctx)) if hasattr(cls, "poll") else True
         cls.draw(Stub(), ctx)
     prefs = bpy.context.preferences.addons[addon].preferences
     prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}]})
