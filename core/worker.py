@@ -434,11 +434,18 @@ class Worker:
 
 
 def _importing(frame) -> bool:
-    """Whether `frame` (or a caller) runs inside a C extension's initialisation (an exception raised there
-    leaves the extension broken for the process: "initialization failed"). Plain Python imports may be
-    interrupted: a failed module is removed from sys.modules and imported afresh next time."""
+    """Whether `frame` (or a caller) runs inside an import. An exception raised there breaks the process:
+    a C extension's init becomes "initialization failed", and a Python package interrupted in its
+    `__init__` is removed from sys.modules while the submodules it had loaded stay, bound to the dead
+    parent (seen: mediapipe importing matplotlib, whose `cbook` then called `matplotlib.get_data_path`
+    on the half-made module in every later request). So the cancel waits until the import is done; the
+    reader side answers Cancelled after CANCEL_GRACE_S meanwhile."""
     while frame is not None:
-        if (frame.f_code.co_name in ("create_module", "exec_module")
+        code = frame.f_code
+        if code.co_filename.startswith("<frozen importlib._bootstrap") and code.co_name in (
+                "_load_unlocked", "exec_module", "create_module", "_call_with_frames_removed"):
+            return True
+        if (code.co_name in ("create_module", "exec_module")
                 and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):
             return True
         frame = frame.f_back

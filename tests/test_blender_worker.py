@@ -464,3 +464,18 @@ def test_blender_worker_video_expressions(tmp_path, photos_dir, test_flame_pkl, 
     finally:
         c.stop()
     assert set(glob.glob(str(Path(tempfile.gettempdir()) / "deca-video-*"))) <= before  # frames removed
+
+
+def test_worker_never_interrupts_an_import(tmp_path, monkeypatch):
+    """A cancel arriving while a module imports waits for the import (a package interrupted in its __init__
+    leaves its submodules bound to a dead parent: mediapipe -> matplotlib broke every later request)."""
+    import importlib
+
+    from core.worker import _importing
+
+    (tmp_path / "deca_probe_import.py").write_text(
+        "import sys\nfrom core.worker import _importing\nINSIDE = _importing(sys._getframe())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module("deca_probe_import")
+    assert module.INSIDE is True
+    assert _importing(sys._getframe()) is False
