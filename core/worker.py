@@ -13,7 +13,8 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
 Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
 `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
-256x256 float32 .npy), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
+256x256 float32 .npy), `video_expressions` (a video + every N -> the exp (K, 50) and jaw (K, 3) of every
+Nth frame with their frame numbers, through the expression-only fast path), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
 adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
@@ -352,6 +353,36 @@ class Worker:
                                         progress=self._progress_callback(rid, 0.05, 1.0))
         return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t, "timings": dict(rec.timings)}
 
+    def cmd_video_expressions(self, rid: Any, video: str, every: int = 1, max_frames: int | None = None,
+                              home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
+        """Expression and jaw of every `every`-th frame of a video through the expression-only fast path
+        (core.pipeline.expressions): no result folder per frame. The frames go to a temporary folder that is
+        removed afterwards, cancelled or not. Answer: frame numbers (0-based, in the video), exp (K, 50),
+        jaw (K, 3), fps, and the frames that failed (no face)."""
+        import tempfile
+
+        from core.frontend.video import extract_frames
+        from core.pipeline.expressions import decode_expressions
+
+        every = int(every)
+        if every < 1:
+            raise RequestError(f"every must be >= 1, got {every}")
+        tmp = Path(tempfile.mkdtemp(prefix="deca-video-"))
+        try:
+            self.progress(rid, 0.0, "reading the video")
+            frames = extract_frames(video, tmp, every=every, max_frames=max_frames,
+                                    progress=self._progress_callback(rid, 0.0, 0.2))
+            self.progress(rid, 0.2, "loading the models")
+            rec = self._reconstructor(home, device, landmarks, "deca")
+            rec.detector
+            number = {str(p): n for p, n in zip(frames.paths, frames.frame_numbers)}
+            codes = decode_expressions(rec, frames.paths, progress=self._progress_callback(rid, 0.25, 1.0))
+            return {"frame_numbers": [number[s] for s in codes.sources], "exp": codes.exp.tolist(),
+                    "jaw": codes.jaw.tolist(), "fps": frames.fps, "n_read": len(frames.paths),
+                    "failed": [number.get(f.photo, f.photo) for f in codes.failed], "seconds": codes.seconds}
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
     def cmd_decode_displacement(self, rid: Any, result: str, exp: list, jaw: list, out: str | None = None,
                                 home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
         import numpy as np
@@ -403,14 +434,16 @@ class Worker:
 
 
 def _importing(frame) -> bool:
-    """Whether `frame` (or a caller) runs inside an import. An exception raised there is not undone: a C
-    extension stays broken for the process ("initialization failed"), and a Python package whose
-    `__init__` stops half-way is dropped from sys.modules while the submodules it had already imported
-    stay, bound to the dropped module (seen: a cancel inside `import mediapipe` left `matplotlib.cbook`
-    pointing at a half-initialised `matplotlib`, and every later detection failed with AttributeError)."""
+    """Whether `frame` (or a caller) runs inside an import. An exception raised there breaks the process:
+    a C extension's init becomes "initialization failed", and a Python package interrupted in its
+    `__init__` is removed from sys.modules while the submodules it had loaded stay, bound to the dead
+    parent (seen: mediapipe importing matplotlib, whose `cbook` then called `matplotlib.get_data_path`
+    on the half-made module in every later request). So the cancel waits until the import is done; the
+    reader side answers Cancelled after CANCEL_GRACE_S meanwhile."""
     while frame is not None:
         code = frame.f_code
-        if code.co_filename.startswith("<frozen importlib._bootstrap"):
+        if code.co_filename.startswith("<frozen importlib._bootstrap") and code.co_name in (
+                "_load_unlocked", "exec_module", "create_module", "_call_with_frames_removed"):
             return True
         if (code.co_name in ("create_module", "exec_module")
                 and type(frame.f_locals.get("self")).__name__ == "ExtensionFileLoader"):

@@ -14,10 +14,10 @@ _registered_modules: list = []
 def _modules():
     # Imported here, not at module level, so `import deca_blender` works without bpy.
     from . import preferences, properties, ui
-    from .operators import animate, assets, export as export_ops, import_ops
+    from .operators import animate, assets, export as export_ops, identity, import_ops
     from . import exact
 
-    return (preferences, properties, import_ops, animate, export_ops, assets, ui, exact)
+    return (preferences, properties, import_ops, animate, identity, export_ops, assets, ui, exact)
 
 
 def register() -> None:

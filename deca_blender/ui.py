@@ -4,6 +4,7 @@ from __future__ import annotations
 import bpy
 
 from .properties import head_objects
+from .scene.mesh import shape_slider_keys
 
 N_SLIDERS_COLLAPSED = 10
 
@@ -72,7 +73,55 @@ class VIEW3D_PT_deca_expression(bpy.types.Panel):
         layout.prop(props, "show_all_expressions", text=f"Show all {len(keys)}")
 
 
-classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression)
+class VIEW3D_PT_deca_identity(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DECA"
+    bl_label = "Identity"
+    bl_parent_id = "VIEW3D_PT_deca"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(shape_slider_keys(head_objects(context.active_object)[0]))
+
+    def draw(self, context):
+        layout = self.layout
+        layout.operator("deca.reset_identity", text="Reset Identity", icon="LOOP_BACK")
+        col = layout.column(align=True)
+        for kb in shape_slider_keys(head_objects(context.active_object)[0]):
+            col.prop(kb, "value", text=kb.name, slider=True)
+
+
+def arkit_keys(mesh) -> list:
+    """The head's ARKit-named shape keys, in Apple's order ([] when imported without them)."""
+    from core.results.arkit import ARKIT_NAMES
+
+    if mesh is None or mesh.data.shape_keys is None:
+        return []
+    blocks = mesh.data.shape_keys.key_blocks
+    return [blocks[n] for n in ARKIT_NAMES if n in blocks]
+
+
+class VIEW3D_PT_deca_arkit(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "DECA"
+    bl_label = "ARKit Shapes"
+    bl_parent_id = "VIEW3D_PT_deca"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(arkit_keys(head_objects(context.active_object)[0]))
+
+    def draw(self, context):
+        col = self.layout.column(align=True)
+        for kb in arkit_keys(head_objects(context.active_object)[0]):
+            col.prop(kb, "value", text=kb.name, slider=True)
+
+
+classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression, VIEW3D_PT_deca_arkit, VIEW3D_PT_deca_identity)
 
 
 def register() -> None:

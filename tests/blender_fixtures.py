@@ -99,7 +99,7 @@ def build_result_folder(folder: str | Path, model, deca_data_dir: str | Path, se
         detected_landmarks=rng.uniform(100, 300, size=(68, 2)), crop_matrix=np.eye(3),
         faces=model.faces, uv_coords=template.uv_coords, uv_faces=template.uv_faces,
         rig_template=rig.template, rig_expr_basis=rig.expr_basis, rig_posedirs=rig.posedirs, rig_weights=rig.weights,
-        rig_joints=rig.joints, rig_parents=rig.parents,
+        rig_joints=rig.joints, rig_parents=rig.parents, rig_shape_basis=rig.shape_basis,
         displacement=displacement, displacement_scale=displacement_scale, wrinkles=wrinkles,
         flame_model="deca-blender test model (synthetic, not FLAME)", is_test_model=True,
     )

@@ -98,6 +98,7 @@ EXPECTED_SHAPES = {
     "crop_matrix": (3, 3), "faces": (9976, 3), "uv_coords": (5118, 2), "uv_faces": (9976, 3),
     "rig_template": (5023, 3), "rig_expr_basis": (5023, 3, 50), "rig_posedirs": (5023, 3, 36),
     "rig_weights": (5023, 5), "rig_joints": (5, 3), "rig_parents": (5,), "displacement": (256, 256),
+    "rig_shape_basis": (5023, 3, 20),
 }
 
 
@@ -122,6 +123,7 @@ def test_every_photo_gives_a_complete_result_folder(batch, real_photos, extras):
         assert res.is_test_model and "TEST" in res.flame_model and "sha256:" in res.flame_model
         assert res.source_image.endswith(name) and res.face_index == 0
         np.testing.assert_array_equal(res.rig_parents, [-1, 0, 1, 1, 1])
+        assert res.rig_shape_basis.dtype == np.float16  # identity sliders' basis, 0.6 MB
         assert str(res.extra["albedo_source"]) == "photo_texture"
         np.testing.assert_array_equal(res.tex, 0)
         with np.load(folder / "result.npz", allow_pickle=False) as z:

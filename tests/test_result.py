@@ -97,3 +97,27 @@ def test_validate_names_the_broken_field_and_the_writer_refuses_it(tmp_path):
         ["result.npz", "mesh.obj", "mesh.mtl", "texture.png", "albedo.png", "displacement.png",
          "detail_normals.png", "overlay.png"])
     ReconstructionResult.load(folder).validate()
+
+
+def test_identity_basis_is_optional_float16(tmp_path):
+    """rig_shape_basis: FLAME's first identity components in float16 (within half a float16 step of the
+    model's), absent from a result written without it, and shape-checked like every rig array."""
+    import dataclasses
+
+    model = build_procedural_head()
+    rig = build_rig(model, np.zeros(10), n_expression=8)
+    assert rig.shape_basis.dtype == np.float16 and rig.shape_basis.shape == (model.n_vertices, 3, 10)
+    r = dataclasses.replace(make_result(np.random.default_rng(0)), rig_shape_basis=rig.shape_basis)
+    back = ReconstructionResult.load(r.save(tmp_path / "with"))
+    assert back.rig_shape_basis.dtype == np.float16
+    np.testing.assert_array_equal(back.rig_shape_basis, rig.shape_basis)
+    exact = model.shape_basis[:, :, :10]
+    step = np.spacing(np.abs(exact).astype(np.float16)).astype(np.float64)  # float16's spacing at each value
+    assert np.all(np.abs(back.rig_shape_basis.astype(np.float64) - exact) <= step / 2 + 1e-12)
+    assert build_rig(model, np.zeros(10), n_shape_sliders=0).shape_basis is None
+    without = ReconstructionResult.load(make_result(np.random.default_rng(0)).save(tmp_path / "without"))
+    assert without.rig_shape_basis is None
+    with np.load(tmp_path / "without" / RESULT_FILE) as z:
+        assert "rig_shape_basis" not in z.files
+    with pytest.raises(ResultError, match="rig_shape_basis"):
+        dataclasses.replace(r, rig_shape_basis=rig.shape_basis[:-1]).validate()

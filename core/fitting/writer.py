@@ -137,6 +137,7 @@ def build_outputs(fitter, fit) -> tuple[ReconstructionResult, FaceImages]:
         faces=np.asarray(fitter.face_assets.flame.faces, np.int64), uv_coords=np.asarray(t.uv_coords, np.float64),
         uv_faces=np.asarray(t.uv_faces, np.int64), rig_template=rig.template, rig_expr_basis=rig.expr_basis,
         rig_posedirs=rig.posedirs, rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
+        rig_shape_basis=rig.shape_basis,
         displacement=disp, displacement_scale=enc.displacement_scale(disp), wrinkles=wrinkles,
         flame_model=fitter.flame_description, is_test_model=bool(fitter.face_assets.flame.is_test_model),
         animatable_detail=animatable, mode=fit.mode, extra=extra,

@@ -503,7 +503,7 @@ class Reconstructor:
             detected_landmarks=face.detection.landmarks.copy(), crop_matrix=face.crop.matrix.copy(),
             faces=self._faces, uv_coords=self._uv_coords, uv_faces=self._uv_faces,
             rig_template=rig.template, rig_expr_basis=rig.expr_basis, rig_posedirs=rig.posedirs,
-            rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents,
+            rig_weights=rig.weights, rig_joints=rig.joints, rig_parents=rig.parents, rig_shape_basis=rig.shape_basis,
             displacement=disp, displacement_scale=enc.displacement_scale(disp), wrinkles=model,
             flame_model=self.flame_description, is_test_model=bool(self.face_assets.flame.is_test_model),
             extra=extra_all,

@@ -81,6 +81,7 @@ class ReconstructionResult:
     is_test_model: bool
     animatable_detail: bool = True  # False for a static displacement from shading (fit-only mode)
     mode: str = "deca"  # deca | fit | deca+fit
+    rig_shape_basis: np.ndarray | None = None  # (V, 3, N) float16, optional: identity sliders
     extra: dict = field(default_factory=dict)  # further arrays a mode adds (saved as extra_<name>)
 
     # ------------------------------------------------------------------ checking
@@ -112,6 +113,8 @@ class ReconstructionResult:
             "wrinkle_base": (self.wrinkles.base, (S, S)), "wrinkle_maps": (self.wrinkles.maps, (K, S, S)),
             "wrinkle_matrix": (self.wrinkles.matrix, (K, sizes.N_EXP + sizes.N_JAW)),
         }
+        if self.rig_shape_basis is not None:
+            expected["rig_shape_basis"] = (self.rig_shape_basis, (V, 3, None))
         for key, (value, shape) in expected.items():
             a = np.asarray(value)
             if a.ndim != len(shape) or any(s is not None and n != s for n, s in zip(a.shape, shape)):
@@ -136,6 +139,8 @@ class ReconstructionResult:
         out: dict[str, np.ndarray] = {"schema_version": np.int64(SCHEMA_VERSION)}
         for f in fields(self):
             value = getattr(self, f.name)
+            if value is None:  # an optional array left out (rig_shape_basis)
+                continue
             if f.name == "wrinkles":
                 out["wrinkle_base"] = np.asarray(value.base, np.float32)
                 out["wrinkle_maps"] = np.asarray(value.maps, np.float32)

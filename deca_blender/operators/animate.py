@@ -3,7 +3,9 @@
 A single photo sets (and with Keyframe on, keys) the head's `exp_*` shape keys and jaw bone at the
 current frame. A folder of frames (images, or result folders) becomes keyframes, one frame per image in
 name order from Start Frame, and the scene's frame range grows to hold the keys. Photos go through the
-worker; result folders are read directly.
+worker; result folders are read directly. A video file goes through the worker's expression-only fast
+path (every Nth frame, no result folder per frame); each kept video frame k is keyed at Start Frame + k,
+so the video's timing is kept whatever N is.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from .common import WorkerTaskOperator, active_head
 from .import_ops import IMAGE_FILTER
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v"}  # as core.frontend.video (no cv2 here)
 
 
 def read_codes(folder: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -63,7 +66,10 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
                              description="A photo, or a result folder / result.npz")
     directory: StringProperty(name="Frames Folder", subtype="DIR_PATH", default="",
                               description="A folder of frames (photos or result folders): one keyframe per frame")
-    filter_glob: StringProperty(default=IMAGE_FILTER + ";result.npz", options={"HIDDEN"})
+    filter_glob: StringProperty(default=IMAGE_FILTER + ";result.npz;" + ";".join(f"*{s}" for s in sorted(VIDEO_SUFFIXES)),
+                                options={"HIDDEN"})
+    video_step: IntProperty(name="Every Nth Video Frame", default=1, min=1,
+                            description="For a video: decode every Nth frame (each keyed at its own frame)")
     keyframe: BoolProperty(name="Keyframe", default=False, description="Insert keyframes (always on for a folder)")
     frame_start: IntProperty(name="Start Frame", default=-1, description="First frame (-1: the current frame)")
     frame_step: IntProperty(name="Frame Step", default=1, min=1)
@@ -102,6 +108,9 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
         from ..preferences import get_prefs, output_dir, worker_client
 
         mesh, arm = active_head(context)
+        if self.filepath and Path(self.filepath).suffix.lower() in VIDEO_SUFFIXES and not self.use_folder:
+            yield from self._video(context, mesh, arm)
+            return
         sources = self._sources()
         animate = self.keyframe or len(sources) > 1
         start = context.scene.frame_current if self.frame_start < 0 else self.frame_start
@@ -124,12 +133,37 @@ class DECA_OT_apply_expression(WorkerTaskOperator, bpy.types.Operator):
             frame = start + i * self.frame_step if animate else None
             apply_codes(mesh, arm, exp, jaw if self.use_jaw else None, frame)
         if animate:
-            # The scene's frame range grows to hold the keys (never shrinks: the user's range may be longer).
-            scene = context.scene
-            last = start + (len(sources) - 1) * self.frame_step
-            scene.frame_start, scene.frame_end = min(scene.frame_start, start), max(scene.frame_end, last)
-            scene.frame_set(start)
+            _extend_frame_range(context.scene, start, start + (len(sources) - 1) * self.frame_step)
         self.report({"INFO"}, f"applied {len(sources)} expression(s) to {mesh.name}")
+
+    def _video(self, context, mesh, arm):
+        """Key every `video_step`-th frame of a video through the worker's fast path."""
+        from ..preferences import get_prefs, worker_client
+
+        video = Path(bpy.path.abspath(self.filepath))
+        if not video.is_file():
+            raise FileNotFoundError(f"video not found: {video}")
+        prefs = get_prefs(context)
+        start = context.scene.frame_current if self.frame_start < 0 else self.frame_start
+        data = yield worker_client(context).request("video_expressions", video=str(video), every=self.video_step,
+                                                    device=prefs.device, landmarks=prefs.landmarks)
+        numbers = data.get("frame_numbers", [])
+        if not numbers:
+            raise ValueError(f"{video.name}: no face found in any of its {data.get('n_read', 0)} decoded frames")
+        for k, exp, jaw in zip(numbers, data["exp"], data["jaw"]):
+            apply_codes(mesh, arm, np.asarray(exp, np.float64), np.asarray(jaw, np.float64) if self.use_jaw else None,
+                        start + int(k))
+        _extend_frame_range(context.scene, start, start + int(numbers[-1]))
+        failed = data.get("failed", [])
+        self.report({"WARNING"} if failed else {"INFO"},
+                    f"keyed {len(numbers)} video frame(s) of {video.name} on {mesh.name}"
+                    + (f"; no face in frame(s) {', '.join(str(f) for f in failed[:10])}" if failed else ""))
+
+
+def _extend_frame_range(scene, first: int, last: int) -> None:
+    """The scene's frame range grows to hold the keys (never shrinks: the user's range may be longer)."""
+    scene.frame_start, scene.frame_end = min(scene.frame_start, first), max(scene.frame_end, last)
+    scene.frame_set(first)
 
 
 classes = (DECA_OT_apply_expression,)

@@ -29,12 +29,14 @@ def result_folders(path: str | Path) -> list[Path]:
     raise ResultError(f"no result file at {path / RESULT_FILE}; a result folder holds {RESULT_FILE}")
 
 
-def import_folders(context, folders, all_expressions: bool, use_head_pose: bool) -> list:
+def import_folders(context, folders, all_expressions: bool, use_head_pose: bool, arkit_keys: bool = True,
+                   identity_sliders: bool = True) -> list:
     from ..scene.head import ImportOptions, build_head
 
     heads = []
     for folder in folders:
-        opts = ImportOptions(all_expressions=all_expressions, use_head_pose=use_head_pose,
+        opts = ImportOptions(all_expressions=all_expressions, use_head_pose=use_head_pose, arkit_keys=arkit_keys,
+                             identity_sliders=identity_sliders,
                              location=tuple(context.scene.cursor.location))
         heads.append(build_head(context, folder, opts))
     return heads
@@ -102,6 +104,12 @@ class _ImportOptionsMixin:
                                   description="Create every expression component the result holds (100 when present)")
     use_head_pose: BoolProperty(name="Head Pose from Photo", default=False,
                                 description="Rotate the root bone to the head's pose in the photo")
+    arkit_keys: BoolProperty(name="ARKit Shape Keys", default=True,
+                             description="Add the 52 ARKit-named shape keys (eyeBlinkLeft, jawOpen, ...) solved "
+                                         "from FLAME, for ARKit / Live Link Face data and engines")
+    identity_sliders: BoolProperty(name="Identity Sliders", default=True,
+                                   description="Add FLAME identity sliders shape_000.. (when the result carries "
+                                               "their basis), with a Reset Identity button")
 
     @classmethod
     def poll(cls, context):
@@ -137,7 +145,9 @@ class DECA_OT_import_result(_ImportOptionsMixin, bpy.types.Operator):
             return {"CANCELLED"}
         t0 = time.perf_counter()
         try:
-            heads = import_folders(context, result_folders(path), self.all_expressions, self.use_head_pose)
+            heads = import_folders(context, result_folders(path), self.all_expressions, self.use_head_pose,
+                                   self.arkit_keys,
+                                   self.identity_sliders)
         except USER_ERRORS as exc:
             report_exception(self, exc)
             return {"CANCELLED"}
@@ -174,7 +184,8 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         folders = [Path(p) for p in data.get("results", [])]
         if not folders:
             raise ValueError(f"no face found in {photo}")
-        heads = import_folders(context, folders, self.all_expressions, self.use_head_pose)
+        heads = import_folders(context, folders, self.all_expressions, self.use_head_pose, self.arkit_keys,
+                                self.identity_sliders)
         frame_heads(context, heads)
         self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name}")
 

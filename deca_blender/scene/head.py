@@ -31,6 +31,8 @@ class ImportOptions:
     name: str | None = None
     location: tuple[float, float, float] = (0.0, 0.0, 0.0)  # where the head's centre goes (the 3D cursor)
     photo_reference: bool = True  # the photo's camera and reference image, lined up with the head
+    arkit_keys: bool = True  # the 52 ARKit-named shape keys (core.results.arkit), after exp_/pc_
+    identity_sliders: bool = True  # shape_000.. from rig_shape_basis, when the result carries it
 
 
 def load_result(folder: str | Path):
@@ -123,6 +125,18 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     exp[: min(n_expr, photo_exp.size)] = photo_exp[:n_expr]
     mesh_mod.add_shape_keys(obj, result.rig_template, np.asarray(result.rig_expr_basis, np.float64),
                             np.asarray(result.rig_posedirs, np.float64), exp, n_expr)
+
+    if options.arkit_keys:
+        from core.results.arkit import solve_arkit_keys
+
+        keys = solve_arkit_keys(result.rig_template, result.faces, result.rig_expr_basis, result.rig_posedirs,
+                                result.rig_weights, result.rig_joints)
+        mesh_mod.add_arkit_keys(obj, result.rig_template, keys)
+        # How well each expression key met its definition on this head (the README explains the numbers).
+        obj["deca_arkit_rms_mm"] = {k.name: round(k.rms_error_mm, 3) for k in keys if k.kind == "expression"}
+
+    if options.identity_sliders and result.rig_shape_basis is not None:
+        mesh_mod.add_shape_sliders(obj, result.rig_template, result.rig_shape_basis)
 
     props = obj.deca
     props.role = "HEAD"

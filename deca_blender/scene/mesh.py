@@ -14,6 +14,8 @@ from .armature import JOINT_NAMES
 
 EXP_PREFIX = "exp_"
 PC_PREFIX = "pc_"
+SHAPE_PREFIX = "shape_"
+SHAPE_SLIDER = 3.0  # identity sliders: +-3 standard deviations of FLAME's identity, on top of the photo's
 N_POSE_CORRECTIVES = 36
 EXP_SLIDER = 3.0  # the default slider range is -3..3, widened when the photo's code is beyond it
 MAX_SLIDER = 10.0  # Blender's hard limit for shape-key slider ranges
@@ -83,6 +85,43 @@ def add_shape_keys(obj, template: np.ndarray, expr_basis: np.ndarray, posedirs: 
         kb = obj.shape_key_add(name=pc_key_name(p), from_mix=False)
         kb.points.foreach_set("co", (template + posedirs[:, :, p]).astype(np.float32).ravel())
         kb.slider_min, kb.slider_max = -2.0, 2.0  # entries of R - I lie in [-2, 2]
+        kb.value = 0.0
+
+
+def add_arkit_keys(obj, template: np.ndarray, keys) -> None:
+    """ARKit-named keys after the FLAME ones (core.results.arkit.ArkitKey list), value 0, sliders 0..1 as ARKit's
+    coefficients. Joint keys (jawOpen, eyeLook*) carry their rotation baked in: they move the mesh without the
+    bones, so an engine playing ARKit curves needs no bone track. tongueOut is created empty (FLAME has no tongue)."""
+    template = np.asarray(template, np.float64)
+    for key in keys:
+        kb = obj.shape_key_add(name=key.name, from_mix=False)
+        kb.points.foreach_set("co", (template + key.displacement).astype(np.float32).ravel())
+        kb.slider_min, kb.slider_max = 0.0, 1.0
+        kb.value = 0.0
+
+
+def shape_key_name(i: int) -> str:
+    return f"{SHAPE_PREFIX}{i:03d}"
+
+
+def shape_slider_keys(obj) -> list:
+    """The identity sliders (shape_* keys) of a head mesh object, [] when it has none."""
+    if obj is None or obj.data.shape_keys is None:
+        return []
+    return [kb for kb in obj.data.shape_keys.key_blocks if kb.name.startswith(SHAPE_PREFIX)]
+
+
+def add_shape_sliders(obj, template: np.ndarray, shape_basis: np.ndarray) -> None:
+    """Identity sliders shape_000.. (FLAME's identity components, (V, 3, N)), value 0 = the photo's identity
+    (already baked into the basis), so a slider adds `value * shape_basis[..., i]` to the rest mesh. The
+    bones stay at the photo's joints (result.npz has no joint regressor): a large identity change leaves
+    the jaw and eye pivots where they were."""
+    template = np.asarray(template, np.float64)
+    basis = np.asarray(shape_basis, np.float64)
+    for i in range(basis.shape[2]):
+        kb = obj.shape_key_add(name=shape_key_name(i), from_mix=False)
+        kb.points.foreach_set("co", (template + basis[:, :, i]).astype(np.float32).ravel())
+        kb.slider_min, kb.slider_max = -SHAPE_SLIDER, SHAPE_SLIDER
         kb.value = 0.0
 
 

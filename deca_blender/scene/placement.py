@@ -87,22 +87,14 @@ def photo_space_matrix(frame: dict, z: float) -> np.ndarray:
 def unpose_matrix(global_pose, root_joint) -> np.ndarray:
     """4x4 in FLAME space taking the photo's (posed) space to the head at rest: T(J0) R^T T(-J0)."""
     aa = np.asarray(global_pose, np.float64).ravel()[:3]
-    R = _rotation(aa)
+    from core.results.rig import axis_angle_matrix
+
+    R = axis_angle_matrix(aa)
     J = np.asarray(root_joint, np.float64)
     M = np.eye(4)
     M[:3, :3] = R.T
     M[:3, 3] = J - R.T @ J
     return M
-
-
-def _rotation(aa: np.ndarray) -> np.ndarray:
-    """Rodrigues: axis-angle (3,) -> 3x3."""
-    angle = float(np.linalg.norm(aa))
-    if angle < 1e-12:
-        return np.eye(3)
-    k = aa / angle
-    K = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + np.sin(angle) * K + (1 - np.cos(angle)) * K @ K
 
 
 # ------------------------------------------------------------------------------------------------ Blender

@@ -159,6 +159,13 @@ def import_head():
     arrays["key_exp_003"] = co.reshape(-1, 3).copy()
     keys["pc_010"].points.foreach_get("co", co)
     arrays["key_pc_010"] = co.reshape(-1, 3).copy()
+    arkit = [kb for kb in keys if not kb.name.startswith(("Basis", "exp_", "pc_", "shape_"))]
+    stack = np.empty((len(arkit), len(co)), np.float32)
+    for i, kb in enumerate(arkit):
+        kb.points.foreach_get("co", stack[i])
+    arrays["arkit_keys"] = stack.reshape(len(arkit), -1, 3)
+    report["arkit_ranges"] = {kb.name: [kb.slider_min, kb.slider_max, kb.value] for kb in arkit}
+    report["arkit_rms_mm"] = dict(obj["deca_arkit_rms_mm"])
     drivers = list(obj.data.shape_keys.animation_data.drivers) + list(obj.animation_data.drivers) + \
         list(obj.deca.wrinkle_group.animation_data.drivers)
     report["n_drivers"] = len(drivers)
@@ -182,6 +189,31 @@ def import_head():
     px = np.empty(img.size[0] * img.size[1] * 4, np.float32)
     img.pixels.foreach_get(px)
     arrays["exact_image_r"] = px.reshape(img.size[1], img.size[0], 4)[::-1, :, 0]
+
+
+@section
+def identity_sliders():
+    """Move two identity sliders with the bones at rest, then Reset Identity; restore the pose."""
+    obj, arm = state["obj"], state["arm"]
+    saved = {pb.name: tuple(pb.rotation_quaternion) for pb in arm.pose.bones}
+    for pb in arm.pose.bones:
+        pb.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+    keys = obj.data.shape_keys.key_blocks
+    report["identity_keys"] = {kb.name: [kb.slider_min, kb.slider_max, kb.value] for kb in keys
+                               if kb.name.startswith("shape_")}
+    update()
+    arrays["identity_rest"] = evaluated_vertices(obj)
+    keys["shape_003"].value, keys["shape_011"].value = 1.5, -0.8
+    update()
+    arrays["identity_moved"] = evaluated_vertices(obj)
+    with bpy.context.temp_override(active_object=obj, object=obj):
+        report["identity_reset"] = sorted(bpy.ops.deca.reset_identity())
+    update()
+    arrays["identity_reset"] = evaluated_vertices(obj)
+    report["identity_values_after_reset"] = [kb.value for kb in keys if kb.name.startswith("shape_")]
+    for name, q in saved.items():
+        arm.pose.bones[name].rotation_quaternion = q
+    update()
 
 
 @section
@@ -562,7 +594,8 @@ def ui_draw():
     obj = state["obj"]
     bpy.context.view_layer.objects.active = obj
     ctx = bpy.context
-    for cls in (ui.VIEW3D_PT_deca, ui.VIEW3D_PT_deca_expression):
+    for cls in (ui.VIEW3D_PT_deca, ui.VIEW3D_PT_deca_expression, ui.VIEW3D_PT_deca_arkit, ui.VIEW3D_PT_deca_identity):
+        report.setdefault("ui_polls", {})[cls.__name__] = bool(cls.poll(ctx)) if hasattr(cls, "poll") else True
         cls.draw(Stub(), ctx)
     prefs = bpy.context.preferences.addons[addon].preferences
     prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}]})
@@ -911,6 +944,30 @@ def worker_from_blender():
         res["apply_from_photo"] = sorted(bpy.ops.deca.apply_expression(filepath=str(PHOTO), keyframe=True, frame_start=3))
         res["apply_from_photo_seconds"] = time.perf_counter() - t
         res["apply_keyed"] = head.data.shape_keys.animation_data is not None
+        # A video (made here with OpenCV from the photo; frame 2 has no face), every 2nd frame from frame 10.
+        import cv2
+
+        img = cv2.imread(str(PHOTO))
+        s = 480 / max(img.shape[:2])
+        img = cv2.resize(img, (int(img.shape[1] * s) // 2 * 2, int(img.shape[0] * s) // 2 * 2))
+        video = OUT / "clip.avi"
+        writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 24.0, (img.shape[1], img.shape[0]))
+        for frame in (img, img, np.full_like(img, 128), img, img):
+            writer.write(frame)
+        writer.release()
+        t = time.perf_counter()
+        res["apply_video"] = sorted(bpy.ops.deca.apply_expression(filepath=str(video), video_step=2, frame_start=10))
+        res["apply_video_seconds"] = time.perf_counter() - t
+        ad = head.data.shape_keys.animation_data
+        if hasattr(ad.action, "fcurves"):  # Blender < 5.0 (legacy action API)
+            curves = ad.action.fcurves
+        else:  # layered actions (4.4+, the only API in 5.0)
+            from bpy_extras import anim_utils
+
+            curves = anim_utils.action_get_channelbag_for_slot(ad.action, ad.action_slot).fcurves
+        fc = next(c for c in curves if c.data_path == 'key_blocks["exp_000"].value')
+        res["video_key_frames"] = sorted(int(k.co[0]) for k in fc.keyframe_points)
+        res["video_frame_range"] = [bpy.context.scene.frame_start, bpy.context.scene.frame_end]
     except RuntimeError as exc:
         res["import_photo"] = str(exc)
     res["objects_after"] = len(bpy.data.objects)
