@@ -12,6 +12,8 @@
 # Logs: <scratch>/<version>/pytest.log. Each bpy wheel is about 300-400 MB.
 set -u
 PYTHON=${PYTHON:-python}
+# an absolute path: the version checks below run from /tmp
+case "$PYTHON" in */*) PYTHON="$(cd "$(dirname "$PYTHON")" && pwd)/$(basename "$PYTHON")";; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 SCRATCH=${DECA_COMPAT_DIR:-/tmp/deca_bpy_compat}
 VERSIONS=("$@")
