@@ -249,8 +249,9 @@ class TrainingConfig:
         for k, v in m.head_code_std.items():
             if k not in ("shape", "tex", "exp", "pose", "cam", "light"):
                 raise bad("model.head_code_std", f"unknown code group {k!r} (shape, tex, exp, pose, cam, light)")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise bad(f"model.head_code_std.{k}", f"must be a number > 0, got {v!r}")
+            vs = v if isinstance(v, (list, tuple)) else [v]
+            if not vs or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 for x in vs):
+                raise bad(f"model.head_code_std.{k}", f"must be a number > 0 (or one per code), got {v!r}")
         if m.bn_calibration_images < 0 or m.bn_calibration_chunk < 1:
             raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
         for f in dataclasses.fields(LossConfig):

@@ -84,9 +84,10 @@ def head_statistics(bias: torch.Tensor, cameras: torch.Tensor, priors: dict[str,
     for k, v in priors.items():
         if k not in sl:
             raise ValueError(f"model.head_code_std: unknown code group {k!r} (one of {sorted(sl)})")
-        if not float(v) > 0:
-            raise ValueError(f"model.head_code_std[{k!r}] must be > 0, got {v}")
-        std[sl[k]] = float(v)
+        v = torch.as_tensor(v, dtype=std.dtype)  # one number for the group, or one per code
+        if not bool((v > 0).all()) or v.numel() not in (1, sl[k].stop - sl[k].start):
+            raise ValueError(f"model.head_code_std[{k!r}] needs one number > 0 or one per code, got {v.tolist()}")
+        std[sl[k]] = v
     if "cam" not in priors and cameras.shape[0] >= 2:
         std[sl["cam"]] = cameras.to(std).std(0)
     return HeadStandardisation(bias.detach().clone(), std.clamp_min(min_std))

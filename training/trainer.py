@@ -627,7 +627,10 @@ class Trainer:
             return stats
         samples = ds.calibration_samples(max(self.cfg.model.bn_calibration_images, 2), self.cfg.train.seed)
         landmarks = collate([ds[s] for s in samples])["landmarks"].to(device)
-        stats = head_statistics(last.bias.detach(), landmark_cameras(face, landmarks), self.cfg.model.head_code_std)
+        try:
+            stats = head_statistics(last.bias.detach(), landmark_cameras(face, landmarks), self.cfg.model.head_code_std)
+        except ValueError as e:  # a prior of the wrong length
+            raise ConfigError(str(e)) from None
         standardise_head(last, stats)
         sl = CODE_SLICES
         log.info("E_flame's head predicts standardised codes: camera std %s, pose std %.3g",
