@@ -1,10 +1,11 @@
 """Does training learn? Two CPU-budget proofs on synthetic data with ground truth (the FLAME-format test model).
 
 * overfit: a handful of images driven to a small landmark error;
-* held-out: on NEW identities the landmark error is clearly below that of predicting the training set's mean
-  codes (computed here) and head rotation is predicted (R^2 > 0.1, spread not collapsed). Issue 13's
-  acceptance (half the baseline, R^2 >= 0.5 for rotation and camera) is checked too and reported as an
-  expected failure while this budget does not reach it (docs/training.md, "Does it learn?").
+* held-out: on NEW identities the landmark error is at most half that of predicting the training set's mean
+  codes (computed here) and head rotation is predicted (R^2 >= 0.3, spread not collapsed), with E_flame's head
+  on standardised codes (``model.standardise_head``). Issue 13's R^2 >= 0.5 for rotation AND camera is checked
+  too and reported as an expected failure while this budget does not reach it (docs/training.md,
+  "Does it learn?").
 
 Both train a REDUCED E_flame (ResNet blocks [1, 1, 1, 1] on 64x64 inputs, ``model.encoder_blocks`` /
 ``model.encoder_input_size``) with the from-scratch recipe (batch statistics, lr 1e-3; docs/training.md,
@@ -56,6 +57,11 @@ HELD_OUT_SET = dict(detail_amplitude=0.0, yaw_deg=30.0, pitch_deg=15.0, roll_deg
                     shape_sigma=0.3, scale_jitter=0.15, shift_jitter=0.08)
 
 
+#: E_flame's head predicts standardised codes (training/head.py): shape and expression at std 0.1 (so that they
+#: do not take over what rotation and camera explain), the camera's std measured from the landmarks
+STANDARDISED = {"standardise_head": True, "head_code_std": {"shape": 0.1, "exp": 0.1}}
+
+
 def test_learns_to_generalise_to_new_identities(face, tmp_path):
     from training.evaluate import learning_report
     from training.synthetic import SyntheticSpec, make_synthetic_dataset
@@ -64,16 +70,16 @@ def test_learns_to_generalise_to_new_identities(face, tmp_path):
         n_identities=100, images_per_identity=2, seed=0, **HELD_OUT_SET))
     held = make_synthetic_dataset(tmp_path / "held", face, SyntheticSpec(
         n_identities=10, images_per_identity=2, seed=500, identity_seed=500, **HELD_OUT_SET))
-    nets = _train(face, train_set, tmp_path / "run", steps=400, ids_per_batch=4)
+    nets = _train(face, train_set, tmp_path / "run", steps=400, ids_per_batch=4, **STANDARDISED)
     rep = learning_report(nets, face, train_set, held)
     print("held-out:", rep.as_dict())
-    # learned beyond the constant prediction the issue found (held-out 15.9 vs 16.1 px, R^2 <= 0 everywhere);
-    # measured: 11.8 vs 24.1 px, rotation R^2 0.25 here; 14.3 vs 22.0 px, R^2 0.15 on another held-out seed
-    assert rep.landmark_px <= 0.8 * rep.baseline_px, rep.as_dict()
-    assert rep.r2["rotation"] >= 0.1, rep.as_dict()
-    assert rep.spread["rotation"] >= 0.1 * rep.spread["rotation_gt"], rep.as_dict()  # not collapsed
-    # issue 13's acceptance (at most half the baseline, R^2 >= 0.5 for rotation and camera) is not reached in
-    # this budget yet: docs/training.md, "Does it learn?"
-    if (rep.landmark_px > 0.5 * rep.baseline_px or rep.r2["rotation"] < 0.5 or rep.r2["cam"] < 0.5):
-        pytest.xfail(f"issue 13 acceptance not reached: {rep.landmark_px:.1f} px vs baseline {rep.baseline_px:.1f}, "
-                     f"R^2 rotation {rep.r2['rotation']:.2f}, cam {rep.r2['cam']:.2f}")
+    # measured (docs/training.md): 10.4 px vs 23.9 px, rotation R^2 0.56 here; 10.3 vs 21.7 px, R^2 0.43 on
+    # held-out seed 1000. The plain head: 11.8 vs 24.1 px, R^2 0.25 (the issue found 15.9 vs 16.1 px, R^2 <= 0)
+    assert rep.landmark_px <= 0.5 * rep.baseline_px, rep.as_dict()
+    assert rep.r2["rotation"] >= 0.3, rep.as_dict()
+    assert rep.spread["rotation"] >= 0.2 * rep.spread["rotation_gt"], rep.as_dict()  # not collapsed
+    # issue 13's R^2 >= 0.5 for rotation AND camera is not reached in this budget: the camera scale stays near
+    # its mean (docs/training.md, "Does it learn?")
+    if rep.r2["rotation"] < 0.5 or rep.r2["cam"] < 0.5:
+        pytest.xfail(f"issue 13 acceptance not reached: R^2 rotation {rep.r2['rotation']:.2f}, "
+                     f"cam {rep.r2['cam']:.2f} ({rep.landmark_px:.1f} px vs baseline {rep.baseline_px:.1f})")

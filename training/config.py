@@ -86,6 +86,13 @@ class ModelConfig:
     encoder_blocks: list = field(default_factory=lambda: [3, 4, 6, 3])
     #: side E_flame resizes its input to (DECA: 224; smaller is a reduced encoder, as above)
     encoder_input_size: int = 224
+    #: E_flame's head predicts standardised codes, ``code = mean + std * z`` (training/head.py): one Adam step
+    #: then moves every code by about its own spread (the camera scale ~10 +-1.5 no longer lags). Pretrain and
+    #: coarse only; checkpoints and the export keep DECA's layout (folded back into the last layer)
+    standardise_head: bool = False
+    #: that head's std per code group (shape, exp, pose, tex, cam, light; absent: 1); the camera's is
+    #: measured from the calibration images' landmarks unless given here
+    head_code_std: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -237,6 +244,14 @@ class TrainingConfig:
         m.encoder_blocks = [int(b) for b in m.encoder_blocks]
         if m.encoder_input_size < 32:
             raise bad("model.encoder_input_size", "must be >= 32")
+        if not isinstance(m.head_code_std, Mapping):
+            raise bad("model.head_code_std", f"must map code groups to numbers, got {m.head_code_std!r}")
+        for k, v in m.head_code_std.items():
+            if k not in ("shape", "tex", "exp", "pose", "cam", "light"):
+                raise bad("model.head_code_std", f"unknown code group {k!r} (shape, tex, exp, pose, cam, light)")
+            vs = v if isinstance(v, (list, tuple)) else [v]
+            if not vs or any(isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0 for x in vs):
+                raise bad(f"model.head_code_std.{k}", f"must be a number > 0 (or one per code), got {v!r}")
         if m.bn_calibration_images < 0 or m.bn_calibration_chunk < 1:
             raise bad("model.bn_calibration_*", "images must be >= 0 and chunk >= 1")
         for f in dataclasses.fields(LossConfig):

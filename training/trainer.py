@@ -30,11 +30,12 @@ import torch.distributed as dist
 from torch import nn
 
 from core.networks import DecaNetworks, build_deca_networks, load_deca_checkpoint, save_deca_checkpoint
-from core.networks.encoders import FLAME_CODE_SIZES
 
 from .config import ConfigError, TrainingConfig, config_to_dict
+from .head import HeadStandardisation, code_slices, folded_state_dict, head_statistics, landmark_cameras, \
+    standardise_head
 from .networks import build_training_networks, is_reduced
-from .data import IdentityBatchSampler, IdentityDataset, advance, collate, landmarks_to_ndc
+from .data import IdentityBatchSampler, IdentityDataset, advance, collate
 from .objective import DecaObjective, StepOutput
 
 __all__ = ["Trainer", "TrainResult", "train", "CHECKPOINT_FORMAT", "read_training_checkpoint",
@@ -46,15 +47,7 @@ log = logging.getLogger("training")
 
 # ============================================================================================ helpers
 
-def _code_slices() -> dict[str, slice]:
-    out, a = {}, 0
-    for k, n in FLAME_CODE_SIZES.items():
-        out[k] = slice(a, a + n)
-        a += n
-    return out
-
-
-CODE_SLICES = _code_slices()
+CODE_SLICES = code_slices()
 RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 
 
@@ -115,16 +108,7 @@ def init_head_from_data(nets: DecaNetworks, face, images: torch.Tensor, landmark
     from core.render import SH_CONSTANTS
 
     device = images.device
-    z = torch.zeros(1, 100, device=device)
-    g0 = face.geometry(z, torch.zeros(1, 50, device=device), torch.zeros(1, 6, device=device),
-                       torch.tensor([[1.0, 0.0, 0.0]], device=device))
-    u = g0.landmarks2d[0].double()  # (68, 2): (X, -Y)
-    t = landmarks_to_ndc(landmarks_px).double()  # (N, 68, 2)
-    uc = u - u.mean(0)
-    tc = t - t.mean(1, keepdim=True)
-    s = (tc * uc).sum(dim=(1, 2)) / (uc * uc).sum()
-    a = t.mean(1) / s[:, None] - u.mean(0)  # translation in the cam=(1,0,0) frame
-    cam = torch.stack([s, a[:, 0], -a[:, 1]], 1).mean(0)
+    cam = landmark_cameras(face, landmarks_px).mean(0)
     # light: band 0 so that a frontal normal is shaded to (mean skin colour / mean albedo)
     m = skin.expand_as(images)
     skin_rgb = (images * m).sum(dim=(0, 2, 3)) / m.sum(dim=(0, 2, 3)).clamp_min(1.0)
@@ -254,6 +238,7 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self._handlers: list[logging.Handler] = []
         self._val: IdentityDataset | None = None
+        self._head: HeadStandardisation | None = None  # set when model.standardise_head reparametrises E_flame
 
     # ------------------------------------------------------------------------------------ setup
     def _setup_dist(self) -> _Dist:
@@ -456,6 +441,9 @@ class Trainer:
             # the documented chain pretrain -> coarse -> detail never trains E_detail / D_detail before this
             # stage: their batch norms still hold mean 0 / variance 1, far from their inputs' statistics
             self._calibrate_detail(nets, ds, device)
+        self._head = None
+        if cfg.model.standardise_head and cfg.stage in ("pretrain", "coarse"):
+            self._head = self._standardise_head(nets, face, ds, device, ckpt)
         trained = set_trainable(nets, cfg.stage, cfg.model.encoder_trainable_layers)
         params = [p for p in nets.parameters() if p.requires_grad]
         log.info("training %s: %.1fM parameters (encoder layers: %s, batch norm: %s)",
@@ -583,7 +571,7 @@ class Trainer:
         result.step = step
         result.checkpoint = last_ckpt
         if step >= cfg.train.max_steps and cfg.train.export_on_finish and d.main and not is_reduced(cfg.model):
-            result.exported = save_deca_checkpoint(nets, self.out / "deca_model.tar")
+            result.exported = save_deca_checkpoint(self._official(nets), self.out / "deca_model.tar")
             log.info("exported %s (official deca_model.tar layout)", result.exported)
         if d.enabled:
             dist.barrier()
@@ -620,6 +608,41 @@ class Trainer:
             calibrate_batchnorm(nets.D_detail, chunks, forward=dec)
             log.info("batch norm of E_detail and D_detail calibrated")
         nets.eval()
+
+    def _standardise_head(self, nets: DecaNetworks, face, ds: IdentityDataset, device: torch.device,
+                          ckpt: dict | None) -> HeadStandardisation:
+        """Reparametrise E_flame's last layer to predict standardised codes (training/head.py). Fresh or
+        initialised runs measure the statistics (mean: the head's current bias, i.e. the data mean after
+        ``init_head_from_data``; camera std from the calibration images' landmarks); a resumed run takes them
+        and the standardised parameters from its checkpoint."""
+        last = nets.E_flame.layers[2]
+        if ckpt is not None:
+            if "head_standardisation" not in ckpt:
+                raise ConfigError("model.standardise_head is on but the checkpoint to resume was written without it")
+            stats = HeadStandardisation.from_dict(ckpt["head_standardisation"])
+            standardise_head(last, stats)
+            with torch.no_grad():
+                last.weight.copy_(ckpt["head_standardised"]["weight"])
+                last.bias.copy_(ckpt["head_standardised"]["bias"])
+            return stats
+        samples = ds.calibration_samples(max(self.cfg.model.bn_calibration_images, 2), self.cfg.train.seed)
+        landmarks = collate([ds[s] for s in samples])["landmarks"].to(device)
+        try:
+            stats = head_statistics(last.bias.detach(), landmark_cameras(face, landmarks), self.cfg.model.head_code_std)
+        except ValueError as e:  # a prior of the wrong length
+            raise ConfigError(str(e)) from None
+        standardise_head(last, stats)
+        sl = CODE_SLICES
+        log.info("E_flame's head predicts standardised codes: camera std %s, pose std %.3g",
+                 [round(float(x), 4) for x in stats.std[sl["cam"]]], float(stats.std[sl["pose"]][0]))
+        return stats
+
+    def _official(self, nets: DecaNetworks) -> DecaNetworks | dict[str, Any]:
+        """What checkpoints and the export save: ``nets``, with a standardised head folded back (DECA's layout)."""
+        if self._head is None:
+            return nets
+        return {"E_flame": folded_state_dict(nets.E_flame, self._head), "E_detail": nets.E_detail,
+                "D_detail": nets.D_detail}
 
     def _validate(self, nets: DecaNetworks, face, device: torch.device, step: int, writer, metrics_path: Path,
                   trained: list[nn.Module]) -> dict[str, float]:
@@ -709,7 +732,12 @@ class Trainer:
                 "optimizer": opt.state_dict(), "scaler": scaler.state_dict(), "rng": states,
                 "config": config_to_dict(self.cfg),
             }
-            path = save_deca_checkpoint(nets, self.ckpt_dir / f"step_{step:07d}.pt", extra=payload)
+            if self._head is not None:  # the trained (standardised) head, to resume bit for bit
+                last = nets.E_flame.layers[2]
+                payload["head_standardisation"] = self._head.as_dict()
+                payload["head_standardised"] = {"weight": last.weight.detach().cpu().clone(),
+                                                "bias": last.bias.detach().cpu().clone()}
+            path = save_deca_checkpoint(self._official(nets), self.ckpt_dir / f"step_{step:07d}.pt", extra=payload)
             latest = self.ckpt_dir / "latest.pt"
             tmp = self.ckpt_dir / ".latest.pt.tmp"
             if tmp.exists():
