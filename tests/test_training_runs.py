@@ -214,8 +214,9 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     EPYC machine, deterministically, while another machine's kernels gave less: a comparison that float
     noise decides. The gradient itself agrees to 3.3e-5 relative there: the losses agree to ~1e-6 (oneDNN
     picks other conv kernels for a batch of 2 than of 4) and the last layer's gradient, a sum of per-image
-    terms that largely cancel, amplifies that about 30x. A wrong reduction (a sum, or one rank's gradient)
-    is off by 0.3 or more, so the bound sits 30x above the noise and 300x below a real fault.
+    terms that largely cancel, amplifies that about 30x. A wrong reduction is off by order 1 (a sum instead of
+    the mean: exactly 1.0; one rank's half batch alone: the other half's share), so the bound sits 30x above
+    the noise and about 1000x below a real fault.
     """
     import yaml
 
