@@ -4,7 +4,7 @@ from __future__ import annotations
 import bpy
 
 from .properties import head_objects
-from .scene.mesh import shape_slider_keys
+from .scene.mesh import arkit_slider_keys, shape_slider_keys
 
 N_SLIDERS_COLLAPSED = 10
 
@@ -93,16 +93,6 @@ class VIEW3D_PT_deca_identity(bpy.types.Panel):
             col.prop(kb, "value", text=kb.name, slider=True)
 
 
-def arkit_keys(mesh) -> list:
-    """The head's ARKit-named shape keys, in Apple's order ([] when imported without them)."""
-    from core.results.arkit import ARKIT_NAMES
-
-    if mesh is None or mesh.data.shape_keys is None:
-        return []
-    blocks = mesh.data.shape_keys.key_blocks
-    return [blocks[n] for n in ARKIT_NAMES if n in blocks]
-
-
 class VIEW3D_PT_deca_arkit(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -113,11 +103,11 @@ class VIEW3D_PT_deca_arkit(bpy.types.Panel):
 
     @classmethod
     def poll(cls, context):
-        return bool(arkit_keys(head_objects(context.active_object)[0]))
+        return bool(arkit_slider_keys(head_objects(context.active_object)[0]))
 
     def draw(self, context):
         col = self.layout.column(align=True)
-        for kb in arkit_keys(head_objects(context.active_object)[0]):
+        for kb in arkit_slider_keys(head_objects(context.active_object)[0]):
             col.prop(kb, "value", text=kb.name, slider=True)
 
 

@@ -111,6 +111,16 @@ def shape_slider_keys(obj) -> list:
     return [kb for kb in obj.data.shape_keys.key_blocks if kb.name.startswith(SHAPE_PREFIX)]
 
 
+def arkit_slider_keys(obj) -> list:
+    """The ARKit-named shape keys of a head mesh object, in Apple's order ([] when imported without them)."""
+    from core.results.arkit import ARKIT_NAMES
+
+    if obj is None or obj.data.shape_keys is None:
+        return []
+    blocks = obj.data.shape_keys.key_blocks
+    return [blocks[n] for n in ARKIT_NAMES if n in blocks]
+
+
 def add_shape_sliders(obj, template: np.ndarray, shape_basis: np.ndarray) -> None:
     """Identity sliders shape_000.. (FLAME's identity components, (V, 3, N)), value 0 = the photo's identity
     (already baked into the basis), so a slider adds `value * shape_basis[..., i]` to the rest mesh. The
