@@ -23,24 +23,10 @@ import pytest
 import torch
 
 from training.config import config_from_dict
+from training_fixtures import face, one_thread  # noqa: F401  (shared fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
-def face(test_flame_pkl, deca_data_dir):
-    from core.model.face_model import FaceAssets, FaceModel
-
-    return FaceModel(FaceAssets.from_paths(test_flame_pkl, deca_data_dir))
 
 
 #: the coarse test set: 2 people x 2 renders (no details: the coarse model cannot represent them),
