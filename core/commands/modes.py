@@ -112,17 +112,20 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
     from core.assets import AssetManager
 
     manager = None if face_assets is not None else (AssetManager(options.home) if options.home else AssetManager())
+    landmarks = options.landmarks
     if options.commercial and manager is not None:
         from core.assets.licences import FIT_ASSETS, RECONSTRUCT_ASSETS, require_commercial
         from core.frontend import get_detector
+        from core.pipeline.reconstruct import resolve_device
 
-        require_commercial(manager, FIT_ASSETS if mode == "fit" else RECONSTRUCT_ASSETS,
-                           get_detector(options.landmarks).name)
+        # The detector is built once, here, and handed on: its licence is checked before any model loads.
+        landmarks = get_detector(options.landmarks, device=str(resolve_device(options.device)))
+        require_commercial(manager, FIT_ASSETS if mode == "fit" else RECONSTRUCT_ASSETS, landmarks.name)
     if mode == "deca":
         from core.pipeline import wrinkles
         from core.pipeline.reconstruct import Reconstructor as DecaReconstructor
 
-        rec = DecaReconstructor(manager, face_assets=face_assets, device=options.device, landmarks=options.landmarks,
+        rec = DecaReconstructor(manager, face_assets=face_assets, device=options.device, landmarks=landmarks,
                                 wrinkle_components=options.wrinkle_components,
                                 wrinkle_samples=options.wrinkle_samples or wrinkles.DEFAULT_SAMPLES,
                                 bf16=options.bf16, conventions=options.conventions, force=options.force)
@@ -136,7 +139,7 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
                 raise ModeError("--iterations must be >= 0")
             pcfg.iterations = options.iterations
         rec = FitReconstructor(Fitter(manager, face_assets=face_assets, device=options.device,
-                                      landmarks=options.landmarks, mode=mode, photometric_config=pcfg,
+                                      landmarks=landmarks, mode=mode, photometric_config=pcfg,
                                       photometric=options.photometric, force=options.force), same_person=options.same_person)
     if load_detector:
         rec.detector  # noqa: B018 - a missing detector is not a per-photo failure
