@@ -336,7 +336,7 @@ class Trainer:
         if c.stage == "detail" and c.loss.mrf > 0:
             if c.mrf.vgg_weights:
                 mrf = IdMrfLoss(load_vgg19(c.mrf.vgg_weights), c.mrf.layers, c.mrf.layer_weights, c.mrf.bandwidth,
-                                c.mrf.input_size).to(device)
+                                c.mrf.input_size, formula=c.loss.formulas).to(device)
                 log.info("ID-MRF loss on (weight %g), VGG-19 from %s", c.loss.mrf, c.mrf.vgg_weights)
             else:
                 self.disabled_losses.append("mrf")
