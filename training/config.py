@@ -206,6 +206,15 @@ class TrainConfig:
     eval_every: int = 0
     #: validation dataset folder (same layout as data.root)
     val_root: str = ""
+    #: NoW evaluation every this many steps (0: never), as DECA's released trainer runs it (``eval_steps``):
+    #: neutral meshes of E_flame for NoW's validation images, median / mean / std scan-to-mesh error in mm to
+    #: TensorBoard ``now/*`` and ``metrics.jsonl``; predictions kept in ``output_dir/now/step_XXXXXXX``
+    now_every: int = 0
+    #: NoW dataset root as shipped (``imagepathsvalidation.txt``, ``scans/``, ``scans_lmks_onlypp/``)
+    now_root: str = ""
+    #: face crops of those images, ``<subject>/<experiment>/<image stem>.png`` (224x224; other sizes are resized);
+    #: empty: ``<now_root>/crops``
+    now_crops: str = ""
     #: torch.use_deterministic_algorithms (slower on CUDA; CPU runs are deterministic anyway)
     deterministic: bool = False
     #: distributed backend when launched by torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
@@ -297,6 +306,10 @@ class TrainingConfig:
             raise bad("train.eval_every", "must be >= 0")
         if t.eval_every > 0 and not t.val_root:
             raise bad("train.val_root", "train.eval_every needs a validation dataset folder")
+        if t.now_every < 0:
+            raise bad("train.now_every", "must be >= 0")
+        if t.now_every > 0 and not t.now_root:
+            raise bad("train.now_root", "train.now_every needs the NoW dataset folder")
         if t.keep_checkpoints < 1:
             raise bad("train.keep_checkpoints", "must be >= 1")
         return self
@@ -432,7 +445,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
 
 #: options that name files or folders (``~`` is expanded)
 PATH_KEYS = ("output_dir", "data.root", "model.flame", "model.data_dir", "model.texture_space", "model.init_from",
-             "identity.weights", "mrf.vgg_weights", "train.val_root")
+             "identity.weights", "mrf.vgg_weights", "train.val_root", "train.now_root", "train.now_crops")
 
 
 def _expand_paths(cfg: "TrainingConfig") -> None:
