@@ -1,14 +1,16 @@
 """Training configuration: dataclasses with a default for every option, read from YAML.
 
-A config file holds any subset of the sections below; whatever it leaves out keeps its default. Unknown
+A config file holds any subset of the sections below; whatever it leaves out takes the default of its preset
+(``loss.formulas``: ``release``, DECA's released training code, or ``paper``; see ``PRESETS``), else the
+dataclass default. Unknown
 keys are rejected with a message naming the key, where it was found, the valid keys and the closest one,
 so a typo never silently trains with a default. Every option is documented in ``docs/training.md``.
 
     stage: coarse            # pretrain | coarse | detail
     output_dir: runs/coarse
-    data:   {root: ..., identities_per_batch: 8, images_per_identity: 4, ...}
-    model:  {flame: ..., data_dir: ..., init_from: ..., encoder_trainable_layers: all, bn_mode: frozen, ...}
-    loss:   {lmk: 1.0, eye: 1.0, pho: 2.0, id: 0.2, sc: 1.0, ...}
+    data:   {root: ..., identities_per_batch: 8, images_per_identity: 2, ...}
+    model:  {flame: ..., data_dir: ..., init_from: ..., encoder_trainable_layers: all, bn_mode: train, ...}
+    loss:   {formulas: release, lmk: 1.0, eye: 1.0, pho: 2.0, id: 0.2, sc: 1.0, ...}
     identity: {weights: null, ...}
     mrf:    {vgg_weights: null, ...}
     optim:  {lr: 1.0e-4, ...}
