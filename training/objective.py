@@ -13,6 +13,10 @@
 
 Weights: ``total = sum_k w_k * mean_batch(term_k)`` with ``w`` from :class:`~training.config.LossConfig`;
 the composite terms ``sc`` and ``dc`` already carry the weights of their inner data terms.
+
+That is the ``paper`` preset. The default ``release`` preset (``loss.formulas``) runs ``_coarse_release`` /
+``_detail_release`` instead: DECA's released ``training_step``, the consistency terms as a doubled batch and
+the detail losses in UV space (table in docs/training.md).
 """
 from __future__ import annotations
 
