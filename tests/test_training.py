@@ -43,7 +43,15 @@ def test_config_defaults_yaml_and_unknown_keys(tmp_path):
     cfg = load_config(p, ["train.max_steps=7", "model.encoder_trainable_layers=layer4"])
     assert cfg.stage == "detail" and cfg.data.root == "/x" and cfg.data.images_per_identity == 3
     assert cfg.loss.sym == 1e-3 and cfg.train.max_steps == 7 and cfg.model.encoder_trainable_layers == "layer4"
-    assert cfg.data.identities_per_batch == 8  # untouched default
+    assert (cfg.data.identities_per_batch, cfg.model.bn_mode) == (6, "train")  # the release preset's detail batch
+    # the preset follows loss.formulas: paper alone brings back the paper set-up, explicit keys still win
+    cfg = config_from_dict({"stage": "detail", "loss": {"formulas": "paper", "lip": 0.25}})
+    assert (cfg.data.identities_per_batch, cfg.data.images_per_identity, cfg.model.bn_mode) == (8, 4, "frozen")
+    assert (cfg.loss.lip, cfg.loss.reg_light, cfg.loss.reg_shading) == (0.25, 0.0, 0.0)
+    cfg = config_from_dict({"stage": "pretrain"})
+    assert (cfg.loss.formulas, cfg.data.identities_per_batch, cfg.data.images_per_identity) == ("release", 64, 1)
+    assert (cfg.loss.lip, cfg.loss.reg_light, cfg.mrf.layers, cfg.mrf.layer_weights) == (0.5, 1.0, ["relu3_1", "relu4_1"],
+                                                                                       [1.0, 2.0])
 
     p.write_text("data:\n  identites_per_batch: 2\n")
     with pytest.raises(ConfigError, match=r"unknown config key 'data.identites_per_batch'.*did you mean 'identities_per_batch'"):

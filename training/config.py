@@ -1,14 +1,16 @@
 """Training configuration: dataclasses with a default for every option, read from YAML.
 
-A config file holds any subset of the sections below; whatever it leaves out keeps its default. Unknown
+A config file holds any subset of the sections below; whatever it leaves out takes the default of its preset
+(``loss.formulas``: ``release``, DECA's released training code, or ``paper``; see ``PRESETS``), else the
+dataclass default. Unknown
 keys are rejected with a message naming the key, where it was found, the valid keys and the closest one,
 so a typo never silently trains with a default. Every option is documented in ``docs/training.md``.
 
     stage: coarse            # pretrain | coarse | detail
     output_dir: runs/coarse
-    data:   {root: ..., identities_per_batch: 8, images_per_identity: 4, ...}
-    model:  {flame: ..., data_dir: ..., init_from: ..., encoder_trainable_layers: all, bn_mode: frozen, ...}
-    loss:   {lmk: 1.0, eye: 1.0, pho: 2.0, id: 0.2, sc: 1.0, ...}
+    data:   {root: ..., identities_per_batch: 8, images_per_identity: 2, ...}
+    model:  {flame: ..., data_dir: ..., init_from: ..., encoder_trainable_layers: all, bn_mode: train, ...}
+    loss:   {formulas: release, lmk: 1.0, eye: 1.0, pho: 2.0, id: 0.2, sc: 1.0, ...}
     identity: {weights: null, ...}
     mrf:    {vgg_weights: null, ...}
     optim:  {lr: 1.0e-4, ...}
@@ -28,6 +30,7 @@ from core.errors import DecaError
 __all__ = [
     "STAGES", "ConfigError", "DataConfig", "ModelConfig", "LossConfig", "IdentityConfig", "MrfConfig",
     "OptimConfig", "TrainConfig", "TrainingConfig", "load_config", "config_from_dict", "config_to_dict",
+    "PRESETS", "apply_preset",
 ]
 
 STAGES = ("pretrain", "coarse", "detail")
@@ -71,7 +74,7 @@ class ModelConfig:
     encoder_trainable_layers: str = "all"
     #: batch norm: frozen (eval-mode statistics, the default for fine-tuning; DDP matches one process exactly),
     #: train (batch statistics per process), sync (SyncBatchNorm across processes; CUDA only)
-    bn_mode: str = "frozen"
+    bn_mode: str = "train"
     #: without ``init_from``: estimate the batch-norm statistics of the freshly initialised networks on this
     #: many training images before training (0: keep mean 0 / variance 1)
     bn_calibration_images: int = 64
@@ -99,22 +102,23 @@ class ModelConfig:
 class LossConfig:
     """Loss weights (DECA paper, Sec. 4 / 5, unless noted in docs/training.md). 0 turns a term off."""
 
-    #: how the coarse / pretrain terms are computed and reduced: ``release`` (DECA's released trainer: weighted
-    #: landmarks normalised per coordinate, eyelid / lip *distances*, regularisers summed over the batch
-    #: ``sum(x^2)/2``, the render masked by the UV face-eye region, shape consistency as a doubled batch) or
-    #: ``paper`` (the paper's per-image terms averaged over the batch). Table: docs/training.md
-    formulas: str = "paper"
+    #: the preset: how every term is computed and reduced, and the defaults of the keys in ``PRESETS``.
+    #: ``release`` (default; DECA's released trainer: weighted landmarks normalised per coordinate, eyelid / lip
+    #: *distances*, regularisers summed over the batch ``sum(x^2)/2``, the render masked by the UV face-eye region,
+    #: shape / detail consistency as a doubled batch, the detail losses in UV space, batch statistics) or
+    #: ``paper`` (the paper's per-image terms averaged over the batch, frozen batch norm). Table: docs/training.md
+    formulas: str = "release"
     # coarse stage (pretrain uses lmk, eye, lip and the shape / expression regularizers only)
     lmk: float = 1.0
     eye: float = 1.0
-    lip: float = 0.0
+    lip: float = 0.5
     pho: float = 2.0
     id: float = 0.2
     sc: float = 1.0
     reg_shape: float = 1e-4
     reg_exp: float = 1e-4
     reg_tex: float = 1e-4
-    reg_light: float = 0.0
+    reg_light: float = 1.0
     reg_jaw: float = 0.0
     #: optional 68 per-landmark weights for lmk (empty: all 1, as in the paper)
     landmark_weights: list = field(default_factory=list)
@@ -124,6 +128,8 @@ class LossConfig:
     sym: float = 5e-3
     dc: float = 1.0
     reg_detail: float = 5e-3
+    #: released shading smoothness of the detail stage's UV shading (``reg_diff``; release formulas only)
+    reg_shading: float = 5e-3
 
 
 @dataclass
@@ -150,9 +156,12 @@ class MrfConfig:
     """ID-MRF loss of the detail stage; needs VGG-19 weights (torchvision ``features.*`` names). Off without."""
 
     vgg_weights: str = ""
-    #: VGG-19 layers compared (indices into ``features`` after which the feature is taken)
-    layers: list = field(default_factory=lambda: ["relu3_2", "relu4_2"])
-    layer_weights: list = field(default_factory=lambda: [1.0, 1.0])
+    #: VGG-19 layers compared (standard names: ``reluS_N`` is the ReLU after conv N of stage S). The released
+    #: ``VGG19FeatLayer`` counts convolutions and ReLUs together, so its "relu3_2" / "relu4_2" are the standard
+    #: relu3_1 / relu4_1, and relu4_2 (released name) enters twice (style and content): the release preset's
+    #: ``[relu3_1, relu4_1]`` with weights ``[1, 2]``
+    layers: list = field(default_factory=lambda: ["relu3_1", "relu4_1"])
+    layer_weights: list = field(default_factory=lambda: [1.0, 2.0])
     bandwidth: float = 0.5
     #: images are resized to this size before VGG (memory)
     input_size: int = 224
@@ -199,6 +208,15 @@ class TrainConfig:
     eval_every: int = 0
     #: validation dataset folder (same layout as data.root)
     val_root: str = ""
+    #: NoW evaluation every this many steps (0: never), as DECA's released trainer runs it (``eval_steps``):
+    #: neutral meshes of E_flame for NoW's validation images, median / mean / std scan-to-mesh error in mm to
+    #: TensorBoard ``now/*`` and ``metrics.jsonl``; predictions kept in ``output_dir/now/step_XXXXXXX``
+    now_every: int = 0
+    #: NoW dataset root as shipped (``imagepathsvalidation.txt``, ``scans/``, ``scans_lmks_onlypp/``)
+    now_root: str = ""
+    #: face crops of those images, ``<subject>/<experiment>/<image stem>.png`` (224x224; other sizes are resized);
+    #: empty: ``<now_root>/crops``
+    now_crops: str = ""
     #: torch.use_deterministic_algorithms (slower on CUDA; CPU runs are deterministic anyway)
     deterministic: bool = False
     #: distributed backend when launched by torchrun: auto (nccl on CUDA, gloo on CPU) | gloo | nccl
@@ -290,9 +308,48 @@ class TrainingConfig:
             raise bad("train.eval_every", "must be >= 0")
         if t.eval_every > 0 and not t.val_root:
             raise bad("train.val_root", "train.eval_every needs a validation dataset folder")
+        if t.now_every < 0:
+            raise bad("train.now_every", "must be >= 0")
+        if t.now_every > 0 and not t.now_root:
+            raise bad("train.now_root", "train.now_every needs the NoW dataset folder")
         if t.keep_checkpoints < 1:
             raise bad("train.keep_checkpoints", "must be >= 1")
         return self
+
+
+#: defaults that depend on ``loss.formulas`` (and the stage): applied to every key a config leaves out, so
+#: ``loss.formulas: paper`` alone brings back the paper set-up. ``release``: DECA's released configs
+#: (``decalib/utils/config.py``, ``configs/release_version/deca_{pretrain,coarse,detail}.yml``)
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "release": {
+        "all": {"loss.lip": 0.5, "loss.reg_light": 1.0, "loss.reg_shading": 5e-3, "model.bn_mode": "train",
+                "mrf.layers": ["relu3_1", "relu4_1"], "mrf.layer_weights": [1.0, 2.0]},
+        "pretrain": {"data.identities_per_batch": 64, "data.images_per_identity": 1},
+        "coarse": {"data.identities_per_batch": 8, "data.images_per_identity": 2},
+        "detail": {"data.identities_per_batch": 6, "data.images_per_identity": 3},
+    },
+    "paper": {
+        "all": {"loss.lip": 0.0, "loss.reg_light": 0.0, "loss.reg_shading": 0.0, "model.bn_mode": "frozen",
+                "mrf.layers": ["relu3_2", "relu4_2"], "mrf.layer_weights": [1.0, 1.0],
+                "data.identities_per_batch": 8, "data.images_per_identity": 4},
+    },
+}
+
+
+def apply_preset(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with the preset of its ``loss.formulas`` (default ``release``) filled into every key it
+    leaves out (see :data:`PRESETS`)."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in dict(raw or {}).items()}
+    loss = out.get("loss")
+    formulas = loss.get("formulas", "release") if isinstance(loss, Mapping) else "release"
+    stage = out.get("stage", "coarse")
+    preset = PRESETS.get(formulas if isinstance(formulas, str) else "", {})
+    for dotted, value in {**preset.get("all", {}), **preset.get(str(stage), {})}.items():
+        sec, key = dotted.split(".")
+        section = out.setdefault(sec, {})
+        if isinstance(section, dict) and key not in section:
+            section[key] = list(value) if isinstance(value, list) else value
+    return out
 
 
 SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "identity": IdentityConfig,
@@ -366,8 +423,13 @@ def _fill(cls, values: Mapping[str, Any] | None, where: str):
 
 
 def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
-    """A validated :class:`TrainingConfig` from a (YAML-loaded) mapping."""
+    """A validated :class:`TrainingConfig` from a (YAML-loaded) mapping; keys it leaves out take the
+    defaults of its preset (``loss.formulas``, :data:`PRESETS`), then the dataclasses' defaults."""
     raw = dict(raw or {})
+    for key in raw:
+        if str(key) not in [f.name for f in dataclasses.fields(TrainingConfig)]:
+            raise _unknown(str(key), "", [f.name for f in dataclasses.fields(TrainingConfig)])
+    raw = apply_preset(raw)
     top = [f.name for f in dataclasses.fields(TrainingConfig)]
     for key in raw:
         if key not in top:
@@ -385,7 +447,7 @@ def config_from_dict(raw: Mapping[str, Any] | None) -> TrainingConfig:
 
 #: options that name files or folders (``~`` is expanded)
 PATH_KEYS = ("output_dir", "data.root", "model.flame", "model.data_dir", "model.texture_space", "model.init_from",
-             "identity.weights", "mrf.vgg_weights", "train.val_root")
+             "identity.weights", "mrf.vgg_weights", "train.val_root", "train.now_root", "train.now_crops")
 
 
 def _expand_paths(cfg: "TrainingConfig") -> None:

@@ -6,6 +6,10 @@
 * ``landmark_px``: the same for the 68 landmarks (also available on real data, against detected landmarks).
 * ``shape_mm``: mean vertex distance of the neutral, unposed identity meshes (shape codes only), in mm.
 * ``shape_rmse``, ``exp_rmse``: RMS code errors; ``pose_deg``: mean absolute axis-angle error (degrees).
+
+``now_validation``: the NoW benchmark during training (DECA's released ``Trainer.evaluate``): E_flame on
+face crops of NoW's validation images, the neutral mesh (expression and pose zeroed) and its 7 NoW landmarks
+written in NoW's submission layout, scored with ``core.evaluation.now_layout`` (median / mean / std in mm).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from core.render import ndc_to_pixels
 from .data import IdentityDataset, collate
 
 __all__ = ["evaluate", "predict", "r_squared", "mean_code_baseline", "LearningReport",
-           "learning_report", "landmark_px"]
+           "learning_report", "landmark_px", "now_crop_path", "write_now_predictions", "now_validation"]
 
 
 @torch.no_grad()
@@ -139,3 +143,80 @@ def learning_report(nets: DecaNetworks, face, train: IdentityDataset | str | Pat
         spread[name] = float(pred.std(0).mean())
         spread[name + "_gt"] = float(gt.std(0).mean())
     return LearningReport(landmark_px(face, p, p["landmarks"]), landmark_px(face, mean, p["landmarks"]), r2, spread)
+
+
+def now_crop_path(crops: str | Path, image) -> Path | None:
+    """The face crop of one NoW image (a ``core.evaluation.now_layout.NowImage``):
+    ``<crops>/<subject>/<experiment>/<image stem>.png`` (or ``.jpg``), or None when there is none."""
+    base = Path(crops) / image.subject / image.experiment / image.stem
+    for ext in (".png", ".jpg", ".jpeg"):
+        if base.with_suffix(ext).is_file():
+            return base.with_suffix(ext)
+    return None
+
+
+def _read_crop(path: Path, size: int = 224) -> torch.Tensor:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.size != (size, size):  # crops made at another size: resized like DECA's test crops' warp output
+            im = im.resize((size, size), Image.BILINEAR)
+        a = np.asarray(im, dtype=np.float32) / 255.0
+    return torch.from_numpy(a).permute(2, 0, 1)
+
+
+@torch.no_grad()
+def write_now_predictions(nets: DecaNetworks, face, now_root: str | Path, crops: str | Path, out: str | Path,
+                          image_set: str = "val", batch_size: int = 8, device: torch.device | str = "cpu") -> int:
+    """E_flame's neutral meshes for NoW's listed images that have a crop, written as NoW submissions
+    ``<out>/<subject>/<experiment>/<stem>.obj`` + ``.npy`` (7 x 3 landmarks, metres). As released
+    (``Trainer.evaluate``): expression and pose set to zero, landmarks = the 3D landmarks 36, 39, 42, 45, 33,
+    48, 54. Returns the number of meshes written."""
+    import numpy as np
+
+    from core.evaluation.now import NOW_LANDMARKS_68
+    from core.evaluation.now_layout import IMAGE_LISTS, read_image_list
+    from core.obj import write_obj
+
+    device = torch.device(device)
+    images = [(im, now_crop_path(crops, im)) for im in read_image_list(Path(now_root) / IMAGE_LISTS[image_set])]
+    images = [(im, p) for im, p in images if p is not None]
+    faces = face.flame.faces.detach().cpu().numpy()
+    was_training = nets.training
+    nets.eval()
+    out = Path(out)
+    for a in range(0, len(images), batch_size):
+        chunk = images[a:a + batch_size]
+        x = torch.stack([_read_crop(p) for _, p in chunk]).to(device)
+        codes = nets.E_flame.encode(x)
+        zero_exp, zero_pose = torch.zeros_like(codes.exp), torch.zeros_like(codes.pose)
+        fl = face.flame(codes.shape.float(), zero_exp.float(), zero_pose.float())
+        verts = fl.vertices.cpu().numpy()
+        lmk = fl.landmarks3d[:, list(NOW_LANDMARKS_68)].cpu().numpy()
+        for k, (im, _) in enumerate(chunk):
+            base = out / im.subject / im.experiment / im.stem
+            base.parent.mkdir(parents=True, exist_ok=True)
+            write_obj(base.with_suffix(".obj"), verts[k], faces)
+            np.save(base.with_suffix(".npy"), lmk[k].astype(np.float64))
+    if was_training:
+        nets.train()
+    return len(images)
+
+
+def now_validation(nets: DecaNetworks, face, now_root: str | Path, crops: str | Path, out: str | Path,
+                   image_set: str = "val", device: torch.device | str = "cpu") -> dict[str, float]:
+    """NoW errors of E_flame on the listed images that have a crop (:func:`write_now_predictions` into ``out``,
+    then ``core.evaluation.now_layout.evaluate_now_layout``): ``{"median_mm", "mean_mm", "std_mm",
+    "n_points", "n_images", "n_missing"}``."""
+    from core.evaluation.now_layout import evaluate_now_layout
+
+    n = write_now_predictions(nets, face, now_root, crops, out, image_set, device=device)
+    if n == 0:
+        from core.evaluation.dataset import EvaluationError
+
+        raise EvaluationError(f"{crops}: no face crop <subject>/<experiment>/<image stem>.png for any image of "
+                              f"{Path(now_root) / 'imagepathsvalidation.txt'}")
+    rep = evaluate_now_layout(now_root, out, image_set=image_set)
+    return {**rep["overall"], "n_images": len(rep["items"]), "n_missing": len(rep["missing"])}

@@ -13,6 +13,10 @@
 
 Weights: ``total = sum_k w_k * mean_batch(term_k)`` with ``w`` from :class:`~training.config.LossConfig`;
 the composite terms ``sc`` and ``dc`` already carry the weights of their inner data terms.
+
+That is the ``paper`` preset. The default ``release`` preset (``loss.formulas``) runs ``_coarse_release`` /
+``_detail_release`` instead: DECA's released ``training_step``, the consistency terms as a doubled batch and
+the detail losses in UV space (table in docs/training.md).
 """
 from __future__ import annotations
 
@@ -38,7 +42,7 @@ TERM_WEIGHTS = {
     "lmk": "lmk", "eye": "eye", "lip": "lip", "pho": "pho", "id": "id", "sc": "sc",
     "reg_shape": "reg_shape", "reg_exp": "reg_exp", "reg_tex": "reg_tex", "reg_light": "reg_light",
     "reg_jaw": "reg_jaw", "pho_detail": "pho_detail", "mrf": "mrf", "dc": "dc", "sym": "sym",
-    "reg_detail": "reg_detail",
+    "reg_detail": "reg_detail", "reg_shading": "reg_shading",
 }
 
 
@@ -156,19 +160,19 @@ class DecaObjective(nn.Module):
         with the shape code of another image of the same person, every term computed over the 2B images
         (batch means of the data terms, batch *sums* of the regularisers). Returned terms are the released
         batch scalars, unweighted; ``total = sum_k w_k * term_k``."""
-        from .release_losses import (eye_distance_loss, light_regularizer, lip_distance_loss, sum_regularizer,
-                                     weighted_landmark_loss)
+        from .release_losses import (eye_distance_loss, identity_permutation, light_regularizer, lip_distance_loss,
+                                     sum_regularizer, weighted_landmark_loss)
 
         face = self.face
         images, lmk_gt, skin, codes = self._encode(batch)
         B = images.shape[0]
         shape, exp, pose, cam, tex, light = codes.shape, codes.exp, codes.pose, codes.cam, codes.tex, codes.light
         if self.stage == "coarse" and self.w.sc > 0:
-            swap = identity_swap_index(batch["identity"], self.cfg.train.seed, step)
-            if bool((swap != torch.arange(B, device=swap.device)).any()):
-                shape = torch.cat([shape, shape[swap]])
-                exp, pose, cam, tex, light = (torch.cat([x, x]) for x in (exp, pose, cam, tex, light))
-                images, lmk_gt, skin = torch.cat([images, images]), torch.cat([lmk_gt, lmk_gt]), torch.cat([skin, skin])
+            # released: the batch is doubled whenever shape consistency is on, whatever the permutation drew
+            perm = identity_permutation(batch["identity"], self.cfg.train.seed, step)
+            shape = torch.cat([shape, shape[perm]])
+            exp, pose, cam, tex, light = (torch.cat([x, x]) for x in (exp, pose, cam, tex, light))
+            images, lmk_gt, skin = torch.cat([images, images]), torch.cat([lmk_gt, lmk_gt]), torch.cat([skin, skin])
         g = face.geometry(shape, exp, pose, cam)
         lw = self.lmk_weights.to(g.landmarks2d) if self.lmk_weights is not None else None
         t: dict[str, torch.Tensor] = {"lmk": weighted_landmark_loss(g.landmarks2d, lmk_gt, lw),
@@ -211,6 +215,8 @@ class DecaObjective(nn.Module):
         return StepOutput(total, terms, vis)
 
     def _detail(self, batch, step: int, want_vis: bool) -> StepOutput:
+        if self.w.formulas == "release":
+            return self._detail_release(batch, step, want_vis)
         face = self.face
         nets = self.nets
         images = batch["image"]
@@ -259,6 +265,86 @@ class DecaObjective(nn.Module):
                 coarse = face.render(g.vertices, codes.cam, albedo, codes.light)
             vis = {"input": images, "coarse": _over(coarse, images), "detail": _over(render, images),
                    "detail_shading": _gray(render), "displacement": (uv_z / 0.01 * 0.5 + 0.5).clamp(0, 1)}
+        return StepOutput(total, terms, vis)
+
+    def _detail_release(self, batch, step: int, want_vis: bool) -> StepOutput:
+        """The released trainer's detail step (``decalib/trainer.py`` ``training_step``, detail branch).
+
+        Detail consistency doubles the batch (every code twice, the detail codes once as they are and once
+        permuted within each person). Everything is compared in UV space: the detail texture
+        ``albedo.detach() * SH(detail normals, light.detach())`` against the photo unwrapped through the
+        screen vertices, on ``visibility = unwrapped segmentation x self-occlusion (normal z) x face-eye mask``,
+        both cut to the UV face box and resized to 256 (:func:`release_losses.uv_face_patch`). Terms (returned
+        unweighted, the released batch scalars): ``pho_detail`` (mean L1, x ``pho_detail``), ``mrf`` (released
+        ID-MRF summed over the batch, x ``pho_detail * mrf``), ``reg_detail`` (mean ``|uv_z|`` over the whole
+        map), ``reg_shading`` (shading smoothness), ``sym`` (soft symmetry on the eroded invisible texels)."""
+        from core.render import sh_shading
+        from core.render.detail_normals import deca_vertex_normals
+
+        from .release_losses import (binary_erosion, identity_permutation, self_occlusion_visible,
+                                     shading_smoothness, soft_symmetry, uv_face_patch)
+
+        face = self.face
+        nets = self.nets
+        images, skin = batch["image"], batch["skin_mask"]
+        with torch.no_grad():
+            with self._autocast(images.device):
+                params = nets.E_flame(images)
+            codes = split_flame_codes(params.float())
+        with self._autocast(images.device):
+            detail = nets.E_detail(images)
+        detail = detail.float()
+        shape, exp, pose, cam, tex, light = codes.shape, codes.exp, codes.pose, codes.cam, codes.tex, codes.light
+        if self.w.dc > 0:
+            perm = identity_permutation(batch["identity"], self.cfg.train.seed, step)
+            detail = torch.cat([detail, detail[perm]])
+            shape, exp, pose, cam, tex, light = (torch.cat([x, x]) for x in (shape, exp, pose, cam, tex, light))
+            images, skin = torch.cat([images, images]), torch.cat([skin, skin])
+        n = images.shape[0]
+        with torch.no_grad():
+            g = face.geometry(shape, exp, pose, cam)
+            albedo = face.albedo(tex, n)
+        uv_z = nets.D_detail.decode(pose[:, 3:], exp, detail).float()
+        uv_size = uv_z.shape[-1]
+        if albedo.shape[-1] != uv_size:  # released FLAMETex: F.interpolate to the UV size (nearest)
+            albedo = F.interpolate(albedo, size=(uv_size, uv_size))
+        normals, _ = face.detail_normals(g.vertices, uv_z)
+        uv_shading = sh_shading(normals, light.detach())
+        uv_texture = albedo.detach() * uv_shading
+        renderer = face.renderer
+        with torch.no_grad():
+            # released trans_verts: s * (X + t), y and z negated (z scaled by s too, unlike our screen depth)
+            trans = torch.cat([g.verts_screen[..., :2], -cam[:, None, 0:1] * g.vertices[..., 2:3]], dim=-1)
+            uv_pverts = renderer.world_to_uv(trans, uv_size)
+            uv_gt = F.grid_sample(torch.cat([images, skin], dim=1), uv_pverts.permute(0, 2, 3, 1)[..., :2],
+                                  mode="bilinear", align_corners=False)
+            uv_texture_gt, uv_mask_gt = uv_gt[:, :3], uv_gt[:, 3:]
+            uv_pnorm = renderer.world_to_uv(deca_vertex_normals(trans, face.flame.faces), uv_size)
+            uv_vis = uv_mask_gt * self_occlusion_visible(uv_pnorm[:, 2:3]) * face.uv_face_eye_mask.to(uv_z)
+        tex_patch, gt_patch, vis_patch = (uv_face_patch(x) for x in (uv_texture, uv_texture_gt, uv_vis))
+        t: dict[str, torch.Tensor] = {"pho_detail": (tex_patch * vis_patch - gt_patch * vis_patch).abs().mean()}
+        mrf = self._aux["mrf"] if self.w.mrf > 0 else None
+        if mrf is not None:
+            t["mrf"] = mrf(tex_patch * vis_patch, gt_patch * vis_patch)
+        t["reg_detail"] = uv_z.abs().mean()
+        t["reg_shading"] = shading_smoothness(uv_shading)
+        if self.w.sym > 0:
+            t["sym"] = soft_symmetry(uv_z, 1.0 - binary_erosion(uv_vis))
+        weights = {k: self.weight(k) for k in t}
+        if "mrf" in t:  # released: mrf_loss(...) * photo_D * mrf
+            weights["mrf"] = self.w.pho_detail * self.w.mrf
+        total = sum(weights[k] * v for k, v in t.items())
+        terms = {k: v.detach() for k, v in t.items()}
+        vis = None
+        if want_vis:
+            with torch.no_grad():
+                B = batch["image"].shape[0]
+                coarse = face.render(g.vertices[:B], cam[:B], albedo[:B], light[:B])
+                detail_img = F.grid_sample(uv_texture[:B].detach(), coarse.uv_grid, align_corners=False) * coarse.alpha
+            vis = {"input": batch["image"], "coarse": _over(coarse, batch["image"]),
+                   "detail": (detail_img + batch["image"] * (1 - coarse.alpha)).clamp(0, 1),
+                   "uv_visibility": uv_vis[:B].expand(-1, 3, -1, -1),
+                   "displacement": (uv_z[:B].detach() / 0.01 * 0.5 + 0.5).clamp(0, 1)}
         return StepOutput(total, terms, vis)
 
     @torch.no_grad()

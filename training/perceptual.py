@@ -319,8 +319,14 @@ class IdMrfLoss(nn.Module):
     ``-log`` of the mean over targets, per image and summed over layers with ``layer_weights``."""
 
     def __init__(self, vgg: VGG19Features, layers: Sequence[str] = ("relu3_2", "relu4_2"),
-                 layer_weights: Sequence[float] = (1.0, 1.0), bandwidth: float = 0.5, input_size: int = 224) -> None:
+                 layer_weights: Sequence[float] = (1.0, 1.0), bandwidth: float = 0.5, input_size: int = 224,
+                 formula: str = "paper") -> None:
         super().__init__()
+        if formula not in ("paper", "release"):
+            raise ValueError(f"formula must be paper or release, got {formula!r}")
+        #: ``release``: ``forward`` returns the released batch *sum* of ``release_losses.release_mrf_layer``
+        #: per layer (its channel-mean centring, ``(1 - cos) / 2``), the images compared at their own size
+        self.formula = formula
         unknown = [n for n in layers if n not in VGG19_LAYERS]
         if unknown:
             raise ValueError(f"unknown VGG-19 layers {unknown}; choose from {', '.join(VGG19_LAYERS)}")
@@ -353,6 +359,13 @@ class IdMrfLoss(nn.Module):
     def forward(self, rendered: torch.Tensor, images: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         if mask is not None:
             rendered, images = rendered * mask, images * mask
+        if self.formula == "release":
+            from .release_losses import release_mrf_layer
+
+            with torch.no_grad():
+                tf = self.vgg(images, self.indices)
+            gf = self.vgg(rendered, self.indices)
+            return sum(w * release_mrf_layer(g.float(), t.float(), self.h) for w, g, t in zip(self.layer_weights, gf, tf))
         if rendered.shape[-1] != self.input_size:
             size = (self.input_size, self.input_size)
             rendered = F.interpolate(rendered, size=size, mode="bilinear", align_corners=False)

@@ -14,7 +14,8 @@ import torch
 
 __all__ = ["RELEASE_LANDMARK_WEIGHTS", "release_landmark_weights", "weighted_landmark_loss", "eyelid_distances",
            "lip_distances", "eye_distance_loss", "lip_distance_loss", "sum_regularizer", "light_regularizer",
-           "shading_smoothness", "soft_symmetry"]
+           "shading_smoothness", "soft_symmetry", "binary_erosion", "self_occlusion_visible", "uv_face_patch",
+           "UV_FACE_BOX_2048", "release_mrf_layer", "identity_permutation"]
 
 #: (index range, weight) of ``weighted_landmark_loss``'s landmark weights (others 1), applied in this order
 RELEASE_LANDMARK_WEIGHTS: tuple[tuple[slice, float], ...] = (
@@ -94,3 +95,66 @@ def soft_symmetry(uv_z: torch.Tensor, invisible: torch.Tensor) -> torch.Tensor:
     """Released soft symmetry: ``sum(invisible * |z - flip(z).detach()|)`` over batch and texels; the mirror
     is detached, so only the hidden side is pulled towards the visible one. ``invisible`` (B, 1, H, W)."""
     return (invisible * (uv_z - torch.flip(uv_z, dims=[-1]).detach()).abs()).sum()
+
+
+def binary_erosion(mask: torch.Tensor, size: int = 5) -> torch.Tensor:
+    """Released ``util.binary_erosion`` (scipy's, a ``size x size`` square, outside the map counts as empty):
+    a texel stays 1 when every texel of its window is non-zero. ``mask`` (B, 1, H, W) -> float 0/1, no grad."""
+    m = (mask.detach() != 0).to(torch.float32)
+    r = size // 2
+    # erosion of m = 1 - dilation of (1 - m), with 1 (empty) padded around the border
+    hole = torch.nn.functional.pad(1.0 - m, (r, r, r, r), value=1.0)
+    return (1.0 - torch.nn.functional.max_pool2d(hole, size, stride=1)).to(mask.dtype)
+
+
+def self_occlusion_visible(uv_normal_z: torch.Tensor, threshold: float = -0.05) -> torch.Tensor:
+    """Released self-occlusion mask: ``uv_pnorm[:, -1] < -0.05`` with ``uv_pnorm`` the UV map of the vertex
+    normals of the *screen* vertices (y and z negated), i.e. texels whose surface faces the camera.
+    ``uv_normal_z`` (B, 1, H, W) -> float 0/1, no grad."""
+    return (uv_normal_z.detach() < threshold).to(uv_normal_z.dtype)
+
+
+#: the released detail loss's UV face box ``load_local_mask(mode='bbx')[0]``, (left, right, top, bottom) at 2048
+UV_FACE_BOX_2048 = (400, 1648, 400, 1648)
+
+
+def uv_face_patch(uv_map: torch.Tensor, out_size: int = 256) -> torch.Tensor:
+    """The released detail losses' crop of a UV map ``(B, C, S, S)``: the face box scaled to ``S`` (truncated to
+    ints as released: 50..206 at 256), resized bilinearly to ``out_size`` (``align_corners=False``)."""
+    S = uv_map.shape[-1]
+    l, r, t, b = (int(v * S / 2048.0) for v in UV_FACE_BOX_2048)
+    return torch.nn.functional.interpolate(uv_map[:, :, t:b, l:r], size=(out_size, out_size), mode="bilinear",
+                                           align_corners=False)
+
+
+def release_mrf_layer(gen: torch.Tensor, tar: torch.Tensor, bandwidth: float = 0.5, bias: float = 1.0) -> torch.Tensor:
+    """Released ``IDMRFLoss.mrf_loss`` on one VGG layer's features ``(B, C, H, W)``, **summed over the batch**.
+
+    Both are centred by the target's mean over *channels* at each location and normalised per location; with
+    ``d = (1 - cos) / 2`` between every generated location j and target location i, ``rel = d / (min_i d + 1e-5)``,
+    ``cx = softmax_i((bias - rel) / bandwidth)``; per image ``-log(mean_i max_j cx_ij)``."""
+    mean_t = tar.mean(dim=1, keepdim=True)
+    g, t = gen - mean_t, tar - mean_t
+    g = g / g.norm(dim=1, keepdim=True)
+    t = t / t.norm(dim=1, keepdim=True)
+    cos = torch.bmm(t.flatten(2).transpose(1, 2), g.flatten(2))  # (B, N_target, N_generated)
+    d = (1.0 - cos) / 2.0
+    rel = d / (d.min(dim=1, keepdim=True).values + 1e-5)
+    w = torch.exp((bias - rel) / bandwidth)
+    cx = w / w.sum(dim=1, keepdim=True)
+    return (-torch.log(cx.max(dim=2).values.mean(dim=1))).sum()
+
+
+def identity_permutation(identity: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """Released shape / detail consistency order: a random permutation *within* each identity's images
+    (``np.random.permutation(K)`` per person; an image may keep its own code), drawn here from
+    ``(seed, step, identity)`` so that resuming and DDP ranks reproduce it. ``identity`` (B,) -> (B,) long."""
+    import numpy as np
+
+    ids = identity.detach().cpu().numpy()
+    out = np.arange(len(ids))
+    for ident in np.unique(ids):
+        members = np.flatnonzero(ids == ident)
+        perm = np.random.default_rng([int(seed), int(step), int(ident), 5]).permutation(len(members))
+        out[members] = members[perm]
+    return torch.as_tensor(out, dtype=torch.long, device=identity.device)

@@ -336,7 +336,7 @@ class Trainer:
         if c.stage == "detail" and c.loss.mrf > 0:
             if c.mrf.vgg_weights:
                 mrf = IdMrfLoss(load_vgg19(c.mrf.vgg_weights), c.mrf.layers, c.mrf.layer_weights, c.mrf.bandwidth,
-                                c.mrf.input_size).to(device)
+                                c.mrf.input_size, formula=c.loss.formulas).to(device)
                 log.info("ID-MRF loss on (weight %g), VGG-19 from %s", c.loss.mrf, c.mrf.vgg_weights)
             else:
                 self.disabled_losses.append("mrf")
@@ -413,6 +413,8 @@ class Trainer:
                         "shape-consistency" if cfg.stage == "coarse" else "detail-consistency")
 
         IdentityBatchSampler(ds, cfg.data.identities_per_batch, K, seed=seed, rank=d.rank, world_size=d.world)  # checks sizes
+        if cfg.train.now_every > 0 and d.main:
+            self._now_folders()
         face = self._face_model(device)
 
         # ---- networks
@@ -561,6 +563,8 @@ class Trainer:
                         writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), _grid(out.vis), step)
                 if d.main and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
                     self._validate(nets, face, device, step, writer, metrics_path, trained)
+                if d.main and cfg.train.now_every > 0 and step % cfg.train.now_every == 0:
+                    self._now(nets, face, device, step, writer, metrics_path, trained)
                 if step % cfg.train.checkpoint_every == 0 or step == stop_at:
                     last_ckpt = self._save(d, nets, opt, scaler, step, position)
         finally:
@@ -661,6 +665,38 @@ class Trainer:
                 if k != "n_images":
                     writer.add_scalar(f"val/{k}", v, step)
         log.info("validation at step %d: %s", step, "  ".join(f"{k} {v:.4g}" for k, v in res.items()))
+        return res
+
+    def _now_folders(self) -> tuple[Path, Path]:
+        """(NoW root, crops folder), checked before training starts so that a wrong path fails at once."""
+        from core.evaluation.now_layout import IMAGE_LISTS, is_now_layout
+
+        t = self.cfg.train
+        root = Path(t.now_root)
+        crops = Path(t.now_crops) if t.now_crops else root / "crops"
+        if not is_now_layout(root) or not (root / IMAGE_LISTS["val"]).is_file():
+            raise ConfigError(f"train.now_root: {root} is not NoW's layout (needs {IMAGE_LISTS['val']}, scans/, "
+                              f"scans_lmks_onlypp/)")
+        if not crops.is_dir():
+            raise ConfigError(f"train.now_crops: face-crop folder not found: {crops}")
+        return root, crops
+
+    def _now(self, nets: DecaNetworks, face, device: torch.device, step: int, writer, metrics_path: Path,
+             trained: list[nn.Module]) -> dict[str, float]:
+        """NoW errors of E_flame (training.evaluate.now_validation) to TensorBoard ``now/*`` and metrics.jsonl."""
+        from .evaluate import now_validation
+
+        root, crops = self._now_folders()
+        res = now_validation(nets, face, root, crops, self.out / "now" / f"step_{step:07d}", device=device)
+        self._set_modes(nets, trained)
+        rec = {"step": step, "now": res}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        if writer is not None:
+            for k in ("median_mm", "mean_mm", "std_mm"):
+                writer.add_scalar(f"now/{k}", res[k], step)
+        log.info("NoW at step %d: median %.3f mm, mean %.3f mm, std %.3f mm (%d images, %d without a crop)", step,
+                 res["median_mm"], res["mean_mm"], res["std_mm"], res["n_images"], res["n_missing"])
         return res
 
     def _calibrate_detail(self, nets: DecaNetworks, ds: IdentityDataset, device: torch.device) -> None:
