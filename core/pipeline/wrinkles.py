@@ -70,6 +70,13 @@ PRIOR_DESCRIPTION = ("exp ~ N(0, 1) x 50; jaw x ~ N(0.15, 0.12) clipped to [0, 0
 DEFAULT_SAMPLES = 56
 DEFAULT_HOLDOUT = 16
 DEFAULT_COMPONENTS = 16
+#: the shared fit (per checkpoint): detail codes pooled, prior samples per code (one orthogonal block)
+SHARED_CODES = 8
+SHARED_CODE_SAMPLES = N_INPUT
+#: the shared fit (per person): samples for the base map, held-out samples for the explained variance
+SHARED_SAMPLES = 12
+SHARED_HOLDOUT = 8
+SHARED_SEED = 0
 RIDGE = "gcv"
 #: the ridge values generalised cross-validation chooses from (standardised inputs)
 RIDGE_GRID = np.geomspace(1.0, 1000.0, 19)
@@ -88,6 +95,26 @@ class WrinkleFitInfo:
     train_explained_variance: float
     seed: int
     ridge: float = 1.0  # the ridge lambda used (chosen by GCV unless given)
+    method: str = "person"  # "person" (the per-person regression) or "shared" (`fit_on_shared`)
+    note: str = ""  # how the shared basis was obtained, or why the per-person fit ran instead
+    shared_codes: int = 0  # detail codes the shared basis pooled (0: per-person fit)
+    shared_samples: int = 0  # decodes the shared basis pooled
+
+
+@dataclass
+class SharedWrinkleBasis:
+    """The per-checkpoint part of the shared wrinkle model (`fit_shared_basis`).
+
+    ``maps (K, T)`` over the mask's ``T`` texels (unit RMS, zero beyond ``rank``), ``matrix (K, 53)``: a
+    person's model is ``base_p + (x @ matrix.T) @ maps`` with only ``base_p`` fitted per person.
+    """
+    maps: np.ndarray
+    matrix: np.ndarray
+    rank: int
+    ridge: float
+    n_codes: int
+    n_samples: int  # decodes pooled over all codes
+    train_explained_variance: float  # pooled, about each code's own mean
 
 
 def _clip_jaw(x: np.ndarray) -> np.ndarray:
@@ -113,10 +140,10 @@ def sample_prior(n: int, rng: np.random.Generator, design: str = "iid") -> np.nd
     return _clip_jaw(PRIOR_MEAN + PRIOR_STD * z)
 
 
-def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID) -> float:
+def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID, n_means: int = 1) -> float:
     """The ridge ``lambda`` of ``grid`` minimising generalised cross-validation for centred ``Xs (N, p)``,
-    ``Yc (N, T)``: ``N * RSS / (N - 1 - df)^2`` with ``df = sum s^2 / (s^2 + lambda)`` (the intercept
-    takes the 1)."""
+    ``Yc (N, T)``: ``N * RSS / (N - n_means - df)^2`` with ``df = sum s^2 / (s^2 + lambda)`` (the
+    intercepts take ``n_means``: 1, or one per detail code for the shared fit's pooled data)."""
     N = len(Xs)
     U, s, _ = np.linalg.svd(Xs, full_matrices=False)
     proj = ((U.T @ Yc) ** 2).sum(1)  # energy of Yc along each left singular vector
@@ -125,13 +152,44 @@ def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID) -> 
     for lam in grid:
         f = s ** 2 / (s ** 2 + lam)  # shrinkage of each direction
         rss = total - float(((2 * f - f ** 2) * proj).sum())
-        dof = N - 1 - float(f.sum())
+        dof = N - n_means - float(f.sum())
         if dof <= 0:
             continue
         score = N * rss / dof ** 2
         if score < best:
             best, best_lam = score, float(lam)
     return best_lam
+
+
+def _reduced_rank(Xs: np.ndarray, B: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rank-``K`` truncation of the fitted values ``F = Xs @ B`` (``Xs (N, 53)`` standardised, ``B (53, T)``).
+
+    Returns ``maps (K, T)`` (the right singular vectors of ``F``, each scaled to unit RMS and signed so its
+    largest texel is positive; zero beyond the rank), ``coef (K, 53)`` with ``Xs @ B ~= (Xs @ coef.T) @ maps``
+    and the rank.
+    """
+    F = Xs @ B  # fitted values (N, T)
+    # SVD of F through its small Gram matrix (N x N): F = U S Vt, Vt = S^-1 U^T F.
+    G = F @ F.T
+    evals, evecs = np.linalg.eigh(G)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    tol = max(evals[0], 0.0) * 1e-10 if evals.size else 0.0
+    rank = int(min(np.sum(evals > tol), n_components)) if evals.size and evals[0] > 0 else 0
+    K, T = int(n_components), B.shape[1]
+    maps = np.zeros((K, T))
+    coef = np.zeros((K, N_INPUT))
+    if rank:
+        s = np.sqrt(evals[:rank])
+        Vt = (evecs[:, :rank].T @ F) / s[:, None]  # (rank, T) orthonormal rows
+        Ms = Vt @ B.T  # (rank, 53): coefficients of the standardised input
+        rms = np.sqrt((Vt ** 2).mean(1))
+        rms[rms == 0] = 1.0
+        sign = np.sign(Vt[np.arange(rank), np.abs(Vt).argmax(1)])
+        sign[sign == 0] = 1.0
+        maps[:rank] = Vt / rms[:, None] * sign[:, None]
+        coef[:rank] = Ms * (rms * sign)[:, None]
+    return maps, coef, rank
 
 
 def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: float | str = RIDGE
@@ -144,7 +202,6 @@ def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: flo
     """
     X = np.asarray(X, np.float64)
     Y = np.asarray(Y, np.float64)
-    N, T = Y.shape
     mx, my = X.mean(0), Y.mean(0)
     Xs = (X - mx) / PRIOR_STD
     Yc = Y - my
@@ -154,39 +211,23 @@ def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: flo
         ridge = gcv_ridge(Xs, Yc)
     A = Xs.T @ Xs + ridge * np.eye(N_INPUT)
     B = np.linalg.solve(A, Xs.T @ Yc)  # (53, T), standardised inputs
-    F = Xs @ B  # fitted values (N, T)
-    # SVD of F through its small Gram matrix (N x N): F = U S Vt, Vt = S^-1 U^T F.
-    G = F @ F.T
-    evals, evecs = np.linalg.eigh(G)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    tol = max(evals[0], 0.0) * 1e-10 if evals.size else 0.0
-    rank = int(min(np.sum(evals > tol), n_components)) if evals.size and evals[0] > 0 else 0
-    K = int(n_components)
-    maps = np.zeros((K, T))
-    matrix = np.zeros((K, N_INPUT))
-    if rank:
-        s = np.sqrt(evals[:rank])
-        Vt = (evecs[:, :rank].T @ F) / s[:, None]  # (rank, T) orthonormal rows
-        Ms = Vt @ B.T  # (rank, 53): coefficients of the standardised input
-        rms = np.sqrt((Vt ** 2).mean(1))
-        rms[rms == 0] = 1.0
-        sign = np.sign(Vt[np.arange(rank), np.abs(Vt).argmax(1)])
-        sign[sign == 0] = 1.0
-        maps[:rank] = Vt / rms[:, None] * sign[:, None]
-        matrix[:rank] = Ms * (rms * sign)[:, None] / PRIOR_STD[None, :]
+    maps, coef, rank = _reduced_rank(Xs, B, n_components)
+    matrix = coef / PRIOR_STD[None, :]
     base = my - (matrix @ mx) @ maps
     return base, maps, matrix, rank
 
 
 def explained_variance(Y: np.ndarray, P: np.ndarray) -> float:
-    """1 - SSE / SST of predictions P for Y (N, T), SST about Y's mean over samples."""
+    """``1 - (SSE / N) / (SST / (N - 1))`` of predictions P for Y (N, T), SST about Y's mean over samples:
+    the mean squared error over the unbiased variance, so that a few held-out samples do not understate
+    the explained variance (with ``SSE / SST`` the error is overstated by ``N / (N - 1)``, 14 % for 8)."""
     Y = np.asarray(Y, np.float64)
+    N = len(Y)
     sst = float(((Y - Y.mean(0)) ** 2).sum())
     sse = float(((Y - P) ** 2).sum())
-    if sst <= 0.0:
+    if sst <= 0.0 or N < 2:
         return 1.0 if sse <= 1e-30 else 0.0
-    return 1.0 - sse / sst
+    return 1.0 - (sse / N) / (sst / (N - 1))
 
 
 def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAULT_SAMPLES,
@@ -230,4 +271,79 @@ def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAU
     info = WrinkleFitInfo(n_samples=int(n_samples), n_holdout=int(n_holdout), n_components=int(n_components),
                           rank=rank, explained_variance=float(ev), train_explained_variance=float(train_ev),
                           seed=int(seed), ridge=float(ridge))
+    return model, info
+
+
+def fit_shared_basis(X_list: list[np.ndarray], Y_list: list[np.ndarray], n_components: int = DEFAULT_COMPONENTS,
+                     ridge: float | str = RIDGE) -> SharedWrinkleBasis:
+    """The shared maps and matrix from decodes of several detail codes.
+
+    ``X_list[j] (N_j, 53)``, ``Y_list[j] (N_j, T)``: inputs and masked displacements of detail code ``j``.
+    Each code's data is centred about its own mean (a person's base is fitted per person), then one ridge
+    regression on the pooled standardised inputs (``lambda`` by GCV with one mean per code) and its rank-``K``
+    truncation (`_reduced_rank`).
+    """
+    if not X_list or len(X_list) != len(Y_list):
+        raise ValueError("the shared wrinkle basis needs the same number (>= 1) of input and output blocks")
+    if n_components < 1:
+        raise ValueError(f"the wrinkle model needs at least one component, got {n_components}")
+    Xs, Yc = [], []
+    for X, Y in zip(X_list, Y_list):
+        X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
+        if X.shape != (len(Y), N_INPUT) or len(Y) < 2:
+            raise ValueError(f"shared fit block: inputs {X.shape}, outputs {Y.shape}")
+        Xs.append((X - X.mean(0)) / PRIOR_STD)
+        Yc.append(Y - Y.mean(0))
+    Xs, Yc = np.concatenate(Xs), np.concatenate(Yc)
+    if isinstance(ridge, str):
+        if ridge != "gcv":
+            raise ValueError(f"ridge must be a number or 'gcv', got {ridge!r}")
+        ridge = gcv_ridge(Xs, Yc, n_means=len(X_list))
+    B = np.linalg.solve(Xs.T @ Xs + ridge * np.eye(N_INPUT), Xs.T @ Yc)
+    maps, coef, rank = _reduced_rank(Xs, B, n_components)
+    train_ev = 1.0 - float(((Yc - (Xs @ coef.T) @ maps) ** 2).sum()) / max(float((Yc ** 2).sum()), 1e-300)
+    return SharedWrinkleBasis(maps=maps.astype(np.float32), matrix=coef / PRIOR_STD[None, :], rank=rank,
+                              ridge=float(ridge), n_codes=len(X_list), n_samples=len(Xs),
+                              train_explained_variance=float(train_ev))
+
+
+def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
+                  n_samples: int = SHARED_SAMPLES, n_holdout: int = SHARED_HOLDOUT, seed: int = 0,
+                  note: str = "") -> tuple[WrinkleModel, WrinkleFitInfo]:
+    """A person's wrinkle model on the shared basis: only the base map is the person's.
+
+    ``n_samples`` i.i.d. prior samples ``x_i`` give ``base = mean_i (d(x_i) - (x_i @ matrix.T) @ maps)``;
+    ``n_holdout`` further i.i.d. samples measure the held-out explained variance of exactly the stored model.
+    """
+    if n_samples < 1:
+        raise ValueError(f"the shared wrinkle fit needs at least 1 sample, got {n_samples}")
+    mask = np.asarray(mask, bool)
+    idx = np.flatnonzero(mask.ravel())
+    K = basis.maps.shape[0]
+    if basis.maps.shape != (K, idx.size) or basis.matrix.shape != (K, N_INPUT):
+        raise ValueError(f"shared basis maps {basis.maps.shape} / matrix {basis.matrix.shape} do not fit a mask "
+                         f"of {idx.size} texels")
+    rng = np.random.default_rng(seed)
+    X = sample_prior(n_samples, rng, "iid")
+    Xh = sample_prior(n_holdout, rng, "iid") if n_holdout > 0 else np.zeros((0, N_INPUT))
+    D = np.asarray(decode(np.concatenate([X, Xh]).astype(np.float32)))
+    S = D.shape[-1]
+    if D.shape != (len(X) + len(Xh), S, S) or mask.shape != (S, S):
+        raise ValueError(f"decoder returned {D.shape}, mask is {mask.shape}")
+    flat = D.reshape(len(D), -1)
+    maps_t = basis.maps.astype(np.float64)
+    Y, Yh = flat[: len(X), idx].astype(np.float64), flat[len(X):, idx].astype(np.float64)
+    base_t = (Y - (X @ basis.matrix.T) @ maps_t).mean(0)
+    train_ev = explained_variance(Y, base_t + (X @ basis.matrix.T) @ maps_t) if len(X) > 1 else float("nan")
+    ev = explained_variance(Yh, base_t + (Xh @ basis.matrix.T) @ maps_t) if len(Xh) else float("nan")
+    base = flat[: len(X)].mean(0, dtype=np.float64)  # outside the mask: the fixed map, in every sample
+    base[idx] = base_t
+    maps = np.zeros((K, S * S), np.float32)
+    maps[:, idx] = basis.maps
+    model = WrinkleModel(base.reshape(S, S).astype(np.float32), maps.reshape(K, S, S),
+                         basis.matrix.astype(np.float32), float(ev))
+    info = WrinkleFitInfo(n_samples=int(n_samples), n_holdout=int(n_holdout), n_components=K, rank=basis.rank,
+                          explained_variance=float(ev), train_explained_variance=float(train_ev), seed=int(seed),
+                          ridge=basis.ridge, method="shared", note=note, shared_codes=basis.n_codes,
+                          shared_samples=basis.n_samples)
     return model, info
