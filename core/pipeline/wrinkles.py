@@ -1,35 +1,65 @@
-"""The wrinkle model: a per-person linear model of DECA's detail decoder, for animation in Blender.
+"""The wrinkle model: a linear model of DECA's detail decoder per person, for animation in Blender.
 
 DECA's detail decoder ``D_detail([jaw, exp, detail])`` is a deep network; Blender cannot run it per frame.
-For one person (one detail code) this module fits
+For one person (one detail code) the result stores
 
     d(x) ~= base + sum_k (M x)_k * maps_k,      x = [exp (50), jaw axis-angle (3)]
 
 with ``K`` maps (default 16), a ``K x 53`` matrix ``M`` and a base map, where ``d`` is the displacement the
-result stores (``uv_z * uv_face_eye_mask + fixed_displacement``, metres along the normal).
+result stores (``uv_z * uv_face_eye_mask + fixed_displacement``, metres along the normal). Two fits produce
+it (``Reconstructor(wrinkle_fit=...)``, recorded as the result's ``wrinkle_fit``):
 
-**The expression prior** the fit samples (documented in the result as ``extra_wrinkle_prior``):
+- **shared** (default): the maps and ``M`` are shared by every person of a checkpoint (`fit_shared_basis`,
+  computed once and cached on disk by `core.pipeline.wrinkle_cache`); per person only the base map is
+  fitted (`fit_on_shared`, 12 decodes) and the explained variance measured (8 held-out decodes).
+- **person**: the reduced-rank regression of one person's decodes (`fit_wrinkle_model`, 56 + 16 decodes);
+  also the fallback when no cache can be written (the result's ``wrinkle_fit_note`` says why).
+
+**The expression prior** both fits sample (documented in the result as ``extra_wrinkle_prior``):
 
 - ``exp ~ N(0, 1)`` per component: DECA regularises its expression codes towards 0 with an L2 prior,
   so real codes are of order one.
 - jaw axis-angle: x (opening) ``~ N(0.15, 0.12)`` clipped to ``[0, 0.5]`` rad; y, z ``~ N(0, 0.03)``.
 
-**Fitting.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z`` where the
-rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to the
-Gaussian prior). This keeps the least-squares problem well conditioned with few samples (measured with
+**The shared fit.** ``D_detail``'s first layer is linear in ``[jaw, exp, detail]``, so a person enters the
+decoder only through an offset of that layer; the response to ``x`` changes with the person only through
+which units the offset switches on. The basis pools 8 detail codes, each with one orthogonal block of 53
+prior samples (below): every code's decodes are centred about their own mean, one ridge regression (GCV,
+one mean per code) on the pooled standardised inputs, then its rank-``K`` truncation. The codes are
+``E_detail``'s on 8 synthetic renders of the face model (`core.evaluation.synthetic`, yaw within 30
+degrees, cropped from their known landmarks): no user photo is involved, and measured with both kinds of
+random weights their codes lie among those of the real photos in ``../shared/photos``, while Gaussian codes
+do not (tiny weights: pooled ``N(0, s^2)`` codes, s = 0.3 to 3, gave a held-out explained variance of
+0.43-0.48 against 0.79 for the renders' codes). A person's base is ``mean_i (d(x_i) - M x_i . maps)`` over
+12 i.i.d. prior samples. Fitting more than the base per person did not help: a ridge correction of the
+shared coefficients, fitted from 16 decodes of the person, changed the explained variance by -0.01 to
++0.001 (``lambda`` 100-300; smaller ``lambda`` lowered it by up to 0.03).
+
+Measured (held-out explained variance on 48 fresh prior samples, mean [min] over the 9 people of
+``../shared/photos``, whose codes the shared fit never saw; input-dependent weights
+`core.networks.responsive` / PyTorch's default tiny weights): per-person fit, 56 samples 0.45 [0.43] /
+0.76 [0.75], 106 samples 0.52 [0.51] / 0.79 [0.78]; shared basis from 8 render codes with the base from 8,
+12, 16 decodes 0.55 / 0.57 / 0.58 [0.57] and 0.77 / 0.78 / 0.79 [0.78]; from 16 codes 0.57 / 0.58 / 0.59
+and 0.77 / 0.78 / 0.79; the same shared basis without the rank-16 truncation 0.64 / 0.92 (the rank is what
+the Blender side evaluates; a better rank-16 model needs a better basis, not more per-person samples).
+Cost: 8 x 53 = 424 decodes plus 8 renders and ``E_detail`` once per checkpoint (several seconds; then a
+~2 MB file), 20 decodes per photo.
+
+**The per-person fit.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z``
+where the rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to
+the Gaussian prior). This keeps the least-squares problem well conditioned with few samples (measured with
 random weights: held-out explained variance 0.70 with 64 orthogonal samples against 0.59 with 64
 i.i.d. ones). The fit is a reduced-rank regression: ridge least squares of the masked texels on the
 standardised ``x`` with ``lambda`` chosen per person by generalised cross-validation (below), then the
 rank-``K`` truncation of the fitted values by SVD (the maps are its right singular vectors, each scaled to
 unit RMS over the mask and signed so its largest texel is positive; ``M`` carries the scale).
 
-**How many samples.** ``D_detail`` costs about 13 ms per sample on 2 CPU threads (fp32, channels_last,
-batches of 16; bfloat16 is 3x faster but its rounding swamps the expression-driven part of the map:
-held-out explained variance 0.56 instead of 0.72 with random weights, so the fit stays in float32). Measured
-with random weights on two detail codes, fresh held-out explained variance: 48 samples 0.63/0.62, 53
-0.70/0.65, 56 0.71/0.67, 64 0.72/0.69, 80 0.73/0.70 -- the fit needs at least one full block of 53, and
-beyond 56 each sample buys little. 56 + 16 held-out samples (~1.0 s with the fit) keep a photo within
-1.5 s (benchmarks/results/pipeline.json).
+**How many samples (per-person fit).** ``D_detail`` costs about 10-13 ms per sample on 2 CPU threads (fp32,
+channels_last, batches of 16; bfloat16 is 3x faster but its rounding swamps the expression-driven part of
+the map: held-out explained variance 0.56 instead of 0.72 with random weights, so the fit stays in
+float32). Measured with random weights on two detail codes, fresh held-out explained variance: 48 samples
+0.63/0.62, 53 0.70/0.65, 56 0.71/0.67, 64 0.72/0.69, 80 0.73/0.70 -- the fit needs at least one full block
+of 53, and beyond 56 each sample buys little.
 
 **Ridge by generalised cross-validation.** With 56 samples for 53 inputs a fixed light ridge (``lambda = 1``)
 nearly interpolates: on a decoder that responds strongly and nonlinearly to its input
@@ -44,10 +74,13 @@ A model with a hinge per slider (``[x, max(0, x - mean)]``, 106 features, one Ma
 did not help on these weights: 56 samples 0.31 / 0.66, 106 samples 0.50 / 0.76, 359 samples 0.60 / 0.81
 (the linear model: 0.61 / 0.81), so the stored model stays linear in ``x`` (no change on the Blender side).
 
-**Held-out explained variance**: ``1 - SSE / SST`` over the masked texels of ``n_holdout`` further
-i.i.d. samples from the prior (default 16) that the fit never saw, ``SST`` about their own mean.
+**Held-out explained variance** (`explained_variance`): ``1 - (SSE / n) / (SST / (n - 1))`` over the masked
+texels of ``n`` further i.i.d. samples from the prior that the fit never saw (8 for the shared fit, 16 for
+the per-person one), ``SST`` about their own mean: the mean squared error over the unbiased variance
+(``SSE / SST``, used for the numbers above, overstates the error by ``n / (n - 1)``: for 48 samples and an
+explained variance near 0.55 the two definitions differ by 0.01).
 
-All of it is deterministic (a fixed seed). The decoder itself stays available for exact re-evaluation
+All of it is deterministic (fixed seeds). The decoder itself stays available for exact re-evaluation
 (`Reconstructor.decode_displacement`).
 """
 from __future__ import annotations
@@ -287,14 +320,20 @@ def fit_shared_basis(X_list: list[np.ndarray], Y_list: list[np.ndarray], n_compo
         raise ValueError("the shared wrinkle basis needs the same number (>= 1) of input and output blocks")
     if n_components < 1:
         raise ValueError(f"the wrinkle model needs at least one component, got {n_components}")
-    Xs, Yc = [], []
+    Xs, rows = [], 0
     for X, Y in zip(X_list, Y_list):
-        X, Y = np.asarray(X, np.float64), np.asarray(Y, np.float64)
-        if X.shape != (len(Y), N_INPUT) or len(Y) < 2:
-            raise ValueError(f"shared fit block: inputs {X.shape}, outputs {Y.shape}")
+        X = np.asarray(X, np.float64)
+        if X.shape != (len(Y), N_INPUT) or len(Y) < 2 or np.ndim(Y) != 2 or np.shape(Y)[1] != np.shape(Y_list[0])[1]:
+            raise ValueError(f"shared fit block: inputs {X.shape}, outputs {np.shape(Y)}")
         Xs.append((X - X.mean(0)) / PRIOR_STD)
-        Yc.append(Y - Y.mean(0))
-    Xs, Yc = np.concatenate(Xs), np.concatenate(Yc)
+        rows += len(X)
+    Xs = np.concatenate(Xs)
+    Yc = np.empty((rows, np.shape(Y_list[0])[1]))  # filled block by block: one pooled copy in memory
+    at = 0
+    for Y in Y_list:
+        Yc[at:at + len(Y)] = Y
+        Yc[at:at + len(Y)] -= Yc[at:at + len(Y)].mean(0)
+        at += len(Y)
     if isinstance(ridge, str):
         if ridge != "gcv":
             raise ValueError(f"ridge must be a number or 'gcv', got {ridge!r}")
