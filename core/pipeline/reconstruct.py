@@ -417,7 +417,7 @@ class Reconstructor:
 
     @property
     def wrinkle_samples(self) -> int:
-        """Decoder samples of the per-person fit (`wrinkle_fit` "person"; the shared one: `_wrinkle_counts`)."""
+        """Decoder samples of the per-person fit (the shared fit's default is `wr.SHARED_SAMPLES`)."""
         return wr.DEFAULT_SAMPLES if self._wrinkle_samples is None else self._wrinkle_samples
 
     @property
@@ -474,11 +474,10 @@ class Reconstructor:
         return wr.fit_shared_basis(X_list, Y_list, self.wrinkle_components), codes
 
     def shared_wrinkle_basis(self) -> tuple[wr.SharedWrinkleBasis | None, str]:
-        """The checkpoint's shared wrinkle basis and how it was obtained ("cache", "built", or why None):
-        loaded from the cache, else built and cached; None when the cache folder cannot be written."""
-        if self._wrinkle_shared is None:
-            with self._stage("wrinkle basis"):
-                self._wrinkle_shared = self._load_or_build_shared_basis()
+        """The checkpoint's shared wrinkle basis and a note on how it was obtained: loaded from the cache,
+        else built and cached; None (and why) when the cache folder cannot be written. Once per instance."""
+        if self._wrinkle_shared is None:  # timed within the "wrinkle model" stage of the first photo
+            self._wrinkle_shared = self._load_or_build_shared_basis()
         return self._wrinkle_shared
 
     def _load_or_build_shared_basis(self) -> tuple[wr.SharedWrinkleBasis | None, str]:
