@@ -156,10 +156,10 @@ def synthetic_detail_codes(face_model, infer, n: int, convention: str, seed: int
 
     gen = SyntheticGenerator(face_model, SyntheticConfig(n=n, sizes=((224, 224),), seed=seed,
                                                          max_yaw_deg=SYNTHETIC_MAX_YAW_DEG))
-    crops = []
-    for i in range(n):
+    codes = []
+    for i in range(n):  # one image at a time: a batch would add its ResNet activations to the peak memory
         face = gen.sample(i)
         crop = crop_from_landmarks(face.gt["landmarks2d"], size=224, convention=convention)
-        crops.append(warp_images(face.image, [crop]))
-    with torch.inference_mode():
-        return np.asarray(infer(torch.cat(crops)), np.float32)
+        with torch.inference_mode():
+            codes.append(np.asarray(infer(warp_images(face.image, [crop])), np.float32))
+    return np.concatenate(codes)

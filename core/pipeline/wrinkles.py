@@ -201,9 +201,9 @@ def _reduced_rank(Xs: np.ndarray, B: np.ndarray, n_components: int) -> tuple[np.
     largest texel is positive; zero beyond the rank), ``coef (K, 53)`` with ``Xs @ B ~= (Xs @ coef.T) @ maps``
     and the rank.
     """
-    F = Xs @ B  # fitted values (N, T)
-    # SVD of F through its small Gram matrix (N x N): F = U S Vt, Vt = S^-1 U^T F.
-    G = F @ F.T
+    # SVD of the fitted values F = Xs @ B (N, T) through its small Gram matrix F F^T = Xs (B B^T) Xs^T
+    # (N x N): F = U S Vt, Vt = S^-1 (U^T Xs) B. F itself (N x T, 87 MB for the shared fit) is never formed.
+    G = Xs @ (B @ B.T) @ Xs.T
     evals, evecs = np.linalg.eigh(G)
     order = np.argsort(evals)[::-1]
     evals, evecs = evals[order], evecs[:, order]
@@ -214,7 +214,7 @@ def _reduced_rank(Xs: np.ndarray, B: np.ndarray, n_components: int) -> tuple[np.
     coef = np.zeros((K, N_INPUT))
     if rank:
         s = np.sqrt(evals[:rank])
-        Vt = (evecs[:, :rank].T @ F) / s[:, None]  # (rank, T) orthonormal rows
+        Vt = ((evecs[:, :rank].T @ Xs) @ B) / s[:, None]  # (rank, T) orthonormal rows
         Ms = Vt @ B.T  # (rank, 53): coefficients of the standardised input
         rms = np.sqrt((Vt ** 2).mean(1))
         rms[rms == 0] = 1.0
