@@ -251,7 +251,22 @@ def test_cache_is_written_reused_keyed_by_weights_and_rebuilt_when_corrupt(face_
     with np.load(files[0], allow_pickle=False) as z:
         np.testing.assert_array_equal(z["maps"], basis.maps)
         np.testing.assert_array_equal(z["matrix"], basis.matrix)
-        assert z["codes"].shape == (2, 128)
+        codes = z["codes"]
+    assert codes.shape == (2, 128)
+    # ... and is the documented fit of the decoder on its codes: recomputed here with plain least squares
+    rng = np.random.default_rng(wr.SHARED_SEED)
+    Xs, Yc = [], []
+    for code in codes:
+        X = wr.sample_prior(53, rng, "orthogonal")
+        D = a._wrinkle_decoder(torch.as_tensor(code)[None])(X.astype(np.float32))[:, a._detail_mask]
+        Xs.append((X - X.mean(0)) / wr.PRIOR_STD)
+        Yc.append(D.astype(np.float64) - D.mean(0, dtype=np.float64))
+    Xs, Yc = np.concatenate(Xs), np.concatenate(Yc)
+    B = np.linalg.solve(Xs.T @ Xs + basis.ridge * np.eye(53), Xs.T @ Yc)
+    _, _, Vt = np.linalg.svd(Xs @ B, full_matrices=False)
+    want = B @ Vt[:16].T @ Vt[:16] / wr.PRIOR_STD[:, None]
+    got = basis.matrix.T @ basis.maps.astype(np.float64)
+    assert np.abs(got - want).max() < 1e-4 * np.abs(want).max()
     # the same weights in a new Reconstructor: read from the cache, nothing recomputed
     b = _rec(face_assets, responsive_networks(0))
     basis_b, note_b = b.shared_wrinkle_basis()
