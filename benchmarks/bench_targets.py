@@ -9,8 +9,12 @@ shows. Every row is ``baseline`` (the code path before issue 11, rebuilt here fr
     .venv/bin/python benchmarks/bench_targets.py --repeats 5
 
 Rows:
-- wrinkle model: time and held-out explained variance (32 fresh i.i.d. prior samples), tiny and input-dependent
-  weights. Baseline: eager ``D_detail`` on the full 181-d input, fixed ridge 1. Now: folded decoder, GCV ridge.
+- wrinkle model: time per photo with the shared basis loaded (cache warm), the one-time cost of building
+  the basis (cold cache) and of loading it in a new ``Reconstructor``, and the held-out explained variance
+  (32 fresh i.i.d. prior samples), tiny and input-dependent weights. Baseline: the per-person fit before
+  issue 11 (eager ``D_detail`` on the full 181-d input, fixed ridge 1, 56 + 16 decodes). Now: the shared
+  per-checkpoint basis (`core.pipeline.wrinkle_cache`, in a temporary cache folder) and 12 + 8 decodes per
+  photo.
 - photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): the same
   ``Reconstructor`` with its wrinkle fit switched to the baseline path, against the current one.
 - batched forward (E_flame + E_detail + one D_detail, batch 8): eager fp32 against the folded channels_last
@@ -135,31 +139,66 @@ def row(name: str, baseline: float, now: float, unit: str, target: str, extra: s
 
 
 def bench_wrinkles(rows, fa, photos, repeats):
-    for kind, nets in (("tiny", build_deca_networks().eval()), ("input-dependent", responsive_networks(0))):
-        rec = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
-        rec.eager_D_detail = nets.D_detail.eval().to(memory_format=torch.channels_last)
-        x = rec._network_inputs([rec._prepare(photos[0], all_faces=False)])
-        _, detail, _ = rec._forward(x)
-        tb, tn = [], []
-        for _ in range(repeats):  # interleaved: load changes hit both
-            t, (m_base, _) = _timed(lambda: baseline_fit_wrinkles(rec, detail), 1)
-            tb.append(t)
-            t, (m_now, info) = _timed(lambda: rec.fit_wrinkles(detail), 1)
-            tn.append(t)
-        t_base, t_now = _median(tb), _median(tn)
-        if kind == "tiny":  # the decoder alone, batch of 16, many interleaved repeats (less noisy)
-            x = torch.as_tensor(wr.sample_prior(WRINKLE_DECODE_BATCH, np.random.default_rng(0)), dtype=torch.float32)
-            eager, person = baseline_decoder(rec, detail), rec._wrinkle_decoder(detail)
-            db, dn = [], []
-            for _ in range(5 * repeats):
-                db.append(_timed(lambda: eager(x.numpy()), 1)[0])
-                dn.append(_timed(lambda: person(x.numpy()), 1)[0])
-            rows.append(row("D_detail for the wrinkle fit (ms/sample)", _median(db) / len(x) * 1e3,
-                            _median(dn) / len(x) * 1e3, "ms", "(72 samples per fit)"))
-        ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
-        rows.append(row(f"wrinkle model time ({kind})", t_base, t_now, "s", "<= 0.4 s"))
-        rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
-                        ">= 0.5 input-dependent, not lower on tiny", f"GCV ridge {info.ridge:.1f}"))
+    """Per photo: the fit before issue 11 against the shared-basis fit with the basis loaded (cache warm);
+    once per checkpoint: building the basis (a cold cache folder) and loading it in a new Reconstructor."""
+    old_cache = os.environ.get("DECA_BLENDER_CACHE")
+    cache = tempfile.mkdtemp(prefix="bench_wrinkle_cache_")
+    os.environ["DECA_BLENDER_CACHE"] = cache  # a cold cache, and the user's stays untouched
+    try:
+        for kind, make in (("tiny", lambda: build_deca_networks().eval()), ("input-dependent",
+                                                                              lambda: responsive_networks(0))):
+            torch.manual_seed(0)
+            nets = make()
+            rec = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+            rec.eager_D_detail = nets.D_detail.eval().to(memory_format=torch.channels_last)
+            x = rec._network_inputs([rec._prepare(photos[0], all_faces=False)])
+            _, detail, _ = rec._forward(x)
+            t_build, (basis, note) = _timed(rec.shared_wrinkle_basis, 1)
+            fresh = Reconstructor(device="cpu", landmarks=rec.detector, face_assets=fa, networks=nets)
+            t_load, (_, note_load) = _timed(fresh.shared_wrinkle_basis, 1)
+            assert "from the cache" in note_load, note_load
+            person = Reconstructor(device="cpu", landmarks=rec.detector, face_assets=fa, networks=nets,
+                                   wrinkle_fit="person")
+            tb, tp, tn = [], [], []
+            for _ in range(repeats):  # interleaved: load changes hit all three
+                t, (m_base, _) = _timed(lambda: baseline_fit_wrinkles(rec, detail), 1)
+                tb.append(t)
+                t, (m_person, _) = _timed(lambda: person.fit_wrinkles(detail), 1)
+                tp.append(t)
+                t, (m_now, info) = _timed(lambda: rec.fit_wrinkles(detail), 1)
+                tn.append(t)
+            t_base, t_person, t_now = _median(tb), _median(tp), _median(tn)
+            if kind == "tiny":  # the decoder alone, batch of 16, many interleaved repeats (less noisy)
+                xs = torch.as_tensor(wr.sample_prior(WRINKLE_DECODE_BATCH, np.random.default_rng(0)),
+                                     dtype=torch.float32)
+                eager, person = baseline_decoder(rec, detail), rec._wrinkle_decoder(detail)
+                db, dn = [], []
+                for _ in range(5 * repeats):
+                    db.append(_timed(lambda: eager(xs.numpy()), 1)[0])
+                    dn.append(_timed(lambda: person(xs.numpy()), 1)[0])
+                rows.append(row("D_detail for the wrinkle fit (ms/sample)", _median(db) / len(xs) * 1e3,
+                                _median(dn) / len(xs) * 1e3, "ms",
+                                f"({rec.wrinkle_samples + rec.wrinkle_holdout} samples per fit before, "
+                                f"{info.n_samples + info.n_holdout} now)"))
+            ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
+            rows.append(row(f"wrinkle model per photo, cache warm ({kind})", t_base, t_now, "s", "<= 0.4 s",
+                            f"{info.method} fit, {info.n_samples} + {info.n_holdout} decodes"))
+            rows.append(row(f"wrinkle per photo: shared vs per-person fit ({kind})", t_person, t_now, "s",
+                            "~1/3 of the per-person fit", f"per-person (GCV, folded decoder) held-out EV "
+                            f"{fresh_ev(rec, m_person, detail):.3f}"))
+            rows.append(row(f"wrinkle basis once per checkpoint ({kind})", t_base, t_build, "s",
+                            "a few seconds, once", f"baseline: one photo's fit then; new process loads it in "
+                            f"{t_load:.3f} s; {basis.n_codes} codes x {basis.n_samples // basis.n_codes} decodes"))
+            rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
+                            ">= 0.5 input-dependent, not lower on tiny",
+                            f"32 fresh samples; reported {info.explained_variance:.3f} on {info.n_holdout}; "
+                            f"shared ridge {info.ridge:.1f}"))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
+        if old_cache is None:
+            os.environ.pop("DECA_BLENDER_CACHE", None)
+        else:
+            os.environ["DECA_BLENDER_CACHE"] = old_cache
 
 
 def bench_photo(rows, fa, photos, repeats, tmp: Path):

@@ -82,3 +82,17 @@ def random_deca_checkpoint(tmp_path_factory) -> Path:
 
     torch.manual_seed(0)
     return save_deca_checkpoint(build_deca_networks(), tmp_path_factory.mktemp("deca") / "deca_model.tar")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def wrinkle_cache_dir(tmp_path_factory) -> Path:
+    """Every test (and the CLI/worker subprocesses it starts) caches shared wrinkle bases in one session
+    folder, never in the user's ~/.cache (core.pipeline.wrinkle_cache)."""
+    d = tmp_path_factory.mktemp("wrinkle_cache")
+    old = os.environ.get("DECA_BLENDER_CACHE")
+    os.environ["DECA_BLENDER_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("DECA_BLENDER_CACHE", None)
+    else:
+        os.environ["DECA_BLENDER_CACHE"] = old

@@ -122,12 +122,11 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
         landmarks = get_detector(options.landmarks, device=str(resolve_device(options.device)))
         require_commercial(manager, FIT_ASSETS if mode == "fit" else RECONSTRUCT_ASSETS, landmarks.name)
     if mode == "deca":
-        from core.pipeline import wrinkles
         from core.pipeline.reconstruct import Reconstructor as DecaReconstructor
 
         rec = DecaReconstructor(manager, face_assets=face_assets, device=options.device, landmarks=landmarks,
                                 wrinkle_components=options.wrinkle_components,
-                                wrinkle_samples=options.wrinkle_samples or wrinkles.DEFAULT_SAMPLES,
+                                wrinkle_samples=options.wrinkle_samples,
                                 bf16=options.bf16, conventions=options.conventions, force=options.force)
     else:
         from core.fitting.fitter import Fitter

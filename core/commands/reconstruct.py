@@ -41,7 +41,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="bfloat16 autocast for the two encoders (faster on recent CPUs/GPUs; not yet validated on "
                         "DECA's released weights)")
     p.add_argument("--wrinkle-samples", type=int, default=None, metavar="N",
-                   help="decoder samples for the wrinkle model fit (default 56)")
+                   help="decoder samples per photo for the wrinkle model fit (default 12 on the shared per-checkpoint "
+                        "basis, 56 when it runs per person)")
     p.add_argument("--wrinkle-components", type=int, default=16, metavar="K", help="wrinkle maps (default 16)")
     p.add_argument("--conventions", default="deca", choices=("deca", "continuous"),
                    help="crop convention for the DECA network (docs/CONVENTIONS.md): deca (default) is DECA's "

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -58,6 +59,7 @@ from core.model.face_model import FaceAssets, FaceModel
 from core.pipeline import overlay
 from core.networks.runtime import PersonDecoder, inference_networks
 from core.pipeline import textures as tx
+from core.pipeline import wrinkle_cache as wc
 from core.pipeline import wrinkles as wr
 from core.results import encodings as enc
 from core.results import writing
@@ -246,8 +248,12 @@ class Reconstructor:
             use (`detector`), so `decode_displacement` works without one.
         face_assets, networks: injected instead of loaded (tests, training).
         wrinkle_components: K maps of the wrinkle model.
+        wrinkle_fit: "shared" (default): a basis shared per checkpoint, cached on disk
+            (`core.pipeline.wrinkle_cache`), and only a base map fitted per person; when the cache folder
+            cannot be written, the per-person fit runs instead (said in the result's ``wrinkle_fit_note``).
+            "person": the per-person reduced-rank regression (`core.pipeline.wrinkles.fit_wrinkle_model`).
         wrinkle_samples, wrinkle_holdout: decoder samples to fit / to measure the held-out explained
-            variance (56 + 16 by default, chosen by measurement: about 1 s on 2 quiet CPU threads; see
+            variance (None: 12 + 8 for the shared fit, 56 + 16 for the per-person one; see
             `core.pipeline.wrinkles`).
         bf16: bfloat16 autocast for the two encoders (off by default: not yet checked on DECA's released
             weights). The detail decoder always runs in float32.
@@ -261,7 +267,8 @@ class Reconstructor:
     def __init__(self, assets: AssetManager | None = None, device: str | torch.device = "auto",
                  landmarks: str | LandmarkDetector = "auto", face_assets: FaceAssets | None = None,
                  networks: DecaNetworks | None = None, wrinkle_components: int = wr.DEFAULT_COMPONENTS, *,
-                 wrinkle_samples: int = wr.DEFAULT_SAMPLES, wrinkle_holdout: int = wr.DEFAULT_HOLDOUT,
+                 wrinkle_samples: int | None = None, wrinkle_holdout: int | None = None,
+                 wrinkle_fit: str = "shared",
                  bf16: bool = False, profile: bool = False, conventions: str = "deca",
                  force: bool = False) -> None:
         self.device = resolve_device(device)
@@ -290,8 +297,13 @@ class Reconstructor:
         self._landmarks = landmarks
         self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
         self.wrinkle_components = int(wrinkle_components)
-        self.wrinkle_samples = int(wrinkle_samples)
-        self.wrinkle_holdout = int(wrinkle_holdout)
+        if wrinkle_fit not in ("shared", "person"):
+            raise ValueError(f"wrinkle_fit must be 'shared' or 'person', got {wrinkle_fit!r}")
+        self.wrinkle_fit = wrinkle_fit
+        # None: the default of the fit that runs (the per-person fallback keeps its own defaults)
+        self._wrinkle_samples = None if wrinkle_samples is None else int(wrinkle_samples)
+        self._wrinkle_holdout = None if wrinkle_holdout is None else int(wrinkle_holdout)
+        self._wrinkle_shared: tuple[wr.SharedWrinkleBasis | None, str] | None = None
         self.bf16 = bool(bf16)
         self.profile = bool(profile)
         self.timings: dict[str, float] = {}
@@ -403,11 +415,89 @@ class Reconstructor:
             return torch.cat(maps).cpu().numpy()
         return decode
 
+    @property
+    def wrinkle_samples(self) -> int:
+        """Decoder samples of the per-person fit (the shared fit's default is `wr.SHARED_SAMPLES`)."""
+        return wr.DEFAULT_SAMPLES if self._wrinkle_samples is None else self._wrinkle_samples
+
+    @property
+    def wrinkle_holdout(self) -> int:
+        return wr.DEFAULT_HOLDOUT if self._wrinkle_holdout is None else self._wrinkle_holdout
+
     def fit_wrinkles(self, detail: torch.Tensor) -> tuple[WrinkleModel, wr.WrinkleFitInfo]:
-        """The wrinkle model for a detail code (1, 128) on the device."""
-        return wr.fit_wrinkle_model(self._wrinkle_decoder(detail), self._detail_mask,
-                                    n_samples=self.wrinkle_samples, n_holdout=self.wrinkle_holdout,
-                                    n_components=self.wrinkle_components)
+        """The wrinkle model for a detail code (1, 128) on the device (`wrinkle_fit`)."""
+        note = ""
+        if self.wrinkle_fit == "shared":
+            basis, note = self.shared_wrinkle_basis()
+            if basis is not None:
+                return wr.fit_on_shared(
+                    self._wrinkle_decoder(detail), self._detail_mask, basis,
+                    n_samples=wr.SHARED_SAMPLES if self._wrinkle_samples is None else self._wrinkle_samples,
+                    n_holdout=wr.SHARED_HOLDOUT if self._wrinkle_holdout is None else self._wrinkle_holdout,
+                    note=note)
+        model, info = wr.fit_wrinkle_model(self._wrinkle_decoder(detail), self._detail_mask,
+                                           n_samples=self.wrinkle_samples, n_holdout=self.wrinkle_holdout,
+                                           n_components=self.wrinkle_components)
+        info.note = note  # why the shared fit did not run (empty when "person" was asked for)
+        return model, info
+
+    def _wrinkle_cache_key(self) -> str:
+        """Everything the shared basis depends on: D_detail, E_detail (sampled), the face model (its mask,
+        fixed displacement and the renders of the synthetic codes), the crop convention, the settings."""
+        nets = self.networks
+        return wc.cache_key([
+            wc.tensor_fingerprint(nets.D_detail.state_dict()),
+            wc.tensor_fingerprint(nets.E_detail.state_dict(), stride=wc.ENCODER_STRIDE),
+            wc.tensor_fingerprint(self.face_model.state_dict()),
+            f"convention={self.conventions};K={self.wrinkle_components};codes={wr.SHARED_CODES};"
+            f"per_code={wr.SHARED_CODE_SAMPLES};seed={wr.SHARED_SEED};synthetic_seed={wc.SYNTHETIC_SEED};"
+            f"prior={wr.PRIOR_DESCRIPTION};ridge={wr.RIDGE};grid={wr.RIDGE_GRID.tolist()}",
+        ])
+
+    def _build_shared_wrinkle_basis(self) -> tuple[wr.SharedWrinkleBasis, np.ndarray]:
+        """The shared basis from scratch: detail codes of synthetic renders, one orthogonal block each."""
+        def infer_detail(images: torch.Tensor) -> np.ndarray:
+            x = images.to(self.device, torch.float32)
+            if self.device.type == "cpu":
+                x = x.contiguous(memory_format=torch.channels_last)
+            return self.networks.E_detail(x).float().cpu().numpy()
+
+        codes = wc.synthetic_detail_codes(self.face_model, infer_detail, wr.SHARED_CODES, self.conventions)
+        idx = np.flatnonzero(self._detail_mask.ravel())
+        rng = np.random.default_rng(wr.SHARED_SEED)
+        X_list, Y_list = [], []
+        for code in codes:
+            X = wr.sample_prior(wr.SHARED_CODE_SAMPLES, rng, "orthogonal")
+            D = self._wrinkle_decoder(torch.as_tensor(code, device=self.device)[None])(X.astype(np.float32))
+            X_list.append(X)
+            Y_list.append(D.reshape(len(X), -1)[:, idx])
+        return wr.fit_shared_basis(X_list, Y_list, self.wrinkle_components), codes
+
+    def shared_wrinkle_basis(self) -> tuple[wr.SharedWrinkleBasis | None, str]:
+        """The checkpoint's shared wrinkle basis and a note on how it was obtained: loaded from the cache,
+        else built and cached; None (and why) when the cache folder cannot be written. Once per instance."""
+        if self._wrinkle_shared is None:  # timed within the "wrinkle model" stage of the first photo
+            self._wrinkle_shared = self._load_or_build_shared_basis()
+        return self._wrinkle_shared
+
+    def _load_or_build_shared_basis(self) -> tuple[wr.SharedWrinkleBasis | None, str]:
+        key = self._wrinkle_cache_key()
+        path = wc.cache_path(key)
+        basis = wc.load_basis(path, key, self._detail_mask, self.wrinkle_components)
+        if basis is not None:
+            return basis, f"shared basis from the cache {path}"
+        problem = wc.unwritable_reason(path.parent)
+        if problem is not None:
+            warnings.warn(f"{problem}: the wrinkle model is fitted per person (slower); set "
+                          f"{wc.CACHE_ENV} to a writable folder", wc.WrinkleCacheWarning, stacklevel=3)
+            return None, f"per-person fit: {problem}"
+        basis, codes = self._build_shared_wrinkle_basis()
+        try:
+            wc.save_basis(path, key, basis, self._detail_mask, codes)
+        except OSError as e:  # built already: use it in this process
+            warnings.warn(f"could not write the wrinkle cache {path}: {e}", wc.WrinkleCacheWarning, stacklevel=3)
+            return basis, f"shared basis built in this process (not cached: {e})"
+        return basis, f"shared basis built and cached in {path}"
 
     def _texture_crop(self, photo: _Photo, crop: CropTransform) -> tuple[CropTransform, torch.Tensor, torch.Tensor]:
         tcrop = tx.texture_crop(crop.ndc_frame())  # the frame the camera's NDC maps into exactly
@@ -488,6 +578,10 @@ class Reconstructor:
             "wrinkle_rank": np.int64(info.rank),
             "wrinkle_train_explained_variance": np.float64(info.train_explained_variance),
             "wrinkle_ridge": np.float64(info.ridge),
+            "wrinkle_fit": np.str_(info.method),  # "shared" (per-checkpoint basis + per-person base) or "person"
+            "wrinkle_fit_note": np.str_(info.note),
+            "wrinkle_shared_codes": np.int64(info.shared_codes),
+            "wrinkle_shared_samples": np.int64(info.shared_samples),
             "wrinkle_prior": np.str_(wr.PRIOR_DESCRIPTION),
             "bf16": np.bool_(self.bf16),
             "crop_convention": np.str_(face.crop.convention),

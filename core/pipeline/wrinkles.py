@@ -1,35 +1,65 @@
-"""The wrinkle model: a per-person linear model of DECA's detail decoder, for animation in Blender.
+"""The wrinkle model: a linear model of DECA's detail decoder per person, for animation in Blender.
 
 DECA's detail decoder ``D_detail([jaw, exp, detail])`` is a deep network; Blender cannot run it per frame.
-For one person (one detail code) this module fits
+For one person (one detail code) the result stores
 
     d(x) ~= base + sum_k (M x)_k * maps_k,      x = [exp (50), jaw axis-angle (3)]
 
 with ``K`` maps (default 16), a ``K x 53`` matrix ``M`` and a base map, where ``d`` is the displacement the
-result stores (``uv_z * uv_face_eye_mask + fixed_displacement``, metres along the normal).
+result stores (``uv_z * uv_face_eye_mask + fixed_displacement``, metres along the normal). Two fits produce
+it (``Reconstructor(wrinkle_fit=...)``, recorded as the result's ``wrinkle_fit``):
 
-**The expression prior** the fit samples (documented in the result as ``extra_wrinkle_prior``):
+- **shared** (default): the maps and ``M`` are shared by every person of a checkpoint (`fit_shared_basis`,
+  computed once and cached on disk by `core.pipeline.wrinkle_cache`); per person only the base map is
+  fitted (`fit_on_shared`, 12 decodes) and the explained variance measured (8 held-out decodes).
+- **person**: the reduced-rank regression of one person's decodes (`fit_wrinkle_model`, 56 + 16 decodes);
+  also the fallback when no cache can be written (the result's ``wrinkle_fit_note`` says why).
+
+**The expression prior** both fits sample (documented in the result as ``extra_wrinkle_prior``):
 
 - ``exp ~ N(0, 1)`` per component: DECA regularises its expression codes towards 0 with an L2 prior,
   so real codes are of order one.
 - jaw axis-angle: x (opening) ``~ N(0.15, 0.12)`` clipped to ``[0, 0.5]`` rad; y, z ``~ N(0, 0.03)``.
 
-**Fitting.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z`` where the
-rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to the
-Gaussian prior). This keeps the least-squares problem well conditioned with few samples (measured with
+**The shared fit.** ``D_detail``'s first layer is linear in ``[jaw, exp, detail]``, so a person enters the
+decoder only through an offset of that layer; the response to ``x`` changes with the person only through
+which units the offset switches on. The basis pools 8 detail codes, each with one orthogonal block of 53
+prior samples (below): every code's decodes are centred about their own mean, one ridge regression (GCV,
+one mean per code) on the pooled standardised inputs, then its rank-``K`` truncation. The codes are
+``E_detail``'s on 8 synthetic renders of the face model (`core.evaluation.synthetic`, yaw within 30
+degrees, cropped from their known landmarks): no user photo is involved, and measured with both kinds of
+random weights their codes lie among those of the real photos in ``../shared/photos``, while Gaussian codes
+do not (tiny weights: pooled ``N(0, s^2)`` codes, s = 0.3 to 3, gave a held-out explained variance of
+0.43-0.48 against 0.79 for the renders' codes). A person's base is ``mean_i (d(x_i) - M x_i . maps)`` over
+12 i.i.d. prior samples. Fitting more than the base per person did not help: a ridge correction of the
+shared coefficients, fitted from 16 decodes of the person, changed the explained variance by -0.01 to
++0.001 (``lambda`` 100-300; smaller ``lambda`` lowered it by up to 0.03).
+
+Measured (held-out explained variance on 48 fresh prior samples, mean [min] over the 9 people of
+``../shared/photos``, whose codes the shared fit never saw; input-dependent weights
+`core.networks.responsive` / PyTorch's default tiny weights): per-person fit, 56 samples 0.45 [0.43] /
+0.76 [0.75], 106 samples 0.52 [0.51] / 0.79 [0.78]; shared basis from 8 render codes with the base from 8,
+12, 16 decodes 0.55 / 0.57 / 0.58 [0.57] and 0.77 / 0.78 / 0.79 [0.78]; from 16 codes 0.57 / 0.58 / 0.59
+and 0.77 / 0.78 / 0.79; the same shared basis without the rank-16 truncation 0.64 / 0.92 (the rank is what
+the Blender side evaluates; a better rank-16 model needs a better basis, not more per-person samples).
+Cost: 8 x 53 = 424 decodes plus 8 renders and ``E_detail`` once per checkpoint (several seconds; then a
+~2 MB file), 20 decodes per photo.
+
+**The per-person fit.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z``
+where the rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to
+the Gaussian prior). This keeps the least-squares problem well conditioned with few samples (measured with
 random weights: held-out explained variance 0.70 with 64 orthogonal samples against 0.59 with 64
 i.i.d. ones). The fit is a reduced-rank regression: ridge least squares of the masked texels on the
 standardised ``x`` with ``lambda`` chosen per person by generalised cross-validation (below), then the
 rank-``K`` truncation of the fitted values by SVD (the maps are its right singular vectors, each scaled to
 unit RMS over the mask and signed so its largest texel is positive; ``M`` carries the scale).
 
-**How many samples.** ``D_detail`` costs about 13 ms per sample on 2 CPU threads (fp32, channels_last,
-batches of 16; bfloat16 is 3x faster but its rounding swamps the expression-driven part of the map:
-held-out explained variance 0.56 instead of 0.72 with random weights, so the fit stays in float32). Measured
-with random weights on two detail codes, fresh held-out explained variance: 48 samples 0.63/0.62, 53
-0.70/0.65, 56 0.71/0.67, 64 0.72/0.69, 80 0.73/0.70 -- the fit needs at least one full block of 53, and
-beyond 56 each sample buys little. 56 + 16 held-out samples (~1.0 s with the fit) keep a photo within
-1.5 s (benchmarks/results/pipeline.json).
+**How many samples (per-person fit).** ``D_detail`` costs about 10-13 ms per sample on 2 CPU threads (fp32,
+channels_last, batches of 16; bfloat16 is 3x faster but its rounding swamps the expression-driven part of
+the map: held-out explained variance 0.56 instead of 0.72 with random weights, so the fit stays in
+float32). Measured with random weights on two detail codes, fresh held-out explained variance: 48 samples
+0.63/0.62, 53 0.70/0.65, 56 0.71/0.67, 64 0.72/0.69, 80 0.73/0.70 -- the fit needs at least one full block
+of 53, and beyond 56 each sample buys little.
 
 **Ridge by generalised cross-validation.** With 56 samples for 53 inputs a fixed light ridge (``lambda = 1``)
 nearly interpolates: on a decoder that responds strongly and nonlinearly to its input
@@ -44,10 +74,13 @@ A model with a hinge per slider (``[x, max(0, x - mean)]``, 106 features, one Ma
 did not help on these weights: 56 samples 0.31 / 0.66, 106 samples 0.50 / 0.76, 359 samples 0.60 / 0.81
 (the linear model: 0.61 / 0.81), so the stored model stays linear in ``x`` (no change on the Blender side).
 
-**Held-out explained variance**: ``1 - SSE / SST`` over the masked texels of ``n_holdout`` further
-i.i.d. samples from the prior (default 16) that the fit never saw, ``SST`` about their own mean.
+**Held-out explained variance** (`explained_variance`): ``1 - (SSE / n) / (SST / (n - 1))`` over the masked
+texels of ``n`` further i.i.d. samples from the prior that the fit never saw (8 for the shared fit, 16 for
+the per-person one), ``SST`` about their own mean: the mean squared error over the unbiased variance
+(``SSE / SST``, used for the numbers above, overstates the error by ``n / (n - 1)``: for 48 samples and an
+explained variance near 0.55 the two definitions differ by 0.01).
 
-All of it is deterministic (a fixed seed). The decoder itself stays available for exact re-evaluation
+All of it is deterministic (fixed seeds). The decoder itself stays available for exact re-evaluation
 (`Reconstructor.decode_displacement`).
 """
 from __future__ import annotations
@@ -70,6 +103,13 @@ PRIOR_DESCRIPTION = ("exp ~ N(0, 1) x 50; jaw x ~ N(0.15, 0.12) clipped to [0, 0
 DEFAULT_SAMPLES = 56
 DEFAULT_HOLDOUT = 16
 DEFAULT_COMPONENTS = 16
+#: the shared fit (per checkpoint): detail codes pooled, prior samples per code (one orthogonal block)
+SHARED_CODES = 8
+SHARED_CODE_SAMPLES = N_INPUT
+#: the shared fit (per person): samples for the base map, held-out samples for the explained variance
+SHARED_SAMPLES = 12
+SHARED_HOLDOUT = 8
+SHARED_SEED = 0
 RIDGE = "gcv"
 #: the ridge values generalised cross-validation chooses from (standardised inputs)
 RIDGE_GRID = np.geomspace(1.0, 1000.0, 19)
@@ -88,6 +128,26 @@ class WrinkleFitInfo:
     train_explained_variance: float
     seed: int
     ridge: float = 1.0  # the ridge lambda used (chosen by GCV unless given)
+    method: str = "person"  # "person" (the per-person regression) or "shared" (`fit_on_shared`)
+    note: str = ""  # how the shared basis was obtained, or why the per-person fit ran instead
+    shared_codes: int = 0  # detail codes the shared basis pooled (0: per-person fit)
+    shared_samples: int = 0  # decodes the shared basis pooled
+
+
+@dataclass
+class SharedWrinkleBasis:
+    """The per-checkpoint part of the shared wrinkle model (`fit_shared_basis`).
+
+    ``maps (K, T)`` over the mask's ``T`` texels (unit RMS, zero beyond ``rank``), ``matrix (K, 53)``: a
+    person's model is ``base_p + (x @ matrix.T) @ maps`` with only ``base_p`` fitted per person.
+    """
+    maps: np.ndarray
+    matrix: np.ndarray
+    rank: int
+    ridge: float
+    n_codes: int
+    n_samples: int  # decodes pooled over all codes
+    train_explained_variance: float  # pooled, about each code's own mean
 
 
 def _clip_jaw(x: np.ndarray) -> np.ndarray:
@@ -113,10 +173,10 @@ def sample_prior(n: int, rng: np.random.Generator, design: str = "iid") -> np.nd
     return _clip_jaw(PRIOR_MEAN + PRIOR_STD * z)
 
 
-def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID) -> float:
+def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID, n_means: int = 1) -> float:
     """The ridge ``lambda`` of ``grid`` minimising generalised cross-validation for centred ``Xs (N, p)``,
-    ``Yc (N, T)``: ``N * RSS / (N - 1 - df)^2`` with ``df = sum s^2 / (s^2 + lambda)`` (the intercept
-    takes the 1)."""
+    ``Yc (N, T)``: ``N * RSS / (N - n_means - df)^2`` with ``df = sum s^2 / (s^2 + lambda)`` (the
+    intercepts take ``n_means``: 1, or one per detail code for the shared fit's pooled data)."""
     N = len(Xs)
     U, s, _ = np.linalg.svd(Xs, full_matrices=False)
     proj = ((U.T @ Yc) ** 2).sum(1)  # energy of Yc along each left singular vector
@@ -125,13 +185,44 @@ def gcv_ridge(Xs: np.ndarray, Yc: np.ndarray, grid: np.ndarray = RIDGE_GRID) -> 
     for lam in grid:
         f = s ** 2 / (s ** 2 + lam)  # shrinkage of each direction
         rss = total - float(((2 * f - f ** 2) * proj).sum())
-        dof = N - 1 - float(f.sum())
+        dof = N - n_means - float(f.sum())
         if dof <= 0:
             continue
         score = N * rss / dof ** 2
         if score < best:
             best, best_lam = score, float(lam)
     return best_lam
+
+
+def _reduced_rank(Xs: np.ndarray, B: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Rank-``K`` truncation of the fitted values ``F = Xs @ B`` (``Xs (N, 53)`` standardised, ``B (53, T)``).
+
+    Returns ``maps (K, T)`` (the right singular vectors of ``F``, each scaled to unit RMS and signed so its
+    largest texel is positive; zero beyond the rank), ``coef (K, 53)`` with ``Xs @ B ~= (Xs @ coef.T) @ maps``
+    and the rank.
+    """
+    # SVD of the fitted values F = Xs @ B (N, T) through its small Gram matrix F F^T = Xs (B B^T) Xs^T
+    # (N x N): F = U S Vt, Vt = S^-1 (U^T Xs) B. F itself (N x T, 87 MB for the shared fit) is never formed.
+    G = Xs @ (B @ B.T) @ Xs.T
+    evals, evecs = np.linalg.eigh(G)
+    order = np.argsort(evals)[::-1]
+    evals, evecs = evals[order], evecs[:, order]
+    tol = max(evals[0], 0.0) * 1e-10 if evals.size else 0.0
+    rank = int(min(np.sum(evals > tol), n_components)) if evals.size and evals[0] > 0 else 0
+    K, T = int(n_components), B.shape[1]
+    maps = np.zeros((K, T))
+    coef = np.zeros((K, N_INPUT))
+    if rank:
+        s = np.sqrt(evals[:rank])
+        Vt = ((evecs[:, :rank].T @ Xs) @ B) / s[:, None]  # (rank, T) orthonormal rows
+        Ms = Vt @ B.T  # (rank, 53): coefficients of the standardised input
+        rms = np.sqrt((Vt ** 2).mean(1))
+        rms[rms == 0] = 1.0
+        sign = np.sign(Vt[np.arange(rank), np.abs(Vt).argmax(1)])
+        sign[sign == 0] = 1.0
+        maps[:rank] = Vt / rms[:, None] * sign[:, None]
+        coef[:rank] = Ms * (rms * sign)[:, None]
+    return maps, coef, rank
 
 
 def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: float | str = RIDGE
@@ -144,7 +235,6 @@ def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: flo
     """
     X = np.asarray(X, np.float64)
     Y = np.asarray(Y, np.float64)
-    N, T = Y.shape
     mx, my = X.mean(0), Y.mean(0)
     Xs = (X - mx) / PRIOR_STD
     Yc = Y - my
@@ -154,39 +244,23 @@ def fit_linear_model(X: np.ndarray, Y: np.ndarray, n_components: int, ridge: flo
         ridge = gcv_ridge(Xs, Yc)
     A = Xs.T @ Xs + ridge * np.eye(N_INPUT)
     B = np.linalg.solve(A, Xs.T @ Yc)  # (53, T), standardised inputs
-    F = Xs @ B  # fitted values (N, T)
-    # SVD of F through its small Gram matrix (N x N): F = U S Vt, Vt = S^-1 U^T F.
-    G = F @ F.T
-    evals, evecs = np.linalg.eigh(G)
-    order = np.argsort(evals)[::-1]
-    evals, evecs = evals[order], evecs[:, order]
-    tol = max(evals[0], 0.0) * 1e-10 if evals.size else 0.0
-    rank = int(min(np.sum(evals > tol), n_components)) if evals.size and evals[0] > 0 else 0
-    K = int(n_components)
-    maps = np.zeros((K, T))
-    matrix = np.zeros((K, N_INPUT))
-    if rank:
-        s = np.sqrt(evals[:rank])
-        Vt = (evecs[:, :rank].T @ F) / s[:, None]  # (rank, T) orthonormal rows
-        Ms = Vt @ B.T  # (rank, 53): coefficients of the standardised input
-        rms = np.sqrt((Vt ** 2).mean(1))
-        rms[rms == 0] = 1.0
-        sign = np.sign(Vt[np.arange(rank), np.abs(Vt).argmax(1)])
-        sign[sign == 0] = 1.0
-        maps[:rank] = Vt / rms[:, None] * sign[:, None]
-        matrix[:rank] = Ms * (rms * sign)[:, None] / PRIOR_STD[None, :]
+    maps, coef, rank = _reduced_rank(Xs, B, n_components)
+    matrix = coef / PRIOR_STD[None, :]
     base = my - (matrix @ mx) @ maps
     return base, maps, matrix, rank
 
 
 def explained_variance(Y: np.ndarray, P: np.ndarray) -> float:
-    """1 - SSE / SST of predictions P for Y (N, T), SST about Y's mean over samples."""
+    """``1 - (SSE / N) / (SST / (N - 1))`` of predictions P for Y (N, T), SST about Y's mean over samples:
+    the mean squared error over the unbiased variance, so that a few held-out samples do not understate
+    the explained variance (with ``SSE / SST`` the error is overstated by ``N / (N - 1)``, 14 % for 8)."""
     Y = np.asarray(Y, np.float64)
+    N = len(Y)
     sst = float(((Y - Y.mean(0)) ** 2).sum())
     sse = float(((Y - P) ** 2).sum())
-    if sst <= 0.0:
+    if sst <= 0.0 or N < 2:
         return 1.0 if sse <= 1e-30 else 0.0
-    return 1.0 - sse / sst
+    return 1.0 - (sse / N) / (sst / (N - 1))
 
 
 def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAULT_SAMPLES,
@@ -230,4 +304,85 @@ def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAU
     info = WrinkleFitInfo(n_samples=int(n_samples), n_holdout=int(n_holdout), n_components=int(n_components),
                           rank=rank, explained_variance=float(ev), train_explained_variance=float(train_ev),
                           seed=int(seed), ridge=float(ridge))
+    return model, info
+
+
+def fit_shared_basis(X_list: list[np.ndarray], Y_list: list[np.ndarray], n_components: int = DEFAULT_COMPONENTS,
+                     ridge: float | str = RIDGE) -> SharedWrinkleBasis:
+    """The shared maps and matrix from decodes of several detail codes.
+
+    ``X_list[j] (N_j, 53)``, ``Y_list[j] (N_j, T)``: inputs and masked displacements of detail code ``j``.
+    Each code's data is centred about its own mean (a person's base is fitted per person), then one ridge
+    regression on the pooled standardised inputs (``lambda`` by GCV with one mean per code) and its rank-``K``
+    truncation (`_reduced_rank`).
+    """
+    if not X_list or len(X_list) != len(Y_list):
+        raise ValueError("the shared wrinkle basis needs the same number (>= 1) of input and output blocks")
+    if n_components < 1:
+        raise ValueError(f"the wrinkle model needs at least one component, got {n_components}")
+    Xs, rows = [], 0
+    for X, Y in zip(X_list, Y_list):
+        X = np.asarray(X, np.float64)
+        if X.shape != (len(Y), N_INPUT) or len(Y) < 2 or np.ndim(Y) != 2 or np.shape(Y)[1] != np.shape(Y_list[0])[1]:
+            raise ValueError(f"shared fit block: inputs {X.shape}, outputs {np.shape(Y)}")
+        Xs.append((X - X.mean(0)) / PRIOR_STD)
+        rows += len(X)
+    Xs = np.concatenate(Xs)
+    Yc = np.empty((rows, np.shape(Y_list[0])[1]))  # filled block by block: one pooled copy in memory
+    at = 0
+    for Y in Y_list:
+        Yc[at:at + len(Y)] = Y
+        Yc[at:at + len(Y)] -= Yc[at:at + len(Y)].mean(0)
+        at += len(Y)
+    if isinstance(ridge, str):
+        if ridge != "gcv":
+            raise ValueError(f"ridge must be a number or 'gcv', got {ridge!r}")
+        ridge = gcv_ridge(Xs, Yc, n_means=len(X_list))
+    B = np.linalg.solve(Xs.T @ Xs + ridge * np.eye(N_INPUT), Xs.T @ Yc)
+    maps, coef, rank = _reduced_rank(Xs, B, n_components)
+    train_ev = 1.0 - float(((Yc - (Xs @ coef.T) @ maps) ** 2).sum()) / max(float((Yc ** 2).sum()), 1e-300)
+    return SharedWrinkleBasis(maps=maps.astype(np.float32), matrix=coef / PRIOR_STD[None, :], rank=rank,
+                              ridge=float(ridge), n_codes=len(X_list), n_samples=len(Xs),
+                              train_explained_variance=float(train_ev))
+
+
+def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
+                  n_samples: int = SHARED_SAMPLES, n_holdout: int = SHARED_HOLDOUT, seed: int = 0,
+                  note: str = "") -> tuple[WrinkleModel, WrinkleFitInfo]:
+    """A person's wrinkle model on the shared basis: only the base map is the person's.
+
+    ``n_samples`` i.i.d. prior samples ``x_i`` give ``base = mean_i (d(x_i) - (x_i @ matrix.T) @ maps)``;
+    ``n_holdout`` further i.i.d. samples measure the held-out explained variance of exactly the stored model.
+    """
+    if n_samples < 1:
+        raise ValueError(f"the shared wrinkle fit needs at least 1 sample, got {n_samples}")
+    mask = np.asarray(mask, bool)
+    idx = np.flatnonzero(mask.ravel())
+    K = basis.maps.shape[0]
+    if basis.maps.shape != (K, idx.size) or basis.matrix.shape != (K, N_INPUT):
+        raise ValueError(f"shared basis maps {basis.maps.shape} / matrix {basis.matrix.shape} do not fit a mask "
+                         f"of {idx.size} texels")
+    rng = np.random.default_rng(seed)
+    X = sample_prior(n_samples, rng, "iid")
+    Xh = sample_prior(n_holdout, rng, "iid") if n_holdout > 0 else np.zeros((0, N_INPUT))
+    D = np.asarray(decode(np.concatenate([X, Xh]).astype(np.float32)))
+    S = D.shape[-1]
+    if D.shape != (len(X) + len(Xh), S, S) or mask.shape != (S, S):
+        raise ValueError(f"decoder returned {D.shape}, mask is {mask.shape}")
+    flat = D.reshape(len(D), -1)
+    maps_t = basis.maps.astype(np.float64)
+    Y, Yh = flat[: len(X), idx].astype(np.float64), flat[len(X):, idx].astype(np.float64)
+    base_t = (Y - (X @ basis.matrix.T) @ maps_t).mean(0)
+    train_ev = explained_variance(Y, base_t + (X @ basis.matrix.T) @ maps_t) if len(X) > 1 else float("nan")
+    ev = explained_variance(Yh, base_t + (Xh @ basis.matrix.T) @ maps_t) if len(Xh) else float("nan")
+    base = flat[: len(X)].mean(0, dtype=np.float64)  # outside the mask: the fixed map, in every sample
+    base[idx] = base_t
+    maps = np.zeros((K, S * S), np.float32)
+    maps[:, idx] = basis.maps
+    model = WrinkleModel(base.reshape(S, S).astype(np.float32), maps.reshape(K, S, S),
+                         basis.matrix.astype(np.float32), float(ev))
+    info = WrinkleFitInfo(n_samples=int(n_samples), n_holdout=int(n_holdout), n_components=K, rank=basis.rank,
+                          explained_variance=float(ev), train_explained_variance=float(train_ev), seed=int(seed),
+                          ridge=basis.ridge, method="shared", note=note, shared_codes=basis.n_codes,
+                          shared_samples=basis.n_samples)
     return model, info
