@@ -12,14 +12,16 @@ talks to it over pipes. One request per line on stdin, one message per line on s
     error     {"id": 7, "type": "error", "error_type": "ResultError", "message": "..."}
 
 Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
-`reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
+`load` (warm up: import torch, load the models and the detector for given settings, answering each
+stage's seconds), `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
 256x256 float32 .npy), `video_expressions` (a video + every N -> the exp (K, 50) and jaw (K, 3) of every
 Nth frame with their frame numbers, through the expression-only fast path), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
 adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
-Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. A user's
+Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive (a
+cancelled request still waiting in the queue is answered Cancelled at once). A user's
 error (`core.errors.DecaError`: no face, missing assets, ...) is answered with its class name and its own
 message, as the command line prints it; anything else is a bug: its traceback goes to the log and the
 answer says "internal error". A request that is not an object with a string `cmd` gets a ProtocolError
@@ -89,6 +91,7 @@ class Worker:
         self._cleanups: list[Callable[[], None]] = []
         self._main_thread = threading.main_thread().ident
         self._answered: set[Any] = set()  # requests whose answer is sent (at most one answer each)
+        self._queued: set[Any] = set()  # ids read but not started yet
 
     # ------------------------------------------------------------------ messages
 
@@ -153,7 +156,12 @@ class Worker:
                 target = (req.get("args") or {}).get("target")
                 with self._cancel_lock:
                     self._cancelled.add(target)
-                    if target is not None and target == self._current and self._interruptible:
+                    if target in self._queued and target not in self._answered:
+                        # Queued behind another request (e.g. the add-on's warm-up `load`): answer now, not
+                        # when it would have started; `handle` then only finds it cancelled.
+                        self._answered.add(target)
+                        self.send({"id": target, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
+                    elif target is not None and target == self._current and self._interruptible:
                         self._interrupt_main()
                         timer = threading.Timer(CANCEL_GRACE_S, self._answer_stuck, args=(target,))
                         timer.daemon = True
@@ -163,6 +171,8 @@ class Worker:
                 self._queue.put(req)
                 break
             else:
+                with self._cancel_lock:
+                    self._queued.add(req.get("id"))
                 self._queue.put(req)
         self._queue.put(None)  # stdin closed: stop after the queue drains
 
@@ -212,6 +222,8 @@ class Worker:
             if req is None:
                 return 0
             rid = req.get("id")
+            with self._cancel_lock:
+                self._queued.discard(rid)
             if req["cmd"] == "shutdown":
                 self.send({"id": rid, "type": "result", "data": {"bye": True}})
                 return 0
@@ -331,6 +343,39 @@ class Worker:
             self._reconstructors[key] = make_reconstructor(
                 mode, ModeOptions(device=device, landmarks=landmarks, home=home), load_detector=False)
         return self._reconstructors[key]
+
+    def cmd_load(self, rid: Any, home: str | None = None, device: str = "auto", landmarks: str = "auto",
+                 mode: str = "deca") -> dict:
+        """Warm up: import torch and the pipeline, load the models and the landmark detector for these settings,
+        so the next `reconstruct` with them runs at once. The add-on sends it when Blender starts (or the panel
+        or the photo browser first opens) while the user picks a photo. Answers each stage's seconds."""
+        from core.commands.modes import MODES
+
+        if mode not in MODES:
+            raise RequestError(f"unknown reconstruction mode {mode!r}: use {', '.join(MODES)}")
+        key = (home, device, landmarks, mode)
+        if key in self._reconstructors:
+            return {"loaded": True, "already": True, "timings": {}}
+        timings: dict = {}
+        t = time.perf_counter()
+        self.progress(rid, 0.0, "importing torch")
+        import torch  # noqa: F401 - the largest part of a cold start: timed on its own
+
+        timings["import torch"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.3, "importing the pipeline")
+        if importlib.util.find_spec(PIPELINE_MODULE) is not None:
+            importlib.import_module(PIPELINE_MODULE)
+        timings["import pipeline"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.5, "loading the models")
+        rec = self._reconstructor(home, device, landmarks, mode)
+        timings["load models"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.8, "loading the landmark detector")
+        rec.detector  # noqa: B018 - see cmd_reconstruct: loaded here, not inside the first photo
+        timings["load detector"] = time.perf_counter() - t
+        return {"loaded": True, "already": False, "timings": timings}
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
                         device: str = "auto", landmarks: str = "auto", mode: str = "deca") -> dict:

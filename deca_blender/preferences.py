@@ -1,4 +1,5 @@
-"""Add-on preferences: asset status and installation, device, landmark detector, worker Python, output folder."""
+"""Add-on preferences: asset status and installation, device, landmark detector, worker Python and warm-up,
+output folder."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,16 @@ class DecaPreferences(bpy.types.AddonPreferences):
     wheels_dir: StringProperty(name="Folder of Wheels", subtype="DIR_PATH",
                                description="For machines without network: a folder with the dependencies' wheels "
                                            "(pip download ...); Install from Folder installs only from it")
+    warm_up: EnumProperty(
+        name="Warm Up the Worker",
+        items=(("STARTUP", "With Blender", "Start the worker and load the models when Blender starts (the first "
+                "photo imports at full speed; the worker holds about 1 GB of memory from then on)"),
+               ("FIRST_USE", "When First Needed", "Start the worker and load the models when the DECA panel is first "
+                "shown or the Import Photo file browser opens, while you pick the photo"),
+               ("OFF", "Only on Import", "Start the worker when a photo is imported (the first import waits for "
+                "torch and the models to load)")),
+        default="FIRST_USE",
+    )
     device: EnumProperty(
         name="Device",
         items=(("auto", "Auto", "CUDA when available, else the CPU"), ("cpu", "CPU", "Always the CPU"),
@@ -112,6 +123,7 @@ class DecaPreferences(bpy.types.AddonPreferences):
         row = box.row()
         row.operator("deca.worker_hello", text="Check Worker", icon="INFO")
         row.operator("deca.stop_worker", text="Stop Worker", icon="CANCEL")
+        box.prop(self, "warm_up")
         box.prop(self, "device")
         box.prop(self, "landmarks")
         box.prop(self, "mode")
@@ -127,6 +139,7 @@ class _Defaults:
     """Preference values when the add-on runs without being installed (tests from a checkout)."""
 
     python_mode = "BLENDER"
+    warm_up = "FIRST_USE"
     external_python = ""
     device = "auto"
     landmarks = "auto"

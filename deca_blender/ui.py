@@ -16,6 +16,11 @@ class VIEW3D_PT_deca(bpy.types.Panel):
     bl_label = "DECA Heads"
 
     def draw(self, context):
+        from . import warmup
+        from .preferences import get_prefs
+
+        if get_prefs(context).warm_up != "OFF":
+            warmup.start_from_panel()  # the user is about to import: load the models meanwhile
         layout = self.layout
         col = layout.column(align=True)
         col.operator("deca.import_photo", text="Import Photo...", icon="IMAGE_DATA")
