@@ -922,6 +922,16 @@ def worker_from_blender():
     res["install_assets"] = sorted(bpy.ops.deca.install_assets())
     res["install_seconds"] = time.perf_counter() - t
     res["missing_after_install"] = json.loads(prefs.status_json)["missing"]
+    # The warm-up (what Blender's start, the panel or the photo browser trigger): `load` on the same worker,
+    # for the settings Import Photo then uses, with its progress for the status bar.
+    warmup = importlib.import_module(report["addons"][0] + ".warmup")
+    pid = client.call("hello", timeout=60)["pid"]
+    job = warmup.start()
+    res["warm_up_text_running"] = warmup.status_text()
+    res["warm_up_same_job"] = warmup.start() is job
+    loaded = job.wait(600)
+    res["warm_up"] = {"already": loaded["already"], "stages": sorted(loaded["timings"]),
+                      "text_after": warmup.status_text(), "same_worker": client.call("hello", timeout=60)["pid"] == pid}
     res["cancel"] = cancel_running_import()
     try:
         bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
@@ -933,6 +943,12 @@ def worker_from_blender():
         bpy.ops.deca.import_photo(filepath=str(PHOTO))
         res["import_photo"] = "FINISHED"
         res["import_photo_seconds"] = time.perf_counter() - t
+        # Import Photo ran on the warmed-up worker and reconstructor: still the same process, nothing to load.
+        res["after_import"] = {"same_worker": client.call("hello", timeout=60)["pid"] == pid,
+                               "already": client.call("load", timeout=60, **warmup.load_settings(prefs))["already"]}
+        stats = importlib.import_module(report["addons"][0] + ".operators.import_ops").last_photo_import
+        res["import_stats"] = {"stages": sorted(stats["worker"]), "scene": sorted(stats["scene"]),
+                               "sums": stats["request"] + stats["scene_total"] <= stats["total"]}
         heads = [o for o in bpy.data.objects if o.deca.role == "HEAD"]
         res["heads"] = [o.name for o in heads]
         head = heads[0]
