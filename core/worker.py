@@ -11,7 +11,8 @@ talks to it over pipes. One request per line on stdin, one message per line on s
     result    {"id": 7, "type": "result", "data": {"results": ["/out/photo_face0"]}}
     error     {"id": 7, "type": "error", "error_type": "ResultError", "message": "..."}
 
-Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
+Commands: `hello` (versions, what is importable), `status` (asset status with each installed component's
+licence), `install_assets`,
 `load` (warm up: import torch, load the models and the detector for given settings, answering each
 stage's seconds), `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
 256x256 float32 .npy), `video_expressions` (a video + every N -> the exp (K, 50) and jaw (K, 3) of every
@@ -309,14 +310,10 @@ class Worker:
         return AssetManager(home) if home else AssetManager()
 
     def cmd_status(self, rid: Any, home: str | None = None) -> dict:
-        from core.assets.manager import status_as_json
-
-        return status_as_json(self._manager(home))
+        return _status_with_licences(self._manager(home))
 
     def cmd_install_assets(self, rid: Any, home: str | None = None, flame: str | None = None, deca: str | None = None,
                            data: str | None = None, texture: str | None = None, force: bool = False) -> dict:
-        from core.assets.manager import status_as_json
-
         given = [x for x in (flame, deca, data, texture) if x]
         if not given:
             raise RequestError("nothing to install: give the FLAME file, the DECA checkpoint and/or the data folder")
@@ -329,7 +326,7 @@ class Worker:
 
         notes = m.install(flame=flame, deca=deca, data=data, texture=texture, force=force, progress=report)
         self._reconstructors.clear()  # new assets: rebuild on the next reconstruct
-        return {"notes": notes, "status": status_as_json(m)}
+        return {"notes": notes, "status": _status_with_licences(m)}
 
     def _reconstructor(self, home: str | None, device: str, landmarks: str, mode: str = "deca"):
         """The mode's reconstructor from the one factory the CLI uses too (kept warm per settings)."""
@@ -495,6 +492,18 @@ def _importing(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _status_with_licences(manager) -> dict:
+    """The asset status (core.assets.manager.status_as_json) plus "licences": one row per installed model file
+    and installed landmark detector (component, what, licence, commercial), from the table `--commercial`
+    checks against (core.assets.licences), for the add-on's preferences."""
+    from core.assets.licences import component_licences
+    from core.assets.manager import status_as_json
+
+    status = status_as_json(manager)
+    status["licences"] = [c.to_dict() for c in component_licences(manager)]
+    return status
 
 
 def _remove_new_results(out_dir: Path) -> Callable[[], None]:

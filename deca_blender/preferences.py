@@ -92,10 +92,22 @@ class DecaPreferences(bpy.types.AddonPreferences):
         if status:
             col = box.column(align=True)
             col.label(text=f"Asset folder: {status.get('home', '?')}")
+            licences = {row.get("component"): row for row in status.get("licences", [])}
+            if licences:
+                split = col.split(factor=0.45)
+                split.label(text="Component")
+                split.label(text="Licence (unlocked: commercial use allowed)")
             for a in status.get("assets", []):
                 icon = "CHECKMARK" if a.get("present") else ("ERROR" if a.get("required") else "DOT")
-                col.label(text=f"{a.get('name')}: {'installed' if a.get('present') else 'missing'}"
-                          + ("" if a.get("required") else " (optional)"), icon=icon)
+                split = col.split(factor=0.45)
+                split.label(text=f"{a.get('name')}: {'installed' if a.get('present') else 'missing'}"
+                            + ("" if a.get("required") else " (optional)"), icon=icon)
+                _licence_label(split, licences.get(a.get("name")))
+            detectors = [row for name, row in licences.items() if name in DETECTORS]
+            for row in detectors:
+                split = col.split(factor=0.45)
+                split.label(text=f"{row['component']} landmark detector: installed", icon="CHECKMARK")
+                _licence_label(split, row)
         else:
             box.label(text="Status unknown: press Refresh (starts the worker)", icon="QUESTION")
         box.operator("deca.refresh_status", icon="FILE_REFRESH")
@@ -133,6 +145,18 @@ class DecaPreferences(bpy.types.AddonPreferences):
         box.prop(self, "output_dir")
         box.prop(self, "all_expressions")
         box.prop(self, "exact_debounce")
+
+
+DETECTORS = ("mediapipe", "dlib", "fan")  # the detector rows of the worker's licence table
+
+
+def _licence_label(layout, row: dict | None) -> None:
+    """The licence column of one component (core.assets.licences, as the worker reported it): commercial use
+    allowed or not, and the licence's name; empty for a missing file."""
+    if row is None:
+        layout.label(text="")
+        return
+    layout.label(text=row.get("licence", "?"), icon="UNLOCKED" if row.get("commercial") else "LOCKED")
 
 
 class _Defaults:
@@ -194,11 +218,4 @@ def worker_client(context=None):
 classes = (DecaPreferences,)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -26,7 +26,8 @@ def load_settings(prefs) -> dict:
 
 def start(context=None):
     """Start the worker (if needed) and send it `load` for the preferences' settings, unless a warm-up for
-    the same worker and settings was already sent to the running worker. Returns the job (None when the
+    the same worker and settings was already sent to the running worker and did not fail (one that failed,
+    e.g. before the model files were installed, is sent again). Returns the job (None when the
     worker could not be started: the next import reports why). Never blocks on the worker."""
     from .preferences import get_prefs, worker_client
 
@@ -36,8 +37,9 @@ def start(context=None):
         settings = load_settings(prefs)
         key = (client.config, tuple(sorted(settings.items())))
         job = _state["job"]
-        if job is not None and _state["key"] == key and _state["client"] is client and client.alive:
-            return job  # running or done on this very worker: nothing to do
+        if (job is not None and _state["key"] == key and _state["client"] is client and client.alive
+                and not (job.done and job.error is not None)):
+            return job  # running or done on this very worker: nothing to do (a failed one is tried again)
         client.start(wait_ready=False)
         job = client.request("load", **settings)
     except Exception as exc:  # a bad worker Python, a config error: the import names it properly

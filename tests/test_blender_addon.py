@@ -434,6 +434,8 @@ def test_blender_ui_draws(run):
     assert EXPECTED_OPERATORS <= {o.split(".")[1] for o in u["operators"]}
     assert {"deca.install_assets", "deca.refresh_status", "deca.install_dependencies"} <= set(u["operators"])
     assert "deca.reset_identity" in u["operators"]
+    # The preferences' licence column, from the worker's licence rows (a model file and a detector).
+    assert {"FLAME licence (non-commercial)", "Apache-2.0", "mediapipe landmark detector: installed"} <= set(u["labels"])
     assert all(run["report"]["ui_polls"].values()), run["report"]["ui_polls"]  # ARKit and Identity panels show
     assert {"wrinkle_strength", "exact_wrinkles", "value", "device", "landmarks", "python_mode", "external_python", "warm_up",
             "output_dir", "flame_file", "deca_file", "data_dir"} <= set(u["props"])
@@ -749,6 +751,9 @@ def test_blender_worker_from_the_addon(run):
     assert "deca-blender assets install --flame" not in w["no_assets_photo"], w["no_assets_photo"]
     assert w["no_assets_objects"] == 0
     assert w["install_assets"] == ["FINISHED"] and w["missing_after_install"] == []
+    # The preferences' licence column: DECA's weights and data non-commercial, the TEST model ours.
+    assert w["licences"]["deca_model"] is False and w["licences"]["head_template"] is False
+    assert w["licences"]["flame_model"] is True
     # The warm-up: one `load` on the running worker, shown in the status bar while it runs, then gone.
     assert w["warm_up_text_running"] and w["warm_up_same_job"]
     assert w["warm_up"]["stages"] == ["import pipeline", "import torch", "load detector", "load models"]

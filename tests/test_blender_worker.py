@@ -116,6 +116,12 @@ def test_blender_worker_assets(client, tmp_path, test_flame_pkl, deca_data_dir):
     present = {a["name"] for a in data["status"]["assets"] if a["present"]}
     assert {"flame_model", "head_template", "landmark_embedding"} <= present
     assert data["status"]["missing"] == ["deca_model.tar"]
+    # The licence column of the add-on's preferences: one row per installed file, none for a missing one.
+    lic = {row["component"]: row for row in data["status"]["licences"]}
+    assert present <= set(lic) and "deca_model" not in lic
+    assert lic["flame_model"]["commercial"] is True and "TEST model" in lic["flame_model"]["what"]
+    assert lic["head_template"]["commercial"] is False and "non-commercial" in lic["head_template"]["licence"]
+    assert client.call("status", timeout=120)["licences"] == data["status"]["licences"]
     assert any("installed" in m for m in job.messages)
 
 

@@ -598,7 +598,11 @@ def ui_draw():
         report.setdefault("ui_polls", {})[cls.__name__] = bool(cls.poll(ctx)) if hasattr(cls, "poll") else True
         cls.draw(Stub(), ctx)
     prefs = bpy.context.preferences.addons[addon].preferences
-    prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}]})
+    prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}],
+                                    "licences": [{"component": "flame_model", "what": "FLAME 2020",
+                                                  "licence": "FLAME licence (non-commercial)", "commercial": False},
+                                                 {"component": "mediapipe", "what": "MediaPipe",
+                                                  "licence": "Apache-2.0", "commercial": True}]})
     class PrefsView:  # the preferences with a stand-in layout
         layout = Layout()
 
@@ -610,7 +614,8 @@ def ui_draw():
     type(prefs).draw(PrefsView(), ctx)
     prefs.python_mode = "BLENDER"
     report["ui"] = {"problems": problems, "operators": sorted({n for k, n in shown if k == "operator"}),
-                    "props": sorted({n for k, n in shown if k == "prop"})}
+                    "props": sorted({n for k, n in shown if k == "prop"}),
+                    "labels": sorted({n for k, n in shown if k == "label"})}
 
 
 @section
@@ -922,6 +927,7 @@ def worker_from_blender():
     res["install_assets"] = sorted(bpy.ops.deca.install_assets())
     res["install_seconds"] = time.perf_counter() - t
     res["missing_after_install"] = json.loads(prefs.status_json)["missing"]
+    res["licences"] = {row["component"]: row["commercial"] for row in json.loads(prefs.status_json)["licences"]}
     # The warm-up (what Blender's start, the panel or the photo browser trigger): `load` on the same worker,
     # for the settings Import Photo then uses, with its progress for the status bar.
     warmup = importlib.import_module(report["addons"][0] + ".warmup")
