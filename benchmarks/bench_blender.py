@@ -244,11 +244,38 @@ def summarise(now_runs: list[dict], base_runs: list[dict], baseline_label: str) 
         "zero_gap_s": pick("zero_gap", "seconds_from_warm_up_start"),
     }
     base = {k: med(b[k] for b in base_runs) for k in ("cold_s", "warm_s")} if base_runs else dict(FILED)
-    # The wrinkle model is another change's work (target <= 0.4 s): the warm time with it at its budget.
-    wrinkle = med(w["worker"].get("wrinkle model", 0.0) for r in now_runs for w in r["warm"])
-    now["warm_with_wrinkle_budget_s"] = now["warm_s"] - wrinkle + min(wrinkle, WRINKLE_BUDGET_S)
-    now["wrinkle_model_s"] = wrinkle
-    ratio = {k: now[k] / base[k] for k in ("cold_s", "warm_s") if now.get(k) and base.get(k)}
+    if base_runs:  # the baseline's own breakdown: its worker's stages and a result folder to a head
+        keys = set().union(*(b.get("worker_stage_timings_s") or {} for b in base_runs))
+        base["warm_worker_stages_s"] = {k: med((b.get("worker_stage_timings_s") or {}).get(k, 0.0) for b in base_runs)
+                                        for k in sorted(keys)}
+        base["result_to_head_s"] = med(b["result_to_head_s"] for b in base_runs)
+    now["result_to_head_s"] = med(r["result_to_head_median_s"] for r in now_runs)
+    # The wrinkle model is another change's work (target <= 0.4 s): each time again with the wrinkle model
+    # measured in that very import replaced by its budget (a projection, labelled as such).
+    def budgeted(key):
+        vals = [r[key]["seconds"] - max(0.0, r[key]["worker"].get("wrinkle model", 0.0) - WRINKLE_BUDGET_S)
+                for r in now_runs if isinstance(r.get(key), dict) and "worker" in r[key]]
+        return med(vals) if vals else None
+
+    now["warm_with_wrinkle_budget_s"] = med(
+        w["seconds"] - max(0.0, w["worker"].get("wrinkle model", 0.0) - WRINKLE_BUDGET_S)
+        for r in now_runs for w in r["warm"])
+    now["cold_with_wrinkle_budget_s"] = budgeted("cold_first_use")
+    now["wrinkle_model_s"] = med(w["worker"].get("wrinkle model", 0.0) for r in now_runs for w in r["warm"])
+    # Where a warm import goes (medians over every warm import of every run).
+    stages = {}
+    for r in now_runs:
+        for w in r["warm"]:
+            for part in ("worker", "scene"):
+                for k, v in w.get(part, {}).items():
+                    stages.setdefault(f"{part}: {k}", []).append(v)
+    warm_total = now["warm_s"]
+    now["warm_stages_s"] = {k: med(v) for k, v in stages.items()}
+    now["warm_stage_share"] = {k: med(v) / warm_total for k, v in stages.items()}
+    cold = [r["cold_stages_s"] for r in now_runs if "cold_stages_s" in r]
+    if cold:
+        now["cold_start_stages_s"] = {k: med(c[k] for c in cold) for k in cold[0]}
+    ratio = {k: now[k] / base[k] for k in ("cold_s", "warm_s", "result_to_head_s") if now.get(k) and base.get(k)}
     # The old tree's cold import also compiled the bundled core's bytecode (a fresh install): compare like with like.
     if now["cold_first_after_install_s"] and base.get("cold_s"):
         ratio["cold_first_after_install_vs_baseline_cold"] = now["cold_first_after_install_s"] / base["cold_s"]
@@ -256,7 +283,9 @@ def summarise(now_runs: list[dict], base_runs: list[dict], baseline_label: str) 
             "targets_s": TARGETS,
             "target_met": {"warm": now["warm_s"] <= TARGETS["warm_s"],
                            "warm_with_wrinkle_budget": now["warm_with_wrinkle_budget_s"] <= TARGETS["warm_s"],
-                           "cold_first_use": bool(now["cold_s"]) and now["cold_s"] <= TARGETS["cold_s"]}}
+                           "cold_first_use": bool(now["cold_s"]) and now["cold_s"] <= TARGETS["cold_s"],
+                           "cold_with_wrinkle_budget": bool(now["cold_with_wrinkle_budget_s"])
+                           and now["cold_with_wrinkle_budget_s"] <= TARGETS["cold_s"]}}
 
 
 def main() -> int:
