@@ -756,6 +756,10 @@ def test_blender_worker_from_the_addon(run):
     assert w["licences"]["flame_model"] is True
     # The warm-up: one `load` on the running worker, shown in the status bar while it runs, then gone.
     assert w["warm_up_text_running"] and w["warm_up_same_job"]
+    bar = w["warm_up_status_bar"]
+    assert bar["in_header"] and len(bar["running"]) == 1 and bar["running"][0][1] == "TIME"
+    assert bar["running"][0][0].startswith("DECA warming up: ") and bar["running"][0][0].endswith("%")
+    assert bar["tick_running"] == 0.25 and bar["done"] == [] and bar["tick_done"] is None  # redraws until done
     assert w["warm_up"]["stages"] == ["import pipeline", "import torch", "load detector", "load models"]
     assert w["warm_up"]["same_worker"] and w["warm_up"]["text_after"] == ""
     assert w["warm_up"]["already"] is False

@@ -935,7 +935,22 @@ def worker_from_blender():
     job = warmup.start()
     res["warm_up_text_running"] = warmup.status_text()
     res["warm_up_same_job"] = warmup.start() is job
+
+    class StatusBar:  # the status bar's header with a recording layout (headless Blender draws nothing)
+        class layout:
+            labels: list = []
+
+            @classmethod
+            def label(cls, text="", icon="NONE"):
+                cls.labels.append([text, icon])
+
+    warmup.draw_status(StatusBar(), bpy.context)
+    res["warm_up_status_bar"] = {"in_header": warmup.draw_status in bpy.types.STATUSBAR_HT_header.draw._draw_funcs,
+                                 "running": list(StatusBar.layout.labels), "tick_running": warmup._tick()}
     loaded = job.wait(600)
+    StatusBar.layout.labels.clear()
+    warmup.draw_status(StatusBar(), bpy.context)
+    res["warm_up_status_bar"].update(done=list(StatusBar.layout.labels), tick_done=warmup._tick())
     res["warm_up"] = {"already": loaded["already"], "stages": sorted(loaded["timings"]),
                       "text_after": warmup.status_text(), "same_worker": client.call("hello", timeout=60)["pid"] == pid}
     res["cancel"] = cancel_running_import()
