@@ -47,7 +47,7 @@ def start(context=None):
         return None
     _state.update(job=job, key=key, client=client)
     if not bpy.app.background and not bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.register(_tick, first_interval=0.2)
+        bpy.app.timers.register(_tick, first_interval=0.2, persistent=True)  # persistent: kept when a file loads
     return job
 
 
@@ -56,7 +56,7 @@ def start_from_panel() -> None:
     if _state["panel_asked"] or bpy.app.background:
         return
     _state["panel_asked"] = True
-    bpy.app.timers.register(_start_from_timer, first_interval=0.0)
+    bpy.app.timers.register(_start_from_timer, first_interval=0.0, persistent=True)
 
 
 def _start_from_timer():
@@ -114,7 +114,8 @@ def register() -> None:
     bpy.types.STATUSBAR_HT_header.append(draw_status)
     if not bpy.app.background:
         # After start-up (preferences loaded, window up): a timer, never inside register itself.
-        bpy.app.timers.register(_on_blender_start, first_interval=1.0)
+        # persistent: Blender started with a .blend loads it after the add-ons register, which drops other timers.
+        bpy.app.timers.register(_on_blender_start, first_interval=1.0, persistent=True)
 
 
 def unregister() -> None:
