@@ -775,6 +775,7 @@ def test_blender_worker_from_the_addon(run):
     assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]
     assert w["after_import"] == {"same_worker": True, "already": True}  # the warmed-up reconstructor was used
+    assert w["startup_hook"] == {"off_sent_nothing": True, "startup_sent_load": True, "startup_loaded": True}
     assert "wrinkle model" in w["import_stats"]["stages"] and w["import_stats"]["sums"]
     assert {"mesh", "ARKit-52 solve", "material (textures)", "node group (wrinkle images)"} <= set(
         w["import_stats"]["scene"])

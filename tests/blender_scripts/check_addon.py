@@ -1008,6 +1008,19 @@ def worker_from_blender():
     except RuntimeError as exc:
         res["import_photo"] = str(exc)
     res["objects_after"] = len(bpy.data.objects)
+    # The start-up hook follows the preference: nothing with "Only on Import", a fresh warm-up "With Blender".
+    client.stop()
+    prefs.warm_up = "OFF"
+    before = warmup._state["job"]
+    warmup._on_blender_start()
+    startup = {"off_sent_nothing": warmup._state["job"] is before and not client.alive}
+    prefs.warm_up = "STARTUP"
+    warmup._on_blender_start()
+    job = warmup._state["job"]
+    startup["startup_sent_load"] = job is not before and job.cmd == "load" and client.alive
+    startup["startup_loaded"] = job.wait(600)["already"] is False  # a fresh worker loaded the models
+    prefs.warm_up = "FIRST_USE"
+    res["startup_hook"] = startup
     res["torch_in_blender"] = "torch" in sys.modules
     report["worker"] = res
     importlib.import_module(report["addons"][0] + ".worker_client").shutdown_all()
