@@ -352,7 +352,10 @@ class Worker:
             raise RequestError(f"unknown reconstruction mode {mode!r}: use {', '.join(MODES)}")
         key = (home, device, landmarks, mode)
         if key in self._reconstructors:
-            return {"loaded": True, "already": True, "timings": {}}
+            # made earlier (by reconstruct, or by decode_displacement, which loads no detector): the detector too
+            t = time.perf_counter()
+            self._reconstructors[key].detector  # noqa: B018
+            return {"loaded": True, "already": True, "timings": {"load detector": time.perf_counter() - t}}
         timings: dict = {}
         t = time.perf_counter()
         self.progress(rid, 0.0, "importing torch")
