@@ -505,7 +505,11 @@ def _status_with_licences(manager) -> dict:
     from core.assets.manager import status_as_json
 
     status = status_as_json(manager)
-    status["licences"] = [c.to_dict() for c in component_licences(manager)]
+    try:
+        rows = component_licences(manager)  # finding the installed detectors imports core.frontend (torch)
+    except ModuleNotFoundError:  # no torch yet (before Install Dependencies): the model files' rows only
+        rows = component_licences(manager, detectors=())
+    status["licences"] = [c.to_dict() for c in rows]
     return status
 
 

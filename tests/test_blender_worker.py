@@ -319,7 +319,8 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),), log_path=str(tmp_path / "w.log")))
     try:
         assert c.call("hello", timeout=60)["protocol"] == 1  # the worker itself starts without torch
-        assert "assets" in c.call("status", timeout=60)  # the asset status needs numpy only
+        status = c.call("status", timeout=60)  # the asset status needs numpy only
+        assert "assets" in status and status["licences"] == []  # nothing installed: no licence rows
         with pytest.raises(WorkerError) as exc:  # a reconstruction needs torch
             c.call("reconstruct", timeout=60, photo=str(shadow / "torch.py"), out_dir=str(tmp_path / "out"))
         assert exc.value.error_type == "ModuleNotFoundError"
