@@ -11,15 +11,18 @@ talks to it over pipes. One request per line on stdin, one message per line on s
     result    {"id": 7, "type": "result", "data": {"results": ["/out/photo_face0"]}}
     error     {"id": 7, "type": "error", "error_type": "ResultError", "message": "..."}
 
-Commands: `hello` (versions, what is importable), `status` (asset status), `install_assets`,
-`reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
+Commands: `hello` (versions, what is importable), `status` (asset status with each installed component's
+licence), `install_assets`,
+`load` (warm up: import torch, load the models and the detector for given settings, answering each
+stage's seconds), `reconstruct` (photo -> result folders), `decode_displacement` (result folder + exp (50) + jaw (3) -> a
 256x256 float32 .npy), `video_expressions` (a video + every N -> the exp (K, 50) and jaw (K, 3) of every
 Nth frame with their frame numbers, through the expression-only fast path), `wait` (a cancellable no-op with progress, for diagnostics and tests; `spin`
 adds a long uninterruptible C call per step),
 `cancel` ({"target": id}: cancels a queued or running request, which then answers an error with
 error_type "Cancelled"), `shutdown`.
 
-Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive. A user's
+Requests run one at a time in order; `cancel` and `shutdown` are handled as soon as they arrive (a
+cancelled request still waiting in the queue is answered Cancelled at once). A user's
 error (`core.errors.DecaError`: no face, missing assets, ...) is answered with its class name and its own
 message, as the command line prints it; anything else is a bug: its traceback goes to the log and the
 answer says "internal error". A request that is not an object with a string `cmd` gets a ProtocolError
@@ -89,6 +92,7 @@ class Worker:
         self._cleanups: list[Callable[[], None]] = []
         self._main_thread = threading.main_thread().ident
         self._answered: set[Any] = set()  # requests whose answer is sent (at most one answer each)
+        self._queued: set[Any] = set()  # ids read but not started yet
 
     # ------------------------------------------------------------------ messages
 
@@ -153,7 +157,12 @@ class Worker:
                 target = (req.get("args") or {}).get("target")
                 with self._cancel_lock:
                     self._cancelled.add(target)
-                    if target is not None and target == self._current and self._interruptible:
+                    if target in self._queued and target not in self._answered:
+                        # Queued behind another request (e.g. the add-on's warm-up `load`): answer now, not
+                        # when it would have started; `handle` then only finds it cancelled.
+                        self._answered.add(target)
+                        self.send({"id": target, "type": "error", "error_type": "Cancelled", "message": "cancelled"})
+                    elif target is not None and target == self._current and self._interruptible:
                         self._interrupt_main()
                         timer = threading.Timer(CANCEL_GRACE_S, self._answer_stuck, args=(target,))
                         timer.daemon = True
@@ -163,6 +172,8 @@ class Worker:
                 self._queue.put(req)
                 break
             else:
+                with self._cancel_lock:
+                    self._queued.add(req.get("id"))
                 self._queue.put(req)
         self._queue.put(None)  # stdin closed: stop after the queue drains
 
@@ -212,6 +223,8 @@ class Worker:
             if req is None:
                 return 0
             rid = req.get("id")
+            with self._cancel_lock:
+                self._queued.discard(rid)
             if req["cmd"] == "shutdown":
                 self.send({"id": rid, "type": "result", "data": {"bye": True}})
                 return 0
@@ -297,14 +310,10 @@ class Worker:
         return AssetManager(home) if home else AssetManager()
 
     def cmd_status(self, rid: Any, home: str | None = None) -> dict:
-        from core.assets.manager import status_as_json
-
-        return status_as_json(self._manager(home))
+        return _status_with_licences(self._manager(home))
 
     def cmd_install_assets(self, rid: Any, home: str | None = None, flame: str | None = None, deca: str | None = None,
                            data: str | None = None, texture: str | None = None, force: bool = False) -> dict:
-        from core.assets.manager import status_as_json
-
         given = [x for x in (flame, deca, data, texture) if x]
         if not given:
             raise RequestError("nothing to install: give the FLAME file, the DECA checkpoint and/or the data folder")
@@ -317,7 +326,7 @@ class Worker:
 
         notes = m.install(flame=flame, deca=deca, data=data, texture=texture, force=force, progress=report)
         self._reconstructors.clear()  # new assets: rebuild on the next reconstruct
-        return {"notes": notes, "status": status_as_json(m)}
+        return {"notes": notes, "status": _status_with_licences(m)}
 
     def _reconstructor(self, home: str | None, device: str, landmarks: str, mode: str = "deca"):
         """The mode's reconstructor from the one factory the CLI uses too (kept warm per settings)."""
@@ -331,6 +340,42 @@ class Worker:
             self._reconstructors[key] = make_reconstructor(
                 mode, ModeOptions(device=device, landmarks=landmarks, home=home), load_detector=False)
         return self._reconstructors[key]
+
+    def cmd_load(self, rid: Any, home: str | None = None, device: str = "auto", landmarks: str = "auto",
+                 mode: str = "deca") -> dict:
+        """Warm up: import torch and the pipeline, load the models and the landmark detector for these settings,
+        so the next `reconstruct` with them runs at once. The add-on sends it when Blender starts (or the panel
+        or the photo browser first opens) while the user picks a photo. Answers each stage's seconds."""
+        from core.commands.modes import MODES
+
+        if mode not in MODES:
+            raise RequestError(f"unknown reconstruction mode {mode!r}: use {', '.join(MODES)}")
+        key = (home, device, landmarks, mode)
+        if key in self._reconstructors:
+            # made earlier (by reconstruct, or by decode_displacement, which loads no detector): the detector too
+            t = time.perf_counter()
+            self._reconstructors[key].detector  # noqa: B018
+            return {"loaded": True, "already": True, "timings": {"load detector": time.perf_counter() - t}}
+        timings: dict = {}
+        t = time.perf_counter()
+        self.progress(rid, 0.0, "importing torch")
+        import torch  # noqa: F401 - the largest part of a cold start: timed on its own
+
+        timings["import torch"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.3, "importing the pipeline")
+        if importlib.util.find_spec(PIPELINE_MODULE) is not None:
+            importlib.import_module(PIPELINE_MODULE)
+        timings["import pipeline"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.5, "loading the models")
+        rec = self._reconstructor(home, device, landmarks, mode)
+        timings["load models"] = time.perf_counter() - t
+        t = time.perf_counter()
+        self.progress(rid, 0.8, "loading the landmark detector")
+        rec.detector  # noqa: B018 - see cmd_reconstruct: loaded here, not inside the first photo
+        timings["load detector"] = time.perf_counter() - t
+        return {"loaded": True, "already": False, "timings": timings}
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
                         device: str = "auto", landmarks: str = "auto", mode: str = "deca") -> dict:
@@ -450,6 +495,22 @@ def _importing(frame) -> bool:
             return True
         frame = frame.f_back
     return False
+
+
+def _status_with_licences(manager) -> dict:
+    """The asset status (core.assets.manager.status_as_json) plus "licences": one row per installed model file
+    and installed landmark detector (component, what, licence, commercial), from the table `--commercial`
+    checks against (core.assets.licences), for the add-on's preferences."""
+    from core.assets.licences import component_licences
+    from core.assets.manager import status_as_json
+
+    status = status_as_json(manager)
+    try:
+        rows = component_licences(manager)  # finding the installed detectors imports core.frontend (torch)
+    except ModuleNotFoundError:  # no torch yet (before Install Dependencies): the model files' rows only
+        rows = component_licences(manager, detectors=())
+    status["licences"] = [c.to_dict() for c in rows]
+    return status
 
 
 def _remove_new_results(out_dir: Path) -> Callable[[], None]:

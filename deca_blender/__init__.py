@@ -13,11 +13,11 @@ _registered_modules: list = []
 
 def _modules():
     # Imported here, not at module level, so `import deca_blender` works without bpy.
-    from . import preferences, properties, ui
+    from . import preferences, properties, ui, warmup
     from .operators import animate, assets, export as export_ops, identity, import_ops
     from . import exact
 
-    return (preferences, properties, import_ops, animate, identity, export_ops, assets, ui, exact)
+    return (preferences, properties, import_ops, animate, identity, export_ops, assets, ui, exact, warmup)
 
 
 def register() -> None:

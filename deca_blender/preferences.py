@@ -1,4 +1,5 @@
-"""Add-on preferences: asset status and installation, device, landmark detector, worker Python, output folder."""
+"""Add-on preferences: asset status and installation, device, landmark detector, worker Python and warm-up,
+output folder."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,16 @@ class DecaPreferences(bpy.types.AddonPreferences):
     wheels_dir: StringProperty(name="Folder of Wheels", subtype="DIR_PATH",
                                description="For machines without network: a folder with the dependencies' wheels "
                                            "(pip download ...); Install from Folder installs only from it")
+    warm_up: EnumProperty(
+        name="Warm Up the Worker",
+        items=(("STARTUP", "With Blender", "Start the worker and load the models when Blender starts (the first "
+                "photo imports at full speed; the worker holds about 1 GB of memory from then on)"),
+               ("FIRST_USE", "When First Needed", "Start the worker and load the models when the DECA panel is first "
+                "shown or the Import Photo file browser opens, while you pick the photo"),
+               ("OFF", "Only on Import", "Start the worker when a photo is imported (the first import waits for "
+                "torch and the models to load)")),
+        default="FIRST_USE",
+    )
     device: EnumProperty(
         name="Device",
         items=(("auto", "Auto", "CUDA when available, else the CPU"), ("cpu", "CPU", "Always the CPU"),
@@ -81,10 +92,22 @@ class DecaPreferences(bpy.types.AddonPreferences):
         if status:
             col = box.column(align=True)
             col.label(text=f"Asset folder: {status.get('home', '?')}")
+            licences = {row.get("component"): row for row in status.get("licences", [])}
+            if licences:
+                split = col.split(factor=0.45)
+                split.label(text="Component")
+                split.label(text="Licence (unlocked: commercial use allowed)")
             for a in status.get("assets", []):
                 icon = "CHECKMARK" if a.get("present") else ("ERROR" if a.get("required") else "DOT")
-                col.label(text=f"{a.get('name')}: {'installed' if a.get('present') else 'missing'}"
-                          + ("" if a.get("required") else " (optional)"), icon=icon)
+                split = col.split(factor=0.45)
+                split.label(text=f"{a.get('name')}: {'installed' if a.get('present') else 'missing'}"
+                            + ("" if a.get("required") else " (optional)"), icon=icon)
+                _licence_label(split, licences.get(a.get("name")))
+            detectors = [row for name, row in licences.items() if name in DETECTORS]
+            for row in detectors:
+                split = col.split(factor=0.45)
+                split.label(text=f"{row['component']} landmark detector: installed", icon="CHECKMARK")
+                _licence_label(split, row)
         else:
             box.label(text="Status unknown: press Refresh (starts the worker)", icon="QUESTION")
         box.operator("deca.refresh_status", icon="FILE_REFRESH")
@@ -112,6 +135,7 @@ class DecaPreferences(bpy.types.AddonPreferences):
         row = box.row()
         row.operator("deca.worker_hello", text="Check Worker", icon="INFO")
         row.operator("deca.stop_worker", text="Stop Worker", icon="CANCEL")
+        box.prop(self, "warm_up")
         box.prop(self, "device")
         box.prop(self, "landmarks")
         box.prop(self, "mode")
@@ -123,10 +147,23 @@ class DecaPreferences(bpy.types.AddonPreferences):
         box.prop(self, "exact_debounce")
 
 
+DETECTORS = ("mediapipe", "dlib", "fan")  # the detector rows of the worker's licence table
+
+
+def _licence_label(layout, row: dict | None) -> None:
+    """The licence column of one component (core.assets.licences, as the worker reported it): commercial use
+    allowed or not, and the licence's name; empty for a missing file."""
+    if row is None:
+        layout.label(text="")
+        return
+    layout.label(text=row.get("licence", "?"), icon="UNLOCKED" if row.get("commercial") else "LOCKED")
+
+
 class _Defaults:
     """Preference values when the add-on runs without being installed (tests from a checkout)."""
 
     python_mode = "BLENDER"
+    warm_up = "FIRST_USE"
     external_python = ""
     device = "auto"
     landmarks = "auto"
@@ -181,11 +218,4 @@ def worker_client(context=None):
 classes = (DecaPreferences,)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

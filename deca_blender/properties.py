@@ -74,13 +74,14 @@ class DecaHeadProperties(bpy.types.PropertyGroup):
 classes = (DecaHeadProperties,)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Object.deca = PointerProperty(type=DecaHeadProperties)
 
 
 def unregister() -> None:
     del bpy.types.Object.deca
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -16,6 +16,11 @@ class VIEW3D_PT_deca(bpy.types.Panel):
     bl_label = "DECA Heads"
 
     def draw(self, context):
+        from . import warmup
+        from .preferences import get_prefs
+
+        if get_prefs(context).warm_up != "OFF":
+            warmup.start_from_panel()  # the user is about to import: load the models meanwhile
         layout = self.layout
         col = layout.column(align=True)
         col.operator("deca.import_photo", text="Import Photo...", icon="IMAGE_DATA")
@@ -114,11 +119,4 @@ class VIEW3D_PT_deca_arkit(bpy.types.Panel):
 classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression, VIEW3D_PT_deca_arkit, VIEW3D_PT_deca_identity)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -98,7 +98,11 @@ class WorkerClient:
     def alive(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 120.0) -> None:
+    def start(self, timeout: float = 120.0, wait_ready: bool = True) -> None:
+        """Start the worker process. With ``wait_ready`` (the default) wait for its `ready` line and raise a
+        StartError naming the Python if it never comes; without, return as soon as the process is spawned
+        (the add-on's warm-up, which must not hold Blender's UI): requests sent meanwhile wait in the pipe, and
+        a worker that dies fails them with its log's last lines."""
         if self.alive:
             return
         cfg = self.config
@@ -121,6 +125,8 @@ class WorkerClient:
                               "Check the worker Python in the add-on's preferences", "StartError") from exc
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+        if not wait_ready:
+            return
         if not self._ready.wait(timeout) or not self.alive:
             tail = self.log_tail()
             self.stop()

@@ -434,8 +434,10 @@ def test_blender_ui_draws(run):
     assert EXPECTED_OPERATORS <= {o.split(".")[1] for o in u["operators"]}
     assert {"deca.install_assets", "deca.refresh_status", "deca.install_dependencies"} <= set(u["operators"])
     assert "deca.reset_identity" in u["operators"]
+    # The preferences' licence column, from the worker's licence rows (a model file and a detector).
+    assert {"FLAME licence (non-commercial)", "Apache-2.0", "mediapipe landmark detector: installed"} <= set(u["labels"])
     assert all(run["report"]["ui_polls"].values()), run["report"]["ui_polls"]  # ARKit and Identity panels show
-    assert {"wrinkle_strength", "exact_wrinkles", "value", "device", "landmarks", "python_mode", "external_python",
+    assert {"wrinkle_strength", "exact_wrinkles", "value", "device", "landmarks", "python_mode", "external_python", "warm_up",
             "output_dir", "flame_file", "deca_file", "data_dir"} <= set(u["props"])
 
 
@@ -749,6 +751,18 @@ def test_blender_worker_from_the_addon(run):
     assert "deca-blender assets install --flame" not in w["no_assets_photo"], w["no_assets_photo"]
     assert w["no_assets_objects"] == 0
     assert w["install_assets"] == ["FINISHED"] and w["missing_after_install"] == []
+    # The preferences' licence column: DECA's weights and data non-commercial, the TEST model ours.
+    assert w["licences"]["deca_model"] is False and w["licences"]["head_template"] is False
+    assert w["licences"]["flame_model"] is True
+    # The warm-up: one `load` on the running worker, shown in the status bar while it runs, then gone.
+    assert w["warm_up_text_running"] and w["warm_up_same_job"]
+    bar = w["warm_up_status_bar"]
+    assert bar["in_header"] and len(bar["running"]) == 1 and bar["running"][0][1] == "TIME"
+    assert bar["running"][0][0].startswith("DECA warming up: ") and bar["running"][0][0].endswith("%")
+    assert bar["tick_running"] == 0.25 and bar["done"] == [] and bar["tick_done"] is None  # redraws until done
+    assert w["warm_up"]["stages"] == ["import pipeline", "import torch", "load detector", "load models"]
+    assert w["warm_up"]["same_worker"] and w["warm_up"]["text_after"] == ""
+    assert w["warm_up"]["already"] is False
     assert w["torch_in_blender"] is False
     assert "photo not found" in w["missing_photo"]
     # Esc on a running Import Photo (operator modal handler, real worker): ends within 1 s, leaves nothing.
@@ -760,6 +774,11 @@ def test_blender_worker_from_the_addon(run):
     assert w["import_photo"] == "FINISHED", w["import_photo"]
     assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]
+    assert w["after_import"] == {"same_worker": True, "already": True}  # the warmed-up reconstructor was used
+    assert w["startup_hook"] == {"off_sent_nothing": True, "startup_sent_load": True, "startup_loaded": True}
+    assert "wrinkle model" in w["import_stats"]["stages"] and w["import_stats"]["sums"]
+    assert {"mesh", "ARKit-52 solve", "material (textures)", "node group (wrinkle images)"} <= set(
+        w["import_stats"]["scene"])
     assert w["apply_from_photo"] == ["FINISHED"] and w["apply_keyed"]
     # A video: frames 0, 2, 4 decoded (2 has no face), keyed at 10 + 0 and 10 + 4 beside the photo's key at 3.
     assert w["apply_video"] == ["FINISHED"]

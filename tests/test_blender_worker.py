@@ -64,6 +64,48 @@ def test_blender_worker_progress_and_cancel(client):
     assert queued.cancelled and not queued.messages
 
 
+def test_blender_worker_queued_cancel_is_answered_at_once(client):
+    """A request waiting behind a long one (Import Photo behind the add-on's warm-up) is answered Cancelled as
+    soon as it is cancelled, while the long one still runs."""
+    running = client.request("wait", seconds=30, steps=300)
+    queued = client.request("wait", seconds=1, steps=2)
+    client.cancel(queued)
+    with pytest.raises(WorkerError) as exc:
+        queued.wait(20)
+    assert exc.value.error_type == "Cancelled" and not queued.messages
+    assert not running.done  # answered before the running request ended, not after it
+    client.cancel(running)
+    with pytest.raises(WorkerError):
+        running.wait(20)
+    assert running.cancelled
+    assert client.call("wait", timeout=30, seconds=0.1, steps=1) == {"waited": 0.1}  # the worker goes on
+
+
+def test_blender_worker_start_without_waiting(tmp_path):
+    """start(wait_ready=False) returns at once; a request sent before the worker is ready waits in the pipe and
+    is answered; a worker that dies instead fails it with its log, it does not hang."""
+    c = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(REPO),), log_path=str(tmp_path / "w.log")))
+    try:
+        c.start(wait_ready=False)
+        job = c.request("hello")
+        assert job.wait(60)["pid"] == c._proc.pid
+    finally:
+        c.stop()
+    fake = tmp_path / "fake" / "core"  # a core whose worker dies at start-up
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "worker.py").write_text("import sys\nprint('broken core.worker', file=sys.stderr)\nsys.exit(3)\n")
+    bad = WorkerClient(WorkerConfig(python=sys.executable, pythonpath=(str(fake.parent),),
+                                    log_path=str(tmp_path / "bad.log")))
+    try:
+        bad.start(wait_ready=False)
+        with pytest.raises(WorkerError) as exc:
+            bad.request("hello").wait(60)
+        assert exc.value.error_type in ("WorkerDied", "StartError") and "broken core.worker" in str(exc.value)
+    finally:
+        bad.stop()
+
+
 def test_blender_worker_assets(client, tmp_path, test_flame_pkl, deca_data_dir):
     status = client.call("status", timeout=120)
     assert status["home"] == str(tmp_path / "home") and status["ready"] is False
@@ -74,6 +116,12 @@ def test_blender_worker_assets(client, tmp_path, test_flame_pkl, deca_data_dir):
     present = {a["name"] for a in data["status"]["assets"] if a["present"]}
     assert {"flame_model", "head_template", "landmark_embedding"} <= present
     assert data["status"]["missing"] == ["deca_model.tar"]
+    # The licence column of the add-on's preferences: one row per installed file, none for a missing one.
+    lic = {row["component"]: row for row in data["status"]["licences"]}
+    assert present <= set(lic) and "deca_model" not in lic
+    assert lic["flame_model"]["commercial"] is True and "TEST model" in lic["flame_model"]["what"]
+    assert lic["head_template"]["commercial"] is False and "non-commercial" in lic["head_template"]["licence"]
+    assert client.call("status", timeout=120)["licences"] == data["status"]["licences"]
     assert any("installed" in m for m in job.messages)
 
 
@@ -211,8 +259,21 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         with pytest.raises(WorkerError) as exc:  # nothing installed yet: the asset manager's message
             c.call("reconstruct", timeout=120, photo=str(photo), out_dir=str(tmp_path / "out"))
         assert "head_template.obj" in str(exc.value) and "deca-blender assets install" in str(exc.value)
+        with pytest.raises(WorkerError) as exc:  # the warm-up fails the same way, as the user's error
+            c.call("load", timeout=120)
+        assert exc.value.error_type == "MissingAssetError" and "head_template.obj" in str(exc.value)
         c.call("install_assets", timeout=300, flame=str(test_flame_pkl), data=str(deca_data_dir),
                deca=str(random_deca_checkpoint))
+        # The warm-up loads what `reconstruct` with the same settings then uses: a second `load` finds it.
+        job = c.request("load", device="auto", landmarks="auto", mode="deca")
+        loaded = job.wait(600)
+        assert loaded["already"] is False
+        assert set(loaded["timings"]) == {"import torch", "import pipeline", "load models", "load detector"}
+        assert all(v >= 0 for v in loaded["timings"].values())
+        assert [m for m in job.messages if "loading" in m], job.messages
+        assert c.call("load", timeout=60, device="auto", landmarks="auto", mode="deca")["already"] is True
+        with pytest.raises(WorkerError, match="unknown reconstruction mode"):
+            c.call("load", timeout=60, mode="magic")
         job = c.request("reconstruct", photo=str(photo), out_dir=str(tmp_path / "out"))
         data = job.wait(600)
         fractions = [m for m in job.messages]
@@ -258,7 +319,8 @@ def test_blender_worker_without_torch_says_what_to_do(tmp_path):
                                   env=(("DECA_BLENDER_HOME", str(tmp_path / "home")),), log_path=str(tmp_path / "w.log")))
     try:
         assert c.call("hello", timeout=60)["protocol"] == 1  # the worker itself starts without torch
-        assert "assets" in c.call("status", timeout=60)  # the asset status needs numpy only
+        status = c.call("status", timeout=60)  # the asset status needs numpy only
+        assert "assets" in status and status["licences"] == []  # nothing installed: no licence rows
         with pytest.raises(WorkerError) as exc:  # a reconstruction needs torch
             c.call("reconstruct", timeout=60, photo=str(shadow / "torch.py"), out_dir=str(tmp_path / "out"))
         assert exc.value.error_type == "ModuleNotFoundError"

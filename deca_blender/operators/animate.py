@@ -169,11 +169,4 @@ def _extend_frame_range(scene, first: int, last: int) -> None:
 classes = (DECA_OT_apply_expression,)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

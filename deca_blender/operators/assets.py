@@ -164,11 +164,4 @@ classes = (DECA_OT_refresh_status, DECA_OT_install_assets, DECA_OT_worker_hello,
            DECA_OT_install_dependencies)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

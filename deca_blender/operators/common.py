@@ -103,7 +103,12 @@ class WorkerTaskOperator:
             return {"PASS_THROUGH"}
         if not job.done:
             context.window_manager.progress_update(int(100 * job.fraction))
-            self._status(context, f"DECA {self.bl_label}: {job.message or job.cmd} ({int(100 * job.fraction)}%)  Esc to cancel")
+            from ..warmup import status_text
+
+            # Queued behind the warm-up (no progress of its own yet): show the warm-up's.
+            warming = status_text()
+            doing = job.message or (f"waiting for the worker ({warming})" if warming else job.cmd)
+            self._status(context, f"DECA {self.bl_label}: {doing} ({int(100 * job.fraction)}%)  Esc to cancel")
             return {"RUNNING_MODAL"}
         if self._cancel_requested and job.error is None:
             # The answer crossed the cancel request: honour the cancel, build nothing, undo what it wrote.

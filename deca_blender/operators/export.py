@@ -96,11 +96,4 @@ class DECA_OT_export_gltf(_ExportBase, bpy.types.Operator):
 classes = (DECA_OT_export_fbx, DECA_OT_export_gltf)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -36,11 +36,4 @@ class DECA_OT_reset_identity(bpy.types.Operator):
 classes = (DECA_OT_reset_identity,)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -29,8 +29,13 @@ def result_folders(path: str | Path) -> list[Path]:
     raise ResultError(f"no result file at {path / RESULT_FILE}; a result folder holds {RESULT_FILE}")
 
 
+#: the last Import Photo's seconds: "worker" (the reconstruction, stage by stage), "scene" (building the heads,
+#: stage by stage), "total" (from the request to the finished heads). Read by benchmarks/bench_blender.py.
+last_photo_import: dict = {}
+
+
 def import_folders(context, folders, all_expressions: bool, use_head_pose: bool, arkit_keys: bool = True,
-                   identity_sliders: bool = True) -> list:
+                   identity_sliders: bool = True, timings: dict | None = None) -> list:
     from ..scene.head import ImportOptions, build_head
 
     heads = []
@@ -38,7 +43,7 @@ def import_folders(context, folders, all_expressions: bool, use_head_pose: bool,
         opts = ImportOptions(all_expressions=all_expressions, use_head_pose=use_head_pose, arkit_keys=arkit_keys,
                              identity_sliders=identity_sliders,
                              location=tuple(context.scene.cursor.location))
-        heads.append(build_head(context, folder, opts))
+        heads.append(build_head(context, folder, opts, timings))
     return heads
 
 
@@ -170,6 +175,14 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="",
                                description="Where the result folders go (empty: the preferences' output folder)")
 
+    def invoke(self, context, event):
+        from .. import warmup
+        from ..preferences import get_prefs
+
+        if get_prefs(context).warm_up != "OFF":
+            warmup.start(context)  # load the models while the file browser is open
+        return super().invoke(context, event)
+
     def task(self, context):
         from ..preferences import get_prefs, output_dir, worker_client
 
@@ -179,15 +192,24 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         prefs = get_prefs(context)
         out = Path(bpy.path.abspath(self.output_dir)) if self.output_dir else output_dir(prefs)
         client = worker_client(context)
+        t0 = time.perf_counter()
         data = yield client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
                                     device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode)
+        t_worker = time.perf_counter() - t0
         folders = [Path(p) for p in data.get("results", [])]
         if not folders:
             raise ValueError(f"no face found in {photo}")
+        scene: dict = {}
+        t = time.perf_counter()
         heads = import_folders(context, folders, self.all_expressions, self.use_head_pose, self.arkit_keys,
-                                self.identity_sliders)
+                                self.identity_sliders, timings=scene)
+        t_scene = time.perf_counter() - t
         frame_heads(context, heads)
-        self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name}")
+        last_photo_import.clear()
+        last_photo_import.update(total=time.perf_counter() - t0, request=t_worker, reconstruct=data.get("seconds"),
+                                 worker=data.get("timings") or {}, scene_total=t_scene, scene=scene)
+        self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name} in "
+                              f"{time.perf_counter() - t0:.1f} s (reconstruction {t_worker:.1f} s, scene {t_scene:.1f} s)")
 
     def discard(self, data) -> None:
         from core.results.result import RESULT_FILE
@@ -201,11 +223,4 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
 classes = (DECA_OT_import_result, DECA_OT_import_photo, DECA_OT_view_photo_camera)
 
 
-def register() -> None:
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister() -> None:
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

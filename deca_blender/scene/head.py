@@ -9,6 +9,8 @@ result twice gives two independent heads.
 from __future__ import annotations
 
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,18 +67,31 @@ def _default_name(folder: Path) -> str:
     return f"DECA_{name}"
 
 
-def build_head(context, folder: str | Path, options: ImportOptions | None = None):
-    """Import one result folder. Returns (mesh_object, armature_object)."""
+@contextmanager
+def _timed(timings: dict | None, stage: str):
+    """Add the block's seconds to ``timings[stage]`` (the benchmark's and the import report's breakdown)."""
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        if timings is not None:
+            timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - t
+
+
+def build_head(context, folder: str | Path, options: ImportOptions | None = None, timings: dict | None = None):
+    """Import one result folder. Returns (mesh_object, armature_object). With ``timings`` (a dict), the
+    seconds of each stage (reading, mesh, shape keys, ARKit keys, node groups, material, ...) are added to it."""
     options = options or ImportOptions()
     folder = Path(folder)
     if folder.is_file():
         folder = folder.parent
-    result = load_result(folder)
+    with _timed(timings, "read result"):
+        result = load_result(folder)
     name = unique_head_name(options.name or _default_name(folder))
 
     created: list = []  # (collection, datablock) to remove if anything below fails
     try:
-        return _build(context, folder, result, name, options, created)
+        return _build(context, folder, result, name, options, created, timings)
     except Exception:
         for coll_name, block in reversed(created):
             try:
@@ -86,13 +101,15 @@ def build_head(context, folder: str | Path, options: ImportOptions | None = None
         raise
 
 
-def _build(context, folder: Path, result, name: str, options: ImportOptions, created: list):
+def _build(context, folder: Path, result, name: str, options: ImportOptions, created: list, timings: dict | None):
+    T = lambda stage: _timed(timings, stage)  # noqa: E731
     coll = bpy.data.collections.new(f"DECA {name}")
     created.append(("collections", coll))
     context.scene.collection.children.link(coll)
 
-    arm_obj = arm_mod.create_armature(context, coll, f"{name}_rig", np.asarray(result.rig_joints, np.float64),
-                                      np.asarray(result.rig_parents))
+    with T("armature"):
+        arm_obj = arm_mod.create_armature(context, coll, f"{name}_rig", np.asarray(result.rig_joints, np.float64),
+                                          np.asarray(result.rig_parents))
     created += [("objects", arm_obj), ("armatures", arm_obj.data)]
     # The head's centre (not FLAME's origin, ~1.5 m below it) at the cursor, beside any head already there.
     occupied = placement.occupied_boxes(context.scene, exclude={arm_obj})
@@ -106,14 +123,16 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
 
     E = result.rig_expr_basis.shape[2]
     n_expr = E if options.all_expressions else min(E, 50)
-    me = mesh_mod.create_mesh(name, np.asarray(result.rig_template, np.float64), np.asarray(result.faces),
-                              np.asarray(result.uv_coords, np.float64), np.asarray(result.uv_faces))
+    with T("mesh"):
+        me = mesh_mod.create_mesh(name, np.asarray(result.rig_template, np.float64), np.asarray(result.faces),
+                                  np.asarray(result.uv_coords, np.float64), np.asarray(result.uv_faces))
     created.append(("meshes", me))
     obj = bpy.data.objects.new(name, me)
     created.append(("objects", obj))
     coll.objects.link(obj)
     obj.parent = arm_obj  # identity parent inverse: mesh space == armature space (FLAME space)
-    mesh_mod.add_vertex_groups(obj, np.asarray(result.rig_weights, np.float64))
+    with T("vertex groups"):
+        mesh_mod.add_vertex_groups(obj, np.asarray(result.rig_weights, np.float64))
     mod = obj.modifiers.new("Armature", "ARMATURE")
     mod.object = arm_obj
     mod.use_vertex_groups = True
@@ -123,20 +142,24 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     exp = np.zeros(n_expr)
     photo_exp = np.asarray(result.exp, np.float64).ravel()
     exp[: min(n_expr, photo_exp.size)] = photo_exp[:n_expr]
-    mesh_mod.add_shape_keys(obj, result.rig_template, np.asarray(result.rig_expr_basis, np.float64),
-                            np.asarray(result.rig_posedirs, np.float64), exp, n_expr)
+    with T("shape keys (expression, correctives)"):
+        mesh_mod.add_shape_keys(obj, result.rig_template, np.asarray(result.rig_expr_basis, np.float64),
+                                np.asarray(result.rig_posedirs, np.float64), exp, n_expr)
 
     if options.arkit_keys:
         from core.results.arkit import solve_arkit_keys
 
-        keys = solve_arkit_keys(result.rig_template, result.faces, result.rig_expr_basis, result.rig_posedirs,
-                                result.rig_weights, result.rig_joints)
-        mesh_mod.add_arkit_keys(obj, result.rig_template, keys)
+        with T("ARKit-52 solve"):
+            keys = solve_arkit_keys(result.rig_template, result.faces, result.rig_expr_basis, result.rig_posedirs,
+                                    result.rig_weights, result.rig_joints)
+        with T("ARKit-52 keys"):
+            mesh_mod.add_arkit_keys(obj, result.rig_template, keys)
         # How well each expression key met its definition on this head (the README explains the numbers).
         obj["deca_arkit_rms_mm"] = {k.name: round(k.rms_error_mm, 3) for k in keys if k.kind == "expression"}
 
     if options.identity_sliders and result.rig_shape_basis is not None:
-        mesh_mod.add_shape_sliders(obj, result.rig_template, result.rig_shape_basis)
+        with T("identity keys"):
+            mesh_mod.add_shape_sliders(obj, result.rig_template, result.rig_shape_basis)
 
     props = obj.deca
     props.role = "HEAD"
@@ -144,13 +167,16 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     props.source_image = str(result.source_image)
     props.is_test_model = bool(result.is_test_model)
     props.n_expression = n_expr
-    drv.add_pose_corrective_drivers(obj, arm_obj)
+    with T("drivers"):
+        drv.add_pose_corrective_drivers(obj, arm_obj)
 
     wr = result.wrinkles
-    group, images = mat_mod.build_wrinkle_group(name, np.asarray(wr.base), np.asarray(wr.maps),
-                                                np.asarray(result.displacement))
+    with T("node group (wrinkle images)"):
+        group, images = mat_mod.build_wrinkle_group(name, np.asarray(wr.base), np.asarray(wr.maps),
+                                                    np.asarray(result.displacement))
     created += [("node_groups", group)] + [("images", im) for im in images]
-    mat = mat_mod.build_material(name, folder, group)
+    with T("material (textures)"):
+        mat = mat_mod.build_material(name, folder, group)
     created.append(("materials", mat))
     for node in mat.node_tree.nodes:
         if node.type == "TEX_IMAGE" and node.image is not None and node.image not in images:
@@ -159,14 +185,16 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     props.wrinkle_group = group
     props.exact_image = images[-1]
     matrix = np.asarray(wr.matrix, np.float64)
-    drv.add_wrinkle_drivers(obj, arm_obj, group, matrix, n_exp_inputs=50)
+    with T("drivers"):
+        drv.add_wrinkle_drivers(obj, arm_obj, group, matrix, n_exp_inputs=50)
     # Kept on the object so exports can write the wrinkle JSON without the result folder.
     obj["_deca_wrinkle_matrix"] = matrix.astype(np.float64).ravel().tolist()
     obj["_deca_wrinkle_shape"] = list(matrix.shape)
     mat_mod.apply_head_settings(obj)
 
     if options.photo_reference:
-        placement.add_photo_objects(context, coll, name, arm_obj, result, folder, created)
+        with T("photo camera"):
+            placement.add_photo_objects(context, coll, name, arm_obj, result, folder, created)
 
     if result.is_test_model:
         obj["deca_note"] = "built from the deca-blender TEST model (synthetic), not FLAME"
@@ -175,5 +203,6 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     obj.select_set(True)
     arm_obj.select_set(False)
     context.view_layer.objects.active = obj
-    context.view_layer.update()  # world matrices for the next import's placement
+    with T("view layer update"):
+        context.view_layer.update()  # world matrices for the next import's placement
     return obj, arm_obj

@@ -598,7 +598,11 @@ def ui_draw():
         report.setdefault("ui_polls", {})[cls.__name__] = bool(cls.poll(ctx)) if hasattr(cls, "poll") else True
         cls.draw(Stub(), ctx)
     prefs = bpy.context.preferences.addons[addon].preferences
-    prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}]})
+    prefs.status_json = json.dumps({"home": "/x", "assets": [{"name": "flame_model", "present": True, "required": True}],
+                                    "licences": [{"component": "flame_model", "what": "FLAME 2020",
+                                                  "licence": "FLAME licence (non-commercial)", "commercial": False},
+                                                 {"component": "mediapipe", "what": "MediaPipe",
+                                                  "licence": "Apache-2.0", "commercial": True}]})
     class PrefsView:  # the preferences with a stand-in layout
         layout = Layout()
 
@@ -610,7 +614,8 @@ def ui_draw():
     type(prefs).draw(PrefsView(), ctx)
     prefs.python_mode = "BLENDER"
     report["ui"] = {"problems": problems, "operators": sorted({n for k, n in shown if k == "operator"}),
-                    "props": sorted({n for k, n in shown if k == "prop"})}
+                    "props": sorted({n for k, n in shown if k == "prop"}),
+                    "labels": sorted({n for k, n in shown if k == "label"})}
 
 
 @section
@@ -922,6 +927,32 @@ def worker_from_blender():
     res["install_assets"] = sorted(bpy.ops.deca.install_assets())
     res["install_seconds"] = time.perf_counter() - t
     res["missing_after_install"] = json.loads(prefs.status_json)["missing"]
+    res["licences"] = {row["component"]: row["commercial"] for row in json.loads(prefs.status_json)["licences"]}
+    # The warm-up (what Blender's start, the panel or the photo browser trigger): `load` on the same worker,
+    # for the settings Import Photo then uses, with its progress for the status bar.
+    warmup = importlib.import_module(report["addons"][0] + ".warmup")
+    pid = client.call("hello", timeout=60)["pid"]
+    job = warmup.start()
+    res["warm_up_text_running"] = warmup.status_text()
+    res["warm_up_same_job"] = warmup.start() is job
+
+    class StatusBar:  # the status bar's header with a recording layout (headless Blender draws nothing)
+        class layout:
+            labels: list = []
+
+            @classmethod
+            def label(cls, text="", icon="NONE"):
+                cls.labels.append([text, icon])
+
+    warmup.draw_status(StatusBar(), bpy.context)
+    res["warm_up_status_bar"] = {"in_header": warmup.draw_status in bpy.types.STATUSBAR_HT_header.draw._draw_funcs,
+                                 "running": list(StatusBar.layout.labels), "tick_running": warmup._tick()}
+    loaded = job.wait(600)
+    StatusBar.layout.labels.clear()
+    warmup.draw_status(StatusBar(), bpy.context)
+    res["warm_up_status_bar"].update(done=list(StatusBar.layout.labels), tick_done=warmup._tick())
+    res["warm_up"] = {"already": loaded["already"], "stages": sorted(loaded["timings"]),
+                      "text_after": warmup.status_text(), "same_worker": client.call("hello", timeout=60)["pid"] == pid}
     res["cancel"] = cancel_running_import()
     try:
         bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
@@ -933,6 +964,12 @@ def worker_from_blender():
         bpy.ops.deca.import_photo(filepath=str(PHOTO))
         res["import_photo"] = "FINISHED"
         res["import_photo_seconds"] = time.perf_counter() - t
+        # Import Photo ran on the warmed-up worker and reconstructor: still the same process, nothing to load.
+        res["after_import"] = {"same_worker": client.call("hello", timeout=60)["pid"] == pid,
+                               "already": client.call("load", timeout=60, **warmup.load_settings(prefs))["already"]}
+        stats = importlib.import_module(report["addons"][0] + ".operators.import_ops").last_photo_import
+        res["import_stats"] = {"stages": sorted(stats["worker"]), "scene": sorted(stats["scene"]),
+                               "sums": stats["request"] + stats["scene_total"] <= stats["total"]}
         heads = [o for o in bpy.data.objects if o.deca.role == "HEAD"]
         res["heads"] = [o.name for o in heads]
         head = heads[0]
@@ -971,6 +1008,19 @@ def worker_from_blender():
     except RuntimeError as exc:
         res["import_photo"] = str(exc)
     res["objects_after"] = len(bpy.data.objects)
+    # The start-up hook follows the preference: nothing with "Only on Import", a fresh warm-up "With Blender".
+    client.stop()
+    prefs.warm_up = "OFF"
+    before = warmup._state["job"]
+    warmup._on_blender_start()
+    startup = {"off_sent_nothing": warmup._state["job"] is before and not client.alive}
+    prefs.warm_up = "STARTUP"
+    warmup._on_blender_start()
+    job = warmup._state["job"]
+    startup["startup_sent_load"] = job is not before and job.cmd == "load" and client.alive
+    startup["startup_loaded"] = job.wait(600)["already"] is False  # a fresh worker loaded the models
+    prefs.warm_up = "FIRST_USE"
+    res["startup_hook"] = startup
     res["torch_in_blender"] = "torch" in sys.modules
     report["worker"] = res
     importlib.import_module(report["addons"][0] + ".worker_client").shutdown_all()
