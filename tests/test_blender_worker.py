@@ -268,7 +268,7 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         job = c.request("load", device="auto", landmarks="auto", mode="deca")
         loaded = job.wait(600)
         assert loaded["already"] is False
-        assert set(loaded["timings"]) == {"import torch", "import pipeline", "load models", "load detector"}
+        assert set(loaded["timings"]) == {"import torch", "import pipeline", "load models", "load detector", "wrinkle basis"}
         assert all(v >= 0 for v in loaded["timings"].values())
         assert [m for m in job.messages if "loading" in m], job.messages
         assert c.call("load", timeout=60, device="auto", landmarks="auto", mode="deca")["already"] is True

@@ -59,6 +59,8 @@ class Reconstructor(Protocol):
 
     def reset_timings(self) -> None: ...
 
+    def warm_up(self) -> None: ...  # load the detector and whatever else the first photo would wait for
+
     def reconstruct_photo(self, path: str | Path, out_dir: str | Path, all_faces: bool = False,
                           progress: Progress | None = None, overwrite: bool = False) -> list[Path]: ...
 
@@ -83,6 +85,11 @@ class FitReconstructor:
 
     def reset_timings(self) -> None:
         self.timings = {}
+
+    def warm_up(self) -> None:
+        self.detector  # noqa: B018 - created on first use
+        if self.fitter.reconstructor is not None:  # deca+fit fits DECA's wrinkle model too
+            self.fitter.reconstructor.warm_up()
 
     def reconstruct_photo(self, path, out_dir, all_faces=False, progress=None, overwrite=False) -> list[Path]:
         return self.fitter.fit_photo(path, out_dir, all_faces=all_faces, overwrite=overwrite)

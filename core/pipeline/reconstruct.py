@@ -324,6 +324,14 @@ class Reconstructor:
             self._detector = get_detector(str(self._landmarks), device=str(self.device))
         return self._detector
 
+    def warm_up(self) -> None:
+        """Load what the first photo would otherwise wait for: the landmark detector and, with the shared
+        wrinkle fit, the checkpoint's wrinkle basis (read from the cache, or built and cached once: several
+        seconds). The Blender worker calls it while the user picks a photo."""
+        self.detector  # noqa: B018 - created on first use
+        if self.wrinkle_fit == "shared":
+            self.shared_wrinkle_basis()
+
     @property
     def flame_description(self) -> str:
         """Which FLAME file produced the results: variant, file name and sha256."""
