@@ -11,8 +11,10 @@ shows. Every row is ``baseline`` (the code path before issue 11, rebuilt here fr
 Rows:
 - wrinkle model: time and held-out explained variance (32 fresh i.i.d. prior samples), tiny and input-dependent
   weights. Baseline: eager ``D_detail`` on the full 181-d input, fixed ridge 1. Now: folded decoder, GCV ridge.
-- photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): the same
-  ``Reconstructor`` with its wrinkle fit switched to the baseline path, against the current one.
+- photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): two warm server
+  processes, one on ``--baseline-src`` (the code at filing) and one on this tree, same asset home
+  (checkpoint, TEST FLAME, data), same photo, dlib landmarks (the detector both trees have), interleaved;
+  each row lists both trees' per-stage times. Without ``--baseline-src`` the row is skipped.
 - batched forward (E_flame + E_detail + one D_detail, batch 8): eager fp32 against the folded channels_last
   networks (`core.networks.runtime.inference_networks`), and their largest relative difference.
 - expression-only decoding (frames/s): `core.pipeline.expressions.decode_expressions` against
@@ -105,19 +107,6 @@ def baseline_fit_wrinkles(rec: Reconstructor, detail: torch.Tensor):
                                 n_holdout=rec.wrinkle_holdout, n_components=rec.wrinkle_components, ridge=1.0)
 
 
-class BaselineReconstructor(Reconstructor):
-    """The pipeline as before issue 11: the eager networks (channels_last, batch norms not folded) and the
-    wrinkle fit of then; everything else is shared code."""
-
-    def __init__(self, *args, networks, **kwargs):
-        super().__init__(*args, networks=networks, **kwargs)
-        self.networks = networks.to(self.device).eval().to(memory_format=torch.channels_last)
-        self.eager_D_detail = self.networks.D_detail
-
-    def fit_wrinkles(self, detail):
-        return baseline_fit_wrinkles(self, detail)
-
-
 def fresh_ev(rec: Reconstructor, model, detail: torch.Tensor, n: int = 32) -> float:
     x = wr.sample_prior(n, np.random.default_rng(1234)).astype(np.float32)
     d = rec._wrinkle_decoder(detail)(x)
@@ -162,23 +151,106 @@ def bench_wrinkles(rows, fa, photos, repeats):
                         ">= 0.5 input-dependent, not lower on tiny", f"GCV ridge {info.ridge:.1f}"))
 
 
-def bench_photo(rows, fa, photos, repeats, tmp: Path):
-    torch.manual_seed(0)
-    nets = build_deca_networks().eval()
-    now = Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
-    base = BaselineReconstructor(device="cpu", landmarks=now.detector, face_assets=fa, networks=nets)
+_SERVER = """\
+import json, sys, time
+import torch
+torch.set_num_threads({threads})
+from core.assets import AssetManager
+from core.pipeline.reconstruct import Reconstructor
+rec = Reconstructor(AssetManager({home!r}), device="cpu", landmarks={landmarks!r})
+print("READY", flush=True)
+for line in sys.stdin:
+    photo, out = line.rstrip("\\n").split("\\t")
+    rec.reset_timings()
+    t0 = time.perf_counter()
+    rec.reconstruct_photo(photo, out, overwrite=True)
+    print("TIME", time.perf_counter() - t0, json.dumps(rec.timings), flush=True)
+"""
+
+
+class PhotoServer:
+    """A warm `Reconstructor` of one source tree in its own process (``PYTHONPATH=src``): the code path
+    of that tree as a whole (networks, detector, crops, texture, wrinkle fit, writing), on the same asset
+    home (checkpoint, FLAME, data) and photos as the other tree's server."""
+
+    def __init__(self, src: Path, home: Path, threads: int, landmarks: str = "dlib"):
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        code = _SERVER.format(threads=threads, home=str(home), landmarks=landmarks)
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith("READY"):
+            raise RuntimeError(f"the reconstruct server for {src} did not start")
+
+    def time(self, photo: Path, out: Path) -> tuple[float, dict]:
+        self.proc.stdin.write(f"{photo}\t{out}\n")
+        self.proc.stdin.flush()
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("the reconstruct server died")
+            if line.startswith("TIME "):
+                _, t, timings = line.split(" ", 2)
+                return float(t), json.loads(timings)
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def asset_home(tmp: Path, flame: Path) -> Path:
+    """An asset home with the TEST FLAME model and a saved input-dependent random checkpoint."""
+    home = tmp / "home"
+    if not home.exists():
+        from core.assets import AssetManager
+        ckpt = save_deca_checkpoint(responsive_networks(0), tmp / "dl" / "deca_model.tar")
+        AssetManager(home).install(flame=flame, deca=ckpt, data=_shared() / "assets" / "deca", progress=lambda m: None)
+    return home
+
+
+def big_photo(photo: Path, tmp: Path) -> Path:
+    """A 4000x3000 JPEG made from a shared photo (the face fills the frame: the largest crops)."""
     big = tmp / "big_4000x3000.jpg"
-    from PIL import Image
-    Image.open(photos[0]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=92)
-    for label, photo in (("photo -> folder, warm (224x224)", photos[0]), ("photo -> folder, warm (4000x3000)", big)):
-        for r in (base, now):
-            r.reconstruct_photo(photo, tmp / "warm", overwrite=True)
-        tb, tn = [], []
-        for _ in range(repeats):  # interleaved: load changes hit both
-            tb.append(_timed(lambda: base.reconstruct_photo(photo, tmp / "b", overwrite=True), 1)[0])
-            tn.append(_timed(lambda: now.reconstruct_photo(photo, tmp / "n", overwrite=True), 1)[0])
-        target = "<= 1.2 s and <= 1/3 of baseline" if "224" in label else "<= 1.5 s"
-        rows.append(row(label, _median(tb), _median(tn), "s", target))
+    if not big.exists():
+        from PIL import Image
+        Image.open(photo).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(big, quality=92)
+    return big
+
+
+def _stage_note(timings: list[dict]) -> str:
+    keys = sorted({k for t in timings for k in t}, key=lambda k: -statistics.median(t.get(k, 0.0) for t in timings))
+    return ", ".join(f"{k} {statistics.median(t.get(k, 0.0) for t in timings):.3f}" for k in keys)
+
+
+def bench_photo(rows, photos, repeats, tmp: Path, flame: Path, threads: int, baseline_src: Path | None):
+    """Warm photo -> folder. Baseline: the tree in ``baseline_src`` (the code at filing, 9ba048b), run as a
+    warm server process on the same asset home and photo; now: this tree, the same way. Interleaved."""
+    if baseline_src is None:
+        print("photo -> folder: no --baseline-src, row skipped (the baseline is the code at filing)")
+        return
+    home = asset_home(tmp, flame)
+    big = big_photo(photos[0], tmp)
+    servers = {}
+    try:
+        for name, src in (("baseline", baseline_src), ("now", ROOT)):
+            servers[name] = PhotoServer(src, home, threads)
+        for label, photo in (("photo -> folder, warm (224x224)", photos[0]), ("photo -> folder, warm (4000x3000)", big)):
+            times = {"baseline": [], "now": []}
+            stages = {"baseline": [], "now": []}
+            for name, srv in servers.items():  # warm-up: first-use costs (detector models, caches)
+                srv.time(photo, tmp / f"warm_{name}")
+            for _ in range(max(2, repeats)):  # interleaved: load changes hit both
+                for name, srv in servers.items():
+                    t, st = srv.time(photo, tmp / name)
+                    times[name].append(t)
+                    stages[name].append(st)
+            target = "<= 1.2 s and <= 1/3 of baseline" if "224" in label else "<= 1.5 s"
+            rows.append(row(label, _median(times["baseline"]), _median(times["now"]), "s", target,
+                            f"baseline: {baseline_src} (warm server, dlib, same checkpoint); "
+                            f"now stages: {_stage_note(stages['now'])}; baseline stages: {_stage_note(stages['baseline'])}"))
+    finally:
+        for srv in servers.values():
+            srv.close()
 
 
 def bench_forward(rows, repeats, batch=8):
@@ -212,10 +284,7 @@ def bench_expressions(rows, fa, photos, tmp: Path):
 
 
 def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
-    home = tmp / "home"
-    from core.assets import AssetManager
-    ckpt = save_deca_checkpoint(responsive_networks(0), tmp / "dl" / "deca_model.tar")
-    AssetManager(home).install(flame=flame, deca=ckpt, data=_shared() / "assets" / "deca", progress=lambda m: None)
+    home = asset_home(tmp, flame)
     photo = sorted((_shared() / "photos").glob("*.jpg"))[0]
     script = (f"import time; t0 = time.perf_counter()\n"
               f"import torch; torch.set_num_threads(2)\n"
@@ -270,7 +339,7 @@ def main(argv=None) -> int:
         if "wrinkles" not in args.skip:
             bench_wrinkles(rows, fa, photos, repeats)
         if "photo" not in args.skip:
-            bench_photo(rows, fa, photos, repeats, tmp)
+            bench_photo(rows, photos, repeats, tmp, flame, args.threads, args.baseline_src)
         if "forward" not in args.skip:
             bench_forward(rows, max(2, repeats))
         if "expressions" not in args.skip:

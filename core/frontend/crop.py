@@ -281,6 +281,41 @@ def _compressed(coords: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return np.searchsorted(idx, i0.astype(np.int64)) + (coords - i0)
 
 
+def _block_sums(a: np.ndarray, idx: np.ndarray, k: int, acc, axis: int) -> np.ndarray:
+    """Sums along ``axis`` of ``a`` (length n there) zero-padded to a multiple of ``k``, in blocks of ``k``,
+    for the sorted block indices ``idx`` (zero outside the padded array); ``acc`` the accumulator dtype.
+    Only the photo's last block can be partial."""
+    n = a.shape[axis]
+    shape = list(a.shape)
+    shape[axis] = len(idx)
+    out = np.zeros(shape, acc)
+
+    def at(sl):  # index along `axis`
+        return (slice(None),) * axis + (sl,)
+
+    ok = (idx >= 0) & (idx * k < n)
+    v = idx[ok]
+    if not len(v):
+        return out
+    if k == 1:
+        out[at(ok)] = a[at(v)]
+        return out
+    lo, hi = int(v[0]), int(v[-1]) + 1
+    full = min(hi, n // k)  # blocks lo..full-1 are whole
+    shape[axis] = hi - lo
+    sums = np.zeros(shape, acc)
+    if full > lo and axis == 0:  # one reshape-sum: contiguous rows (2-3 ms for 8 M uint8 values)
+        sums[:full - lo] = a[lo * k:full * k].reshape((full - lo, k) + a.shape[1:]).sum(1, dtype=acc)
+    elif full > lo:  # k strided views added: ~5x faster than a reshape-sum across the inner axis
+        whole = sums[at(slice(0, full - lo))]
+        for j in range(k):
+            whole += a[at(slice(lo * k + j, full * k, k))]
+    if hi > full:  # the last block, cut by the photo's edge (the rest is zero padding)
+        sums[at(full - lo)] = a[at(slice(full * k, n))].sum(axis, dtype=acc)
+    out[at(ok)] = sums[at(v - lo)]
+    return out
+
+
 def _gather(image, rows: np.ndarray, cols: np.ndarray, k: int) -> torch.Tensor:
     """The pooled pixels (``rows`` x ``cols``, pooled indices, may lie outside the photo) of the photo
     zero-padded to a multiple of ``k`` and box-averaged by ``k``: (1, 3, len(rows), len(cols)) float.
@@ -291,45 +326,32 @@ def _gather(image, rows: np.ndarray, cols: np.ndarray, k: int) -> torch.Tensor:
     view (grid_sample reads it as fast; a transpose copy cost ~0.1 s). uint8 blocks are summed as
     integers and divided by ``255 k^2`` once (the whole-photo path divided by 255 first: float rounding)."""
     H, W = _image_hw(image)
-    pr = (rows[:, None] * k + np.arange(k)).ravel()  # photo rows of the blocks
-    pc = (cols[:, None] * k + np.arange(k)).ravel()
-    r_ok, c_ok = (pr >= 0) & (pr < H), (pc >= 0) & (pc < W)
-    pr_c, pc_c = np.clip(pr, 0, H - 1), np.clip(pc, 0, W - 1)
     if isinstance(image, torch.Tensor):
+        pr = (rows[:, None] * k + np.arange(k)).ravel()  # photo rows of the blocks
+        pc = (cols[:, None] * k + np.arange(k)).ravel()
+        r_ok, c_ok = (pr >= 0) & (pr < H), (pc >= 0) & (pc < W)
         dev = image.device
-        t = image.index_select(1, torch.as_tensor(pr_c, device=dev)).index_select(2, torch.as_tensor(pc_c, device=dev))
+        t = image.index_select(1, torch.as_tensor(np.clip(pr, 0, H - 1), device=dev))
+        t = t.index_select(2, torch.as_tensor(np.clip(pc, 0, W - 1), device=dev))
         if not t.is_floating_point():
             t = t.to(torch.float32) / 255.0 if t.dtype == torch.uint8 else t.to(torch.float32)
         t = t * torch.as_tensor(r_ok, dtype=t.dtype, device=dev)[None, :, None] \
             * torch.as_tensor(c_ok, dtype=t.dtype, device=dev)[None, None, :]
         t = t.unsqueeze(0)
         return F.avg_pool2d(t, kernel_size=k, stride=k) if k > 1 else t
-    a = image[_as_index(pr_c)][:, _as_index(pc_c)]  # (k * len(rows), k * len(cols), 3); a view when contiguous
-    if not (r_ok.all() and c_ok.all()):
-        a = a.copy()
-        a[~r_ok] = 0
-        a[:, ~c_ok] = 0
-    n, m = len(rows), len(cols)
-    if a.dtype == np.uint8:
-        if k > 1:  # exact integer block sums (uint16 holds 16 x 16 x 255), then one division
-            acc = np.uint16 if k <= 16 else np.uint32
-            rs = a.reshape(n, k, m * k, 3).sum(1, dtype=acc)  # rows: contiguous, fast
-            a = rs[:, 0::k].copy()
-            for j in range(1, k):  # columns: strided adds (a reshaped sum over that axis is ~5x slower)
-                a += rs[:, j::k]
-        t = torch.from_numpy(a.astype(np.float32)) / float(255 * k * k)
+    if image.dtype == np.uint8:
+        acc, scale = (np.uint8 if k == 1 else np.uint16 if k <= 16 else np.uint32), 255.0 * k * k
     else:
-        t = torch.from_numpy(np.asarray(a, np.float64 if a.dtype == np.float64 else np.float32))
-        if k > 1:
-            t = F.avg_pool3d(t[None, None], (k, k, 1), (k, k, 1))[0, 0]
-    return t.permute(2, 0, 1).unsqueeze(0)
-
-
-def _as_index(idx: np.ndarray):
-    """A slice for a run of consecutive indices (numpy then gives a view, not a copy)."""
-    if len(idx) and idx[-1] - idx[0] + 1 == len(idx) and (len(idx) == 1 or np.all(np.diff(idx) == 1)):
-        return slice(int(idx[0]), int(idx[-1]) + 1)
-    return idx
+        acc, scale = (np.float64 if image.dtype == np.float64 else np.float32), float(k * k)
+    inside = cols[(cols >= 0) & (cols * k < W)]
+    c0 = int(inside[0]) if len(inside) else 0
+    c1 = int(inside[-1]) + 1 if len(inside) else 1
+    view = image[:, c0 * k:min(W, c1 * k)]  # the columns' span only (starts on a block boundary)
+    a = _block_sums(_block_sums(view, rows, k, acc, 0), cols - c0, k, acc, 1)  # (len(rows), len(cols), 3)
+    a = a.astype(np.float64 if acc == np.float64 else np.float32)
+    if scale != 1.0:
+        a /= scale
+    return torch.from_numpy(a).permute(2, 0, 1).unsqueeze(0)
 
 
 def warp_images(image, transforms: Sequence[CropTransform], out_size: int | None = None,
