@@ -253,21 +253,42 @@ def bench_photo(rows, photos, repeats, tmp: Path, flame: Path, threads: int, bas
             srv.close()
 
 
+def gemm_peak_gflops(repeats: int = 10, n: int = 2048) -> float:
+    """The machine's fp32 matrix-multiply rate with this process's threads (best of ``repeats``), GFLOP/s:
+    the ceiling a convolution runtime can approach."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    return 2 * n ** 3 / min(_timed(lambda: a @ b, 1)[0] for _ in range(repeats)) / 1e9
+
+
 def bench_forward(rows, repeats, batch=8):
+    """Eager fp32 against the folded channels_last networks, interleaved; with the forward's FLOPs and the
+    machine's GEMM rate measured in the same run, so the row says how far from the ceiling each one is
+    (2x eager needs twice eager's fraction of it)."""
+    from torch.utils.flop_counter import FlopCounterMode
     nets = responsive_networks(0)
     fast = inference_networks(nets)
     x = torch.rand(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     xc = x.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
-        a, b = nets(x), fast(xc)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            a = nets(x)
+        gflop = counter.get_total_flops() / batch / 1e9  # per photo
+        b = fast(xc)
         rel = max(float((u - v).abs().max() / u.abs().max()) for u, v in
                   ((a.codes.to_vector(), b.codes.to_vector()), (a.detail, b.detail), (a.displacement, b.displacement)))
-        te, tf = [], []
+        te, tf, peaks = [], [], []
         for _ in range(repeats):
+            peaks.append(gemm_peak_gflops(3))
             te.append(_timed(lambda: nets(x), 1)[0])
             tf.append(_timed(lambda: fast(xc), 1)[0])
-    rows.append(row(f"batched forward, batch {batch} (photos/s)", batch / _median(te), batch / _median(tf), "photo/s",
-                    ">= 2x eager fp32, within 1e-4 relative", f"max relative difference {rel:.1e}"))
+    eager, now, peak = batch / _median(te), batch / _median(tf), max(peaks)
+    rows.append(row(f"batched forward, batch {batch} (photos/s)", eager, now, "photo/s",
+                    ">= 2x eager fp32, within 1e-4 relative",
+                    f"max relative difference {rel:.1e}; {gflop:.2f} GFLOP/photo; fp32 GEMM {peak:.0f} GFLOP/s "
+                    f"({torch.get_num_threads()} threads); eager {100 * eager * gflop / peak:.0f} %, now "
+                    f"{100 * now * gflop / peak:.0f} % of it"))
 
 
 def bench_expressions(rows, fa, photos, tmp: Path):
