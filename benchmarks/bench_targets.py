@@ -2,8 +2,10 @@
 
 TEST FLAME model; random weights in two forms: PyTorch's default ("tiny": the decoder barely responds to
 its input) and input-dependent ones (`core.networks.responsive`), which is where the wrinkle model's fidelity
-shows. Every row is ``baseline`` (the code path before issue 11, rebuilt here from the same modules) and
-``now`` (what the pipeline runs), both timed in this process, interleaved, median of ``--repeats``.
+shows. Every row is ``baseline`` (the code path before issue 11) and ``now`` (what the pipeline runs), timed
+in the same run, interleaved, median of ``--repeats``: the wrinkle and forward rows rebuild the old path from
+the same modules in this process; the photo -> folder and cold-start rows run the old tree itself
+(``--baseline-src``) in its own process.
 
     .venv/bin/python benchmarks/bench_targets.py --quick       # < 3 minutes on 2 quiet cores
     .venv/bin/python benchmarks/bench_targets.py --repeats 5
@@ -14,13 +16,15 @@ Rows:
 - photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): two warm server
   processes, one on ``--baseline-src`` (the code at filing) and one on this tree, same asset home
   (checkpoint, TEST FLAME, data), same photo, dlib landmarks (the detector both trees have), interleaved;
-  each row lists both trees' per-stage times. Without ``--baseline-src`` the row is skipped.
+  each row lists both trees' per-stage times, and this tree's with its default detector (MediaPipe) as a
+  third server. Without ``--baseline-src`` the row is skipped.
 - batched forward (E_flame + E_detail + one D_detail, batch 8): eager fp32 against the folded channels_last
   networks (`core.networks.runtime.inference_networks`), and their largest relative difference.
 - expression-only decoding (frames/s): `core.pipeline.expressions.decode_expressions` against
   `Reconstructor.animate` (a full folder per frame) on the same photos.
-- cold start: a fresh process importing, building `Reconstructor` (asset home with a saved checkpoint) and
-  reconstructing one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
+- cold start: a fresh process importing, building `Reconstructor` (asset home with a saved checkpoint,
+  the tree's default detector: MediaPipe now, dlib at filing where FAN has no weights) and reconstructing
+  one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
   issue 11), else the issue's 13.8 s.
 - peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
 
@@ -232,11 +236,12 @@ def bench_photo(rows, photos, repeats, tmp: Path, flame: Path, threads: int, bas
     big = big_photo(photos[0], tmp)
     servers = {}
     try:
-        for name, src in (("baseline", baseline_src), ("now", ROOT)):
-            servers[name] = PhotoServer(src, home, threads)
+        for name, src, landmarks in (("baseline", baseline_src, "dlib"), ("now", ROOT, "dlib"),
+                                     ("now, default detector", ROOT, "auto")):
+            servers[name] = PhotoServer(src, home, threads, landmarks)
         for label, photo in (("photo -> folder, warm (224x224)", photos[0]), ("photo -> folder, warm (4000x3000)", big)):
-            times = {"baseline": [], "now": []}
-            stages = {"baseline": [], "now": []}
+            times = {name: [] for name in servers}
+            stages = {name: [] for name in servers}
             for name, srv in servers.items():  # warm-up: first-use costs (detector models, caches)
                 srv.time(photo, tmp / f"warm_{name}")
             for _ in range(max(2, repeats)):  # interleaved: load changes hit both
@@ -247,7 +252,9 @@ def bench_photo(rows, photos, repeats, tmp: Path, flame: Path, threads: int, bas
             target = "<= 1.2 s and <= 1/3 of baseline" if "224" in label else "<= 1.5 s"
             rows.append(row(label, _median(times["baseline"]), _median(times["now"]), "s", target,
                             f"baseline: {baseline_src} (warm server, dlib, same checkpoint); "
-                            f"now stages: {_stage_note(stages['now'])}; baseline stages: {_stage_note(stages['baseline'])}"))
+                            f"now stages: {_stage_note(stages['now'])}; baseline stages: {_stage_note(stages['baseline'])}; "
+                            f"now with the default detector (MediaPipe): {_median(times['now, default detector']):.3f} s "
+                            f"({_stage_note(stages['now, default detector'])})"))
     finally:
         for srv in servers.values():
             srv.close()
@@ -310,7 +317,7 @@ def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
     script = (f"import time; t0 = time.perf_counter()\n"
               f"import torch; torch.set_num_threads(2)\n"
               f"from core.assets import AssetManager\nfrom core.pipeline.reconstruct import Reconstructor\n"
-              f"t1 = time.perf_counter(); rec = Reconstructor(AssetManager({str(home)!r}), device='cpu', landmarks='dlib')\n"
+              f"t1 = time.perf_counter(); rec = Reconstructor(AssetManager({str(home)!r}), device='cpu')\n"
               f"t2 = time.perf_counter(); rec.reconstruct_photo({str(photo)!r}, {str(tmp / 'cold')!r}, overwrite=True)\n"
               f"t3 = time.perf_counter()\n"
               # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
