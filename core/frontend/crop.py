@@ -287,20 +287,23 @@ def _block_sums(a: np.ndarray, idx: np.ndarray, k: int, acc, axis: int) -> np.nd
     Only the photo's last block can be partial."""
     n = a.shape[axis]
     shape = list(a.shape)
-    shape[axis] = len(idx)
-    out = np.zeros(shape, acc)
 
     def at(sl):  # index along `axis`
         return (slice(None),) * axis + (sl,)
 
     ok = (idx >= 0) & (idx * k < n)
     v = idx[ok]
+    lo, hi = (int(v[0]), int(v[-1]) + 1) if len(v) else (0, 0)
+    run = bool(ok.all()) and hi - lo == len(idx)  # one run of blocks inside the photo: no gather copy
+    if k == 1 and run:
+        return a[at(slice(lo, hi))]
+    shape[axis] = len(idx)
+    out = np.zeros(shape, acc)
     if not len(v):
         return out
     if k == 1:
         out[at(ok)] = a[at(v)]
         return out
-    lo, hi = int(v[0]), int(v[-1]) + 1
     full = min(hi, n // k)  # blocks lo..full-1 are whole
     shape[axis] = hi - lo
     sums = np.zeros(shape, acc)
@@ -312,6 +315,8 @@ def _block_sums(a: np.ndarray, idx: np.ndarray, k: int, acc, axis: int) -> np.nd
             whole += a[at(slice(lo * k + j, full * k, k))]
     if hi > full:  # the last block, cut by the photo's edge (the rest is zero padding)
         sums[at(full - lo)] = a[at(slice(full * k, n))].sum(axis, dtype=acc)
+    if run:
+        return sums
     out[at(ok)] = sums[at(v - lo)]
     return out
 
