@@ -794,13 +794,14 @@ def test_read_image_keep_uint8_is_the_float_result_times_255(photos_dir, tmp_pat
         assert np.array_equal(u.astype(np.float32) / 255.0, f), name
 
 
-def _whole_photo_warp_float64(img_u8: np.ndarray, t: CropTransform, k: int) -> np.ndarray:
-    """The reference: the whole photo in float64, zero-padded to a multiple of k, box-averaged by k, sampled
-    by grid_sample at the crop's pixel centres (float64 grid)."""
-    x = torch.from_numpy(img_u8.astype(np.float64) / 255.0).permute(2, 0, 1)[None]
-    H, W = img_u8.shape[:2]
-    if k > 1:
-        x = torch.nn.functional.avg_pool2d(torch.nn.functional.pad(x, (0, (-W) % k, 0, (-H) % k)), k, k)
+def _whole_photo_warp_float64(photo64: torch.Tensor, t: CropTransform, k: int, pooled: dict) -> np.ndarray:
+    """The reference: the whole photo (1, 3, H, W) in float64, zero-padded to a multiple of k, box-averaged
+    by k (cached in ``pooled``), sampled by grid_sample at the crop's pixel centres (float64 grid)."""
+    H, W = photo64.shape[-2:]
+    if k not in pooled:
+        x = torch.nn.functional.pad(photo64, (0, (-W) % k, 0, (-H) % k))
+        pooled[k] = torch.nn.functional.avg_pool2d(x, k, k) if k > 1 else x
+    x = pooled[k]
     h, w = x.shape[-2:]
     inv = t.inverse()
     c = np.arange(t.size) + 0.5
@@ -828,9 +829,11 @@ def test_crops_of_a_12mp_photo_equal_the_whole_photo_path(photos_dir, tmp_path):
              (CropTransform.from_square((3950, 2950), 1300, 224), True, 5),  # partial blocks at the edge
              (CropTransform.from_square((-900, 1500), 600, 224), True, 2),  # wholly outside: zeros
              (rot, True, 9)]  # rotated (not separable), 1 / scale = 9.58
+    photo64 = torch.from_numpy(u8.astype(np.float64) / 255.0).permute(2, 0, 1)[None]
+    pooled: dict = {}
     for i, (t, aa, k) in enumerate(cases):
         assert k == (max(1, int(1 / t.scale)) if aa else 1)  # the documented box factor floor(src / size)
-        ref = _whole_photo_warp_float64(u8, t, k)
+        ref = _whole_photo_warp_float64(photo64, t, k, pooled)
         for img in (u8, f32):
             out = warp_image(img, t, antialias=aa)
             assert out.dtype == torch.float32 and out.shape == (3, t.size, t.size)
