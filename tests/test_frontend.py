@@ -775,3 +775,67 @@ def test_fan_unavailable_without_weights_and_never_downloads(fake_fa):
     import face_alignment.utils as fu
     assert fu.download_url_to_file is real
     assert sorted(p.name for p in ckpt.iterdir()) == ["2DFAN4-other.zip", "s3fd-other.pth"]
+
+
+# ------------------------------------------------------------------------------- large photos (issue 11)
+
+def test_read_image_keep_uint8_is_the_float_result_times_255(photos_dir, tmp_path):
+    src = Image.open(_photos(photos_dir)[0]).convert("RGB")
+    cases = {"rgb.jpg": src, "gray.png": src.convert("L"), "pal.png": src.convert("P"),
+             "bilevel.png": src.convert("1"), "rgba.png": src.convert("RGBA")}
+    for name, im in cases.items():
+        im.save(tmp_path / name)
+        f = read_image(tmp_path / name)
+        u = read_image(tmp_path / name, keep_uint8=True)
+        if name == "rgba.png":  # composited over white in float: stays float
+            assert u.dtype == np.float32 and np.array_equal(u, f)
+            continue
+        assert u.dtype == np.uint8 and u.shape == f.shape, name
+        assert np.array_equal(u.astype(np.float32) / 255.0, f), name
+
+
+def _whole_photo_warp_float64(photo64: torch.Tensor, t: CropTransform, k: int, pooled: dict) -> np.ndarray:
+    """The reference: the whole photo (1, 3, H, W) in float64, zero-padded to a multiple of k, box-averaged
+    by k (cached in ``pooled``), sampled by grid_sample at the crop's pixel centres (float64 grid)."""
+    H, W = photo64.shape[-2:]
+    if k not in pooled:
+        x = torch.nn.functional.pad(photo64, (0, (-W) % k, 0, (-H) % k))
+        pooled[k] = torch.nn.functional.avg_pool2d(x, k, k) if k > 1 else x
+    x = pooled[k]
+    h, w = x.shape[-2:]
+    inv = t.inverse()
+    c = np.arange(t.size) + 0.5
+    u, v = np.meshgrid(c, c)
+    px = (inv[0, 0] * u + inv[0, 1] * v + inv[0, 2]) / k
+    py = (inv[1, 0] * u + inv[1, 1] * v + inv[1, 2]) / k
+    grid = torch.from_numpy(np.stack([2 * px / w - 1, 2 * py / h - 1], -1))[None]
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros",
+                                           align_corners=False)[0].numpy()
+
+
+def test_crops_of_a_12mp_photo_equal_the_whole_photo_path(photos_dir, tmp_path):
+    """warp_images reads only the pixels (or box-averaged blocks) a crop samples; the result must equal
+    sampling the whole photo. Bound 1e-4: float32 grid rounding is ~1e-5 px x a pixel-to-pixel step <= 1."""
+    big = tmp_path / "big.jpg"
+    Image.open(_photos(photos_dir)[0]).convert("RGB").resize((4000, 3000), Image.Resampling.BICUBIC).save(big)
+    u8 = read_image(big, keep_uint8=True)
+    assert u8.dtype == np.uint8 and u8.shape == (3000, 4000, 3)
+    f32 = read_image(big)
+    rot = CropTransform(matrix=np.array([[0.1, 0.03, -150.0], [-0.03, 0.1, -60.0], [0, 0, 1]]), size=224,
+                        convention="continuous")
+    cases = [(CropTransform.deca_from_square((2000, 1500), 3100, 224), None, 1),  # DECA crop, face fills frame
+             (CropTransform.deca_from_square((3900, 150), 700, 224), None, 1),  # partly outside (corner)
+             (CropTransform.from_square((2000, 1500), 2700, 640), True, 4),  # a texture crop: box filter by 4
+             (CropTransform.from_square((3950, 2950), 1300, 224), True, 5),  # partial blocks at the edge
+             (CropTransform.from_square((-900, 1500), 600, 224), True, 2),  # wholly outside: zeros
+             (rot, True, 9)]  # rotated (not separable), 1 / scale = 9.58
+    photo64 = torch.from_numpy(u8.astype(np.float64) / 255.0).permute(2, 0, 1)[None]
+    pooled: dict = {}
+    for i, (t, aa, k) in enumerate(cases):
+        assert k == (max(1, int(1 / t.scale)) if aa else 1)  # the documented box factor floor(src / size)
+        ref = _whole_photo_warp_float64(photo64, t, k, pooled)
+        for img in (u8, f32):
+            out = warp_image(img, t, antialias=aa)
+            assert out.dtype == torch.float32 and out.shape == (3, t.size, t.size)
+            assert np.abs(out.numpy() - ref).max() < 1e-4, (t.matrix, k)
+        assert (np.abs(ref).max() == 0.0) == (i == 4)  # only the wholly-outside crop is all zeros

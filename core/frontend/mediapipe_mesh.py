@@ -67,13 +67,34 @@ def turn_factor(ratio: float) -> float:
     return float(np.clip((TURN_ZERO - ratio) / (TURN_ZERO - TURN_OK), 0.0, 1.0))
 
 
+_DRAWING = ("mediapipe.python.solutions.drawing_utils", "mediapipe.python.solutions.drawing_styles")
+
+
 def _import_mediapipe():
     import logging
     import os
+    import sys
+    import types
+    if "mediapipe" in sys.modules:
+        return sys.modules["mediapipe"]
     os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ start-up chatter
     logging.getLogger("absl").setLevel(logging.ERROR)
-    import mediapipe
-
+    # mediapipe's package imports its drawing helpers, and they import matplotlib.pyplot: 0.3 s of the 0.5 s
+    # import at load 10 (python -X importtime), paid by every cold `reconstruct`. Nothing here draws, so
+    # placeholders stand in for the two helper modules during the import; they are removed afterwards, so
+    # a later ``import mediapipe.python.solutions.drawing_utils`` still loads the real module.
+    placeholders = {name: types.ModuleType(name) for name in _DRAWING if name not in sys.modules}
+    sys.modules.update(placeholders)
+    try:
+        import mediapipe
+    finally:
+        solutions = sys.modules.get("mediapipe.python.solutions")
+        for name, module in placeholders.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
+            short = name.rsplit(".", 1)[1]
+            if solutions is not None and getattr(solutions, short, None) is module:
+                delattr(solutions, short)
     return mediapipe
 
 

@@ -207,7 +207,7 @@ class DecodedFace:
 @dataclass
 class _Photo:
     path: Path
-    image: np.ndarray  # (H, W, 3) float32
+    image: np.ndarray  # (H, W, 3) uint8 (8-bit photos) or float32 in [0, 1]
     detections: list[FaceDetection]
     crops: list[CropTransform]
     stem: str | None = None
@@ -376,7 +376,7 @@ class Reconstructor:
     def _prepare(self, path: str | Path, all_faces: bool) -> _Photo:
         """Read, detect, crop. Raises ImageReadError / NoFaceError naming the photo."""
         with self._stage("decode photo"):
-            image = read_image(path)
+            image = read_image(path, keep_uint8=True)  # uint8 when exact: detectors and crops take it as is
         with self._stage("landmarks"):
             dets = detect_faces(image, self.detector, all_faces=all_faces, source=path)
             for d in dets:  # LowConfidenceError (a per-photo failure) or warnings kept in the result

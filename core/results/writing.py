@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,10 +150,11 @@ def write_obj(folder: Path, vertices: np.ndarray, faces: np.ndarray, uv_coords: 
     return obj_path, mtl_path
 
 
-def encode_png(array: np.ndarray, bits: int = 8, compress_level: int = 3) -> bytes:
+def encode_png(array: np.ndarray, bits: int = 8, compress_level: int = 1) -> bytes:
     """PNG bytes of a float image in [0, 1] ((H, W), (H, W, 3) or (H, W, 4)) or of integers (uint8, or uint16
-    for a 16-bit grayscale image). Files inside a result folder are written with this (a faster zlib level
-    than Pillow's default; the folder as a whole is committed atomically)."""
+    for a 16-bit grayscale image). Files inside a result folder are written with this (zlib level 1: measured
+    on a texture and an overlay, 0.55x the time of level 3 for 7 % larger files; Pillow's default 6 takes
+    3x; the folder as a whole is committed atomically)."""
     import io
 
     from PIL import Image
@@ -206,20 +208,32 @@ def write_result_folder(result: ReconstructionResult, images: FaceImages, out_di
     result.validate()
     out = Path(out_dir)
     tmp = new_temp_folder(out, name)
+    # the PNG encodes (zlib and Pillow's filters release the GIL) run on a second thread while this one
+    # writes result.npz and the OBJ text (the encodes are ~60 % of the writing CPU time)
+    pngs = {"texture.png": (images.texture, 8), "displacement.png": (
+                encodings.encode_displacement(result.displacement, result.displacement_scale), 16),
+            "detail_normals.png": (encodings.encode_normals(images.detail_normals), 8),
+            "overlay.png": (images.overlay, 8)}
+    if images.albedo is not images.texture:
+        pngs["albedo.png"] = (images.albedo, 8)
+    pool = ThreadPoolExecutor(max_workers=1)
+    encoded = {}
     try:
+        encoded = {f: pool.submit(encode_png, a, bits) for f, (a, bits) in pngs.items()}
         result.save(tmp)
         write_obj(tmp, result.vertices, result.faces, result.uv_coords, result.uv_faces)
-        texture = encode_png(images.texture)
-        write_bytes(tmp / "texture.png", texture)
-        write_bytes(tmp / "albedo.png", texture if images.albedo is images.texture else encode_png(images.albedo))
-        write_bytes(tmp / "displacement.png", encode_png(
-            encodings.encode_displacement(result.displacement, result.displacement_scale), bits=16))
-        write_bytes(tmp / "detail_normals.png", encode_png(encodings.encode_normals(images.detail_normals)))
-        write_bytes(tmp / "overlay.png", encode_png(images.overlay))
+        for f, job in encoded.items():
+            write_bytes(tmp / f, job.result())
+        if "albedo.png" not in pngs:  # the same image: encoded once
+            shutil.copyfile(tmp / "texture.png", tmp / "albedo.png")
         return commit_folder(tmp, out / name, overwrite)
     except BaseException:  # Ctrl-C included: no half-written folder is left behind
-        discard(tmp)
+        for job in encoded.values():
+            job.cancel()
+        discard(tmp)  # the encoder thread writes nothing: only this thread touches the folder
         raise
+    finally:
+        pool.shutdown(wait=True)
 
 
 def finished_photos(out_dir: str | Path) -> set[Path]:
