@@ -243,7 +243,7 @@ def test_spd_solve_solves_and_falls_back_on_an_indefinite_matrix():
 
 
 def test_fast_photometric_stage_is_as_accurate_as_the_reference_stage(fitter, face_model, synthetic):
-    """The default stage 2 (a checkerboard of the face pixels, re-rasterized every other step) against the
+    """The default stage 2 (the face pixels only, re-rasterized every other step) against the
     reference set-up (whole-crop render every step, 60 Adam steps), both from the same stage-1 fit of noisy
     landmarks (3 px, weighed as dlib's 8 px, so that stage 2 has work to do), scored against the ground-truth
     mesh: the posed median error over the five faces is no more than 0.05 mm above the reference's (measured:

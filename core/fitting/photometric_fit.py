@@ -71,14 +71,15 @@ class PhotometricFitConfig:
     erode_px: int = 3  # the face mask, fixed from stage 1, shrunk by this much (see fit_photometric)
     # Render only the fixed face pixels (`FacePixelRenderer`, same colours) instead of the whole crop, and
     # re-rasterize them every `raster_every` steps (the face under a pixel is held in between).
-    # Measured on 8 synthetic faces with dlib's landmarks (posed median / mean error, mm): whole-crop render,
-    # every step 1.189 / 1.580; face pixels, every step 1.198 / 1.581 (float rounding alone moves these by
-    # ~0.01); + re-rasterized every 2nd step 1.191 / 1.573; + checkerboard 1.186 / 1.574 (CPU time of the
-    # stage 0.53x); every 3rd step 1.211 / 1.594; 40 steps instead of 60 1.212 / 1.610.
+    # Measured on 8 synthetic faces (posed median / mean error, mm; dlib's landmarks, then exact ones):
+    # whole-crop render every step 1.189 / 1.580, 0.687 / 0.982 (float rounding alone moves these by ~0.01);
+    # face pixels re-rasterized every 2nd step (the default; CPU time of the stage 0.63x) 1.191 / 1.573,
+    # 0.688 / 0.981; + a checkerboard of them (pixel_step 2; 0.53x) 1.186 / 1.574 but 0.691 / 0.985, also
+    # with all pixels in the last 15 or 30 steps; every 3rd step 1.211 / 1.594; 40 steps 1.212 / 1.610.
     face_pixels_only: bool = True
     raster_every: int = 2
     raster_px: float | None = None  # ... or sooner, once a vertex moved this many pixels since the last time
-    pixel_step: int = 2  # use the face pixels with (row + column) % pixel_step == 0 (2: a checkerboard)
+    pixel_step: int = 1  # use the face pixels with (row + column) % pixel_step == 0 (2: a checkerboard)
 
 
 @dataclass
