@@ -176,6 +176,19 @@ def _residuals(lm: LandmarkModel, layout: _Layout, x: torch.Tensor, s0: torch.Te
                       (pose[:, 3:] / jaw_prior_std(cfg, pose)).reshape(-1)])
 
 
+def spd_solve(A: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Solve A x = b for a symmetric positive definite (n, n) A and (n,) b, by Cholesky.
+
+    Why not `torch.linalg.solve`: its LU runs LAPACK's threaded getrf, which on a loaded 2-core machine
+    with 2 torch threads took 36-350 ms for n = 159-285 (measured; 0.1-0.4 ms on one thread), while the
+    Cholesky factorisation stays at 0.1-0.5 ms either way. LU is the fallback if A is not numerically
+    positive definite."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if int(info) != 0:
+        return torch.linalg.solve(A, b)
+    return torch.cholesky_solve(b[:, None], L)[:, 0]
+
+
 def _levenberg_marquardt(fun, x: torch.Tensor, free: torch.Tensor, rows_of, iterations: int,
                          tol: float = 1e-10) -> tuple[torch.Tensor, int]:
     """Minimise |fun(x, rows)|^2 / 2 over x[free] (Marquardt's diagonal damping, exact Jacobians by
@@ -197,7 +210,7 @@ def _levenberg_marquardt(fun, x: torch.Tensor, free: torch.Tensor, rows_of, iter
         diag = H.diagonal().clamp_min(1e-12)
         improved = False
         for _ in range(10):
-            step = torch.linalg.solve(H + lam * torch.diag(diag), -g)
+            step = spd_solve(H + lam * torch.diag(diag), -g)
             x_new = x.index_put((idx,), x[idx] + step.to(x.dtype))
             rows_new = rows_of(x_new)
             r_new = fun(x_new, rows_new)
