@@ -652,15 +652,38 @@ def test_prepare_in_shards_with_workers_and_resume(photos_dir, tmp_path):
     assert (a.written, b.written) == (2, 1)
     sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.npz"))
     assert len(sharded) == 3
-    # an interrupted run resumes: what exists is kept, nothing is redone
+    # each shard job wrote its own manifest; together they index the set, and its samples re-crop
+    from training.data import IdentityDataset, Sample, read_manifests
+
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("manifest*.json")) == ["manifest.0of2.json",
+                                                                                     "manifest.1of2.json"]
+    assert sum(map(len, read_manifests(tmp_path / "sharded").values())) == 3
+    ds = IdentityDataset(tmp_path / "sharded", crop="release")
+    assert ds.indexed_by == "manifest" and len(ds) == 3
+    with np.load(tmp_path / "sharded" / sharded[0]) as z:
+        # the full image's landmarks map onto the stored crop's through full_matrix
+        m = z["full_matrix"]
+        assert np.abs(z["full_landmarks"] @ m[:2, :2].T + m[:2, 2] - z["landmarks"]).max() < 1e-3
+    item = ds[Sample(0, 0, 1)]
+    lm = item["landmarks"].numpy()
+    side = (lm.max(0) - lm.min(0)).sum() / 2.0  # the landmark box in the re-crop: 224 / scale
+    assert 224 / 1.8 - 0.5 < side < 224 / 1.4 + 0.5
+    # an interrupted run resumes: a sample cut off before its .npz (written last) is redone, the rest kept
+    victim = tmp_path / "sharded" / sharded[1]
+    victim.unlink()
+    kept = (tmp_path / "sharded" / sharded[0]).stat().st_mtime_ns
     again = prepare_dataset(src, tmp_path / "sharded", detector="dlib")
-    assert again.written == 0 and again.identities == 2
+    assert again.written == 1 and again.identities == 2 and victim.is_file()
+    assert (tmp_path / "sharded" / sharded[0]).stat().st_mtime_ns == kept
+    assert prepare_dataset(src, tmp_path / "sharded", detector="dlib").written == 0
+    assert sum(map(len, read_manifests(tmp_path / "sharded").values())) == 3
     # two worker processes write the same samples as the sharded single-process jobs
     par = prepare_dataset(src, tmp_path / "parallel", detector="dlib", workers=2)
     assert par.written == 3
     for rel in sharded:
         with np.load(tmp_path / "sharded" / rel) as x, np.load(tmp_path / "parallel" / rel) as y:
             assert np.array_equal(x["landmarks"], y["landmarks"]) and np.array_equal(x["skin_mask"], y["skin_mask"])
+            assert np.array_equal(x["full_landmarks"], y["full_landmarks"])
     assert parse_shard("3/16") == (3, 16)
     for bad in ("16/16", "a/b", "1"):
         with pytest.raises(ValueError, match="shard"):
