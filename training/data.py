@@ -378,13 +378,25 @@ class IdentityDataset(Dataset):
 
         tf = self.crop_of(d["full_landmarks"], aug_seed)
         img = warp_image(d["full_image"], tf).permute(1, 2, 0).numpy()
-        m = torch.from_numpy(d["full_skin_mask"]).float()[None].expand(3, -1, -1)
-        mask = (warp_image(m, tf, antialias=False)[0] > 0.5).numpy().astype(np.float32)
-        out = {"image": img, "landmarks": tf.apply(d["full_landmarks"]).astype(np.float32), "skin_mask": mask,
-               "crop_matrix": tf.matrix}
-        if "gt_cam" in d:  # stored crop px -> new crop px
-            rel = tf.matrix @ np.linalg.inv(d["full_matrix"])
-            out["gt_cam"] = transform_camera(d["gt_cam"], rel).astype(np.float32)
+        # the mask: nearest full-image pixel of each crop pixel's centre (zero outside), from the crop's
+        # scale k and offset b (full px = (crop px - b) / k; an axis-aligned square, no matrix inverse needed)
+        k, b = tf.matrix[0, 0], tf.matrix[:2, 2]
+        c = np.arange(INPUT_SIZE) + 0.5
+        fm = d["full_skin_mask"]
+        cols = np.floor((c - b[0]) / k).astype(np.int64)
+        rows = np.floor((c - b[1]) / k).astype(np.int64)
+        okc = (cols >= 0) & (cols < fm.shape[1])
+        okr = (rows >= 0) & (rows < fm.shape[0])
+        mask = fm[np.clip(rows, 0, fm.shape[0] - 1)][:, np.clip(cols, 0, fm.shape[1] - 1)] * okr[:, None] * okc[None]
+        out = {"image": img, "landmarks": tf.apply(d["full_landmarks"]).astype(np.float32),
+               "skin_mask": (mask > 0.5).astype(np.float32), "crop_matrix": tf.matrix}
+        if "gt_cam" in d:  # stored crop px -> new crop px: M_new @ full_matrix^-1 (both axis-aligned squares)
+            fmat = d["full_matrix"]
+            kf, bf = fmat[0, 0], fmat[:2, 2]
+            inv = np.array([[1.0 / kf, 0.0, -bf[0] / kf], [0.0, 1.0 / kf, -bf[1] / kf], [0.0, 0.0, 1.0]])
+            if abs(fmat[0, 1]) + abs(fmat[1, 0]) + abs(fmat[1, 1] - kf) > 1e-9 * abs(kf):
+                inv = np.linalg.inv(fmat)  # not an axis-aligned square (not written by prepare / synth)
+            out["gt_cam"] = transform_camera(d["gt_cam"], tf.matrix @ inv).astype(np.float32)
         return out
 
     def __getitem__(self, s: Sample) -> dict[str, torch.Tensor]:
