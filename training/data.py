@@ -5,7 +5,7 @@ Layout (written by ``deca-train prepare`` from photos, or ``deca-train synth``):
     <root>/dataset.json                 optional: {"format": "deca-train-dataset", "version": 1, ...}
     <root>/manifest*.json               optional: the index (identities and their samples), written by
                                         ``prepare`` (one per shard) and ``synth``; without one the folder is
-                                        listed once (``deca-train index`` writes it for an old folder)
+                                        listed once, as before
     <root>/<identity>/<name>.png        224x224 RGB crop (DECA's crop rule, scale 1.375 of the landmark box)
     <root>/<identity>/<name>.full.png   optional: the full image the training crop is re-cut from
                                         (``data.crop: release``): for prepared photos the photo's square at
