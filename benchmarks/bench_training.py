@@ -11,9 +11,9 @@ model (the speed does not depend on the model's values). The time of a step is t
 
 Writes ``benchmarks/results/training.json`` (results of other devices already there are kept).
 
-``--prepare``: wall time of ``deca-train prepare`` on ``<shared>/photos`` with ``--prepare-workers`` (default 1
-and 2) worker processes, in one run, with the speed-up over the first and the load average
-(``benchmarks/results/training_prepare.json``).
+``--prepare``: wall time of ``deca-train prepare`` on ``<shared>/photos`` (each photo linked ``--prepare-copies``
+times) with ``--prepare-workers`` (default 1 and 2) worker processes, interleaved ``--prepare-repeats`` times in
+one run, with the speed-up over the first and the load average (``benchmarks/results/training_prepare.json``).
 """
 from __future__ import annotations
 
@@ -39,21 +39,36 @@ RESULTS = ROOT / "benchmarks" / "results" / "training.json"
 BATCH = {"pretrain": (8, 1), "coarse": (2, 4), "detail": (2, 3)}
 
 
-def bench_prepare(photos: Path, workers: list[int], detector: str = "dlib") -> dict:
-    """Wall time of ``prepare_dataset`` on ``photos`` (every photo one identity) per worker count, each into a
-    fresh folder, measured in one run so the machine's load is shared; ratio against the first count."""
-    from training.prepare import prepare_dataset
+def bench_prepare(photos: Path, workers: list[int], detector: str = "dlib", copies: int = 4, repeats: int = 2) -> dict:
+    """Wall time of ``prepare_dataset`` on ``photos`` per worker count, each into a fresh folder, interleaved
+    (w1, w2, w1, w2, ...) in one run so that the machine's load falls on both alike; the photos are linked
+    ``copies`` times (each copy its own identity) so that the per-worker start-up is paid over a realistic
+    share of photos. Reports the median per count, the ratio against the first count and the load average."""
+    from training.prepare import PHOTO_EXTS, prepare_dataset
 
-    out: dict = {"photos": str(photos), "detector": detector, "runs": {}}
+    files = sorted(p for p in photos.rglob("*") if p.is_file() and p.suffix.lower() in PHOTO_EXTS)
+    out: dict = {"photos": str(photos), "n_photos": len(files) * copies, "detector": detector,
+                 "copies": copies, "repeats": repeats, "runs": {str(w): [] for w in workers},
+                 "loadavg_before": Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None}
     with tempfile.TemporaryDirectory() as tmp:
-        for w in workers:
-            t0 = time.perf_counter()
-            rep = prepare_dataset(photos, Path(tmp) / f"w{w}", detector=detector, workers=w)
-            out["runs"][str(w)] = {"seconds": time.perf_counter() - t0, "written": rep.written}
-    base = out["runs"][str(workers[0])]["seconds"]
-    for w in workers:
-        out["runs"][str(w)]["speedup"] = base / out["runs"][str(w)]["seconds"]
-    out["loadavg"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None
+        src = Path(tmp) / "photos"
+        for c in range(copies):
+            for f in files:
+                (src / f"c{c}_{f.stem}").mkdir(parents=True, exist_ok=True)
+                (src / f"c{c}_{f.stem}" / f.name).symlink_to(f.resolve())
+        for r in range(repeats):
+            for w in workers:
+                t0 = time.perf_counter()
+                rep = prepare_dataset(src, Path(tmp) / f"w{w}_r{r}", detector=detector, workers=w)
+                sec = time.perf_counter() - t0
+                out["runs"][str(w)].append({"seconds": round(sec, 3), "written": rep.written})
+                print(f"workers {w} repeat {r}: {sec:.2f} s, {rep.written} written", flush=True)
+    med = {w: statistics.median(x["seconds"] for x in out["runs"][str(w)]) for w in workers}
+    base = med[workers[0]]
+    out["median_seconds"] = {str(w): med[w] for w in workers}
+    out["speedup_vs_first"] = {str(w): round(base / med[w], 3) for w in workers}
+    out["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").is_file() else None
+    out["cpu"] = cpu_name()
     return out
 
 
@@ -62,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--prepare", action="store_true",
                     help="benchmark deca-train prepare on <shared>/photos with --workers 1 and 2 instead")
     ap.add_argument("--prepare-workers", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--prepare-copies", type=int, default=4, help="each photo linked this many times")
+    ap.add_argument("--prepare-repeats", type=int, default=2, help="interleaved runs per worker count")
+    ap.add_argument("--prepare-detector", default="dlib")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 on a shared machine, see docs/training.md)")
     ap.add_argument("--steps", type=int, default=8)
@@ -74,7 +92,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args(argv)
     if args.prepare:
-        res = bench_prepare(Path(args.shared) / "photos", args.prepare_workers)
+        res = bench_prepare(Path(args.shared) / "photos", args.prepare_workers, args.prepare_detector,
+                            args.prepare_copies, args.prepare_repeats)
         print(json.dumps(res, indent=2))
         out = Path(args.out).with_name("training_prepare.json")
         out.parent.mkdir(parents=True, exist_ok=True)

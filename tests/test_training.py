@@ -139,6 +139,127 @@ def test_augmentation_moves_landmarks_with_the_image(synth):
     assert torch.allclose(d_mask, d_lmk, atol=3.0), (d_mask, d_lmk)
 
 
+def test_release_crop_is_the_released_box_with_its_scale_range(face, synth):
+    """data.crop=release against DECA's released crop written out here: box of the full image's landmarks,
+    old_size = (w + h) / 2, side old_size * scale (scale in [1.4, 1.8]), centred; image, mask, landmarks and
+    the ground-truth camera follow."""
+    from scipy import ndimage
+
+    from core.frontend import read_image
+    from core.render import ndc_to_pixels
+    from training.data import IdentityDataset, Sample
+
+    ds = IdentityDataset(synth, crop="release")
+    png = ds.files[1][2]
+    with np.load(png.with_suffix(".npz")) as z:
+        full_lm = z["full_landmarks"].astype(np.float64)
+        gt = {k: torch.from_numpy(z[f"gt_{k}"])[None] for k in ("shape", "exp", "pose")}
+    full = read_image(png.with_name(png.stem + ".full.png")).astype(np.float64)
+    left, top = full_lm.min(0)
+    right, bottom = full_lm.max(0)
+    old_size = (right - left + bottom - top) / 2.0
+    centre = np.array([(left + right) / 2.0, (top + bottom) / 2.0])
+    scales = []
+    for seed in (0, 7, 12345, 2 ** 31 + 5):
+        item = ds[Sample(1, 2, seed)]
+        lm = item["landmarks"].double().numpy()
+        # the crop square, read back from where the landmarks went: side and centre in full-image pixels
+        k = (lm[:, 0].max() - lm[:, 0].min()) / (right - left)  # crop px per full px
+        side = 224.0 / k
+        scales.append(side / old_size)
+        origin = centre - side / 2.0
+        assert np.abs(lm - (full_lm - origin) * k).max() < 1e-3, seed  # centred on the box, no rotation
+        # the pixels: bilinear samples of the full image at the crop's pixel centres (interior, away from edges)
+        c = (np.arange(224) + 0.5) / k
+        xs, ys = np.meshgrid(origin[0] + c - 0.5, origin[1] + c - 0.5)
+        ref = np.stack([ndimage.map_coordinates(full[..., ch], [ys, xs], order=1, mode="constant") for ch in range(3)])
+        got = item["image"].double().numpy()
+        inner = (slice(None), slice(8, -8), slice(8, -8))
+        assert np.abs(got[inner] - ref[inner]).max() < 1e-4, seed
+        # the ground-truth camera follows the crop: the true mesh lands on the crop's landmarks
+        g = face.geometry(gt["shape"], gt["exp"], gt["pose"], item["gt_cam"][None])
+        assert (ndc_to_pixels(g.landmarks2d, 224)[0] - item["landmarks"]).abs().max() < 2e-3, seed
+        # the skin mask moves with the face: most of it lies inside the landmarks' box
+        m = item["skin_mask"][0].numpy() > 0.5
+        ys_, xs_ = np.nonzero(m)
+        inside = (xs_ >= lm[:, 0].min() - 3) & (xs_ <= lm[:, 0].max() + 3) & (ys_ >= lm[:, 1].min() - 60) & (ys_ <= lm[:, 1].max() + 3)
+        assert m.sum() > 1000 and inside.mean() > 0.95
+    assert abs(scales[0] - 1.6) < 1e-3  # seed 0 (evaluation): the middle of the range
+    assert len({round(s, 4) for s in scales}) == 4
+    drawn = [ds.crop_of(full_lm, seed).src_size / old_size for seed in range(1, 400)]
+    assert 1.4 <= min(drawn) < 1.42 and 1.78 < max(drawn) <= 1.8
+    # "fixed" reads the stored crop unchanged
+    fixed = IdentityDataset(synth, crop="fixed")[Sample(1, 2, 99)]
+    assert np.array_equal(fixed["image"].permute(1, 2, 0).numpy(), read_image(png))
+
+
+def test_release_crop_without_full_images_says_what_to_do(tmp_path):
+    from training.data import DatasetError, IdentityDataset, Sample, write_sample
+
+    img = np.full((224, 224, 3), 0.5, dtype=np.float32)
+    write_sample(tmp_path / "p", "a", img, np.random.default_rng(0).uniform(50, 170, (68, 2)), np.zeros((224, 224)))
+    with pytest.raises(DatasetError, match=r"data.crop: fixed"):
+        IdentityDataset(tmp_path, crop="release")[Sample(0, 0, 1)]
+    assert IdentityDataset(tmp_path, crop="fixed")[Sample(0, 0, 1)]["image"].shape == (3, 224, 224)
+
+
+def test_manifest_indexes_without_walking_the_folder(synth, monkeypatch, tmp_path):
+    import shutil
+
+    from training.data import IdentityDataset, read_manifests, write_manifest
+
+    listed = IdentityDataset.list_folder(Path(synth))
+    assert read_manifests(synth) == listed and sum(map(len, listed.values())) == 9
+    copy = tmp_path / "copy"
+    shutil.copytree(synth, copy)
+    # shards' manifests are read as one; a sample outside every manifest is not part of the set
+    (copy / "manifest.json").unlink()
+    items = [(i, n) for i, names in listed.items() for n in names]
+    write_manifest(copy, items[:4], "manifest.0of2.json")
+    write_manifest(copy, items[4:8], "manifest.1of2.json")
+
+    def no_walk(self):
+        raise AssertionError(f"listed {self}")
+
+    monkeypatch.setattr(Path, "iterdir", no_walk)
+    monkeypatch.setattr(Path, "rglob", no_walk)
+    ds = IdentityDataset(copy)
+    assert ds.indexed_by == "manifest" and len(ds) == 8
+    assert [p.relative_to(copy).as_posix() for f in ds.files for p in f] == [f"{i}/{n}.png" for i, n in items[:8]]
+    monkeypatch.undo()
+    for m in copy.glob("manifest*.json"):
+        m.unlink()
+    old = IdentityDataset(copy)  # a folder prepared before manifests: listed once
+    assert old.indexed_by == "listing" and len(old) == 9
+    (copy / "manifest.json").write_text("{}")
+    from training.data import DatasetError
+
+    with pytest.raises(DatasetError, match="manifest"):
+        IdentityDataset(copy)
+
+
+def test_worker_processes_give_the_same_batches(synth):
+    from training.config import DataConfig
+    from training.data import IdentityBatchSampler, IdentityDataset, collate, worker_init
+
+    assert DataConfig().num_workers == 2 and DataConfig().crop == "release"  # the released loader's defaults
+    ds = IdentityDataset(synth, crop="release")
+    got = {}
+    for workers in (0, 2):
+        sampler = IdentityBatchSampler(ds, 2, 2, seed=4, augment=ds.augments)
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                                             worker_init_fn=worker_init)
+        it = iter(loader)
+        got[workers] = [next(it) for _ in range(3)]
+        del it, loader
+    for a, b in zip(got[0], got[2]):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), k
+    # the re-crop differs between epochs: each draw its own scale
+    assert not torch.equal(got[0][0]["crop_matrix"], got[0][2]["crop_matrix"])
+
+
 def test_synthetic_landmarks_match_ground_truth_codes(face, synth):
     from core.render import ndc_to_pixels
     from training.data import IdentityDataset, collate
@@ -539,15 +660,38 @@ def test_prepare_in_shards_with_workers_and_resume(photos_dir, tmp_path):
     assert (a.written, b.written) == (2, 1)
     sharded = sorted(p.relative_to(tmp_path / "sharded") for p in (tmp_path / "sharded").rglob("*.npz"))
     assert len(sharded) == 3
-    # an interrupted run resumes: what exists is kept, nothing is redone
+    # each shard job wrote its own manifest; together they index the set, and its samples re-crop
+    from training.data import IdentityDataset, Sample, read_manifests
+
+    assert sorted(p.name for p in (tmp_path / "sharded").glob("manifest*.json")) == ["manifest.0of2.json",
+                                                                                     "manifest.1of2.json"]
+    assert sum(map(len, read_manifests(tmp_path / "sharded").values())) == 3
+    ds = IdentityDataset(tmp_path / "sharded", crop="release")
+    assert ds.indexed_by == "manifest" and len(ds) == 3
+    with np.load(tmp_path / "sharded" / sharded[0]) as z:
+        # the full image's landmarks map onto the stored crop's through full_matrix
+        m = z["full_matrix"]
+        assert np.abs(z["full_landmarks"] @ m[:2, :2].T + m[:2, 2] - z["landmarks"]).max() < 1e-3
+    item = ds[Sample(0, 0, 1)]
+    lm = item["landmarks"].numpy()
+    side = (lm.max(0) - lm.min(0)).sum() / 2.0  # the landmark box in the re-crop: 224 / scale
+    assert 224 / 1.8 - 0.5 < side < 224 / 1.4 + 0.5
+    # an interrupted run resumes: a sample cut off before its .npz (written last) is redone, the rest kept
+    victim = tmp_path / "sharded" / sharded[1]
+    victim.unlink()
+    kept = (tmp_path / "sharded" / sharded[0]).stat().st_mtime_ns
     again = prepare_dataset(src, tmp_path / "sharded", detector="dlib")
-    assert again.written == 0 and again.identities == 2
+    assert again.written == 1 and again.identities == 2 and victim.is_file()
+    assert (tmp_path / "sharded" / sharded[0]).stat().st_mtime_ns == kept
+    assert prepare_dataset(src, tmp_path / "sharded", detector="dlib").written == 0
+    assert sum(map(len, read_manifests(tmp_path / "sharded").values())) == 3
     # two worker processes write the same samples as the sharded single-process jobs
     par = prepare_dataset(src, tmp_path / "parallel", detector="dlib", workers=2)
     assert par.written == 3
     for rel in sharded:
         with np.load(tmp_path / "sharded" / rel) as x, np.load(tmp_path / "parallel" / rel) as y:
             assert np.array_equal(x["landmarks"], y["landmarks"]) and np.array_equal(x["skin_mask"], y["skin_mask"])
+            assert np.array_equal(x["full_landmarks"], y["full_landmarks"])
     assert parse_shard("3/16") == (3, 16)
     for bad in ("16/16", "a/b", "1"):
         with pytest.raises(ValueError, match="shard"):

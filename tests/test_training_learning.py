@@ -1,11 +1,11 @@
 """Does training learn? Two CPU-budget proofs on synthetic data with ground truth (the FLAME-format test model).
 
 * overfit: a handful of images driven to a small landmark error;
-* held-out: on NEW identities the landmark error is at most half that of predicting the training set's mean
-  codes (computed here) and head rotation is predicted (R^2 >= 0.3, spread not collapsed), with E_flame's head
-  on standardised codes (``model.standardise_head``). Issue 13's R^2 >= 0.5 for rotation AND camera is checked
-  too and reported as an expected failure while this budget does not reach it (docs/training.md,
-  "Does it learn?").
+* held-out: trained on DECA's released re-crop (``data.crop: release``), on NEW identities (two held-out sets)
+  the landmark error is at most half that of predicting the training set's mean codes (computed here) and
+  head rotation is predicted (R^2 >= 0.5, spread not collapsed), with E_flame's head on standardised codes
+  (``model.standardise_head``). Issue 13's camera R^2 >= 0.5 is checked too and reported as an expected
+  failure while this budget does not reach it (docs/training.md, "Does it learn?").
 
 Both train a REDUCED E_flame (ResNet blocks [1, 1, 1, 1] on 64x64 inputs, ``model.encoder_blocks`` /
 ``model.encoder_input_size``) with the from-scratch recipe (batch statistics, lr 1e-3; docs/training.md,
@@ -23,17 +23,25 @@ pytestmark = pytest.mark.slow
 REDUCED = {"encoder_blocks": [1, 1, 1, 1], "encoder_input_size": 64, "bn_mode": "train"}
 
 
-def _train(face, root, out, steps, ids_per_batch, **model):
+#: every loss and optimiser setting these tests depend on, pinned (the defaults may change, e.g. to the
+#: released formulas): the pretrain stage's terms as the paper writes them
+LOSS = {"formulas": "paper", "lmk": 1.0, "eye": 1.0, "lip": 0.0, "reg_shape": 1e-4, "reg_exp": 1e-4, "reg_jaw": 0.0,
+        "landmark_weights": []}
+OPTIM = {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "grad_clip": 0.0, "warmup_steps": 0}
+
+
+def _train(face, root, out, steps, ids_per_batch, data=None, seed=0, **model):
     from training.config import config_from_dict
     from training.networks import load_training_networks
     from training.trainer import train
 
     cfg = config_from_dict({
         "stage": "pretrain", "output_dir": str(out),
-        "data": {"root": str(root), "identities_per_batch": ids_per_batch, "images_per_identity": 2},
-        "model": {**REDUCED, **model}, "optim": {"lr": 1e-3},
+        "data": {"root": str(root), "identities_per_batch": ids_per_batch, "images_per_identity": 2,
+                 "num_workers": 0, "scale_jitter": 0.0, "shift_jitter": 0.0, **(data or {"crop": "fixed"})},
+        "model": {**REDUCED, **model}, "loss": LOSS, "optim": OPTIM,
         "train": {"max_steps": steps, "threads": 1, "log_every": 50, "tensorboard": False, "resume": "never",
-                  "checkpoint_every": 10 ** 6}})
+                  "checkpoint_every": 10 ** 6, "seed": seed}})
     res = train(cfg, face=face)
     return load_training_networks(res.checkpoint, cfg.model)
 
@@ -58,28 +66,42 @@ HELD_OUT_SET = dict(detail_amplitude=0.0, yaw_deg=30.0, pitch_deg=15.0, roll_deg
 
 
 #: E_flame's head predicts standardised codes (training/head.py): shape and expression at std 0.1 (so that they
-#: do not take over what rotation and camera explain), the camera's std measured from the landmarks
-STANDARDISED = {"standardise_head": True, "head_code_std": {"shape": 0.1, "exp": 0.1}}
+#: do not take over what rotation and camera explain); the camera scale at std 7.7, about the scale itself (10x
+#: its measured spread on these crops, 0.77), so that one unit of its code moves the landmarks about as much as
+#: one unit of rotation's: the shared trunk then learns the face's size too (docs/training.md, "Does it learn?");
+#: the translation at its measured spread
+STANDARDISED = {"standardise_head": True, "head_code_std": {"shape": 0.1, "exp": 0.1, "cam": [7.7, 0.0175, 0.01]}}
 
 
 def test_learns_to_generalise_to_new_identities(face, tmp_path):
+    from training.data import IdentityDataset
     from training.evaluate import learning_report
     from training.synthetic import SyntheticSpec, make_synthetic_dataset
 
     train_set = make_synthetic_dataset(tmp_path / "train", face, SyntheticSpec(
         n_identities=100, images_per_identity=2, seed=0, **HELD_OUT_SET))
-    held = make_synthetic_dataset(tmp_path / "held", face, SyntheticSpec(
-        n_identities=10, images_per_identity=2, seed=500, identity_seed=500, **HELD_OUT_SET))
-    nets = _train(face, train_set, tmp_path / "run", steps=400, ids_per_batch=4, **STANDARDISED)
-    rep = learning_report(nets, face, train_set, held)
-    print("held-out:", rep.as_dict())
-    # measured (docs/training.md): 10.4 px vs 23.9 px, rotation R^2 0.56 here; 10.3 vs 21.7 px, R^2 0.43 on
-    # held-out seed 1000. The plain head: 11.8 vs 24.1 px, R^2 0.25 (the issue found 15.9 vs 16.1 px, R^2 <= 0)
-    assert rep.landmark_px <= 0.5 * rep.baseline_px, rep.as_dict()
-    assert rep.r2["rotation"] >= 0.3, rep.as_dict()
-    assert rep.spread["rotation"] >= 0.2 * rep.spread["rotation_gt"], rep.as_dict()  # not collapsed
-    # issue 13's R^2 >= 0.5 for rotation AND camera is not reached in this budget: the camera scale stays near
-    # its mean (docs/training.md, "Does it learn?")
-    if rep.r2["rotation"] < 0.5 or rep.r2["cam"] < 0.5:
-        pytest.xfail(f"issue 13 acceptance not reached: R^2 rotation {rep.r2['rotation']:.2f}, "
-                     f"cam {rep.r2['cam']:.2f} ({rep.landmark_px:.1f} px vs baseline {rep.baseline_px:.1f})")
+    held = {s: make_synthetic_dataset(tmp_path / f"held{s}", face, SyntheticSpec(
+        n_identities=10, images_per_identity=2, seed=s, identity_seed=s, **HELD_OUT_SET)) for s in (500, 1000)}
+    # trained on the released re-crop: every sample cut afresh from its full image, scale 1.4-1.8
+    nets = _train(face, train_set, tmp_path / "run", steps=400, ids_per_batch=4,
+                  data={"crop": "release", "crop_scale": [1.4, 1.8], "crop_shift": 0.0}, **STANDARDISED)
+    # evaluated on held-out crops drawn the same way (own seeds); the baseline's mean codes are the training
+    # crops' (drawn likewise), so the camera's mean matches the crops' mean scale
+    base = IdentityDataset(train_set, crop="release", eval_seed=77)
+    reps = {s: learning_report(nets, face, base, IdentityDataset(h, crop="release", eval_seed=77 + s))
+            for s, h in held.items()}
+    for s, rep in reps.items():
+        print(f"held-out seed {s}:", rep.as_dict())
+    # measured (docs/training.md, "Does it learn?"): 5.8 vs 18.0 px, rotation R^2 0.75 on seed 500; 5.8 vs
+    # 15.8 px, 0.72 on seed 1000 (trained on the stored fixed crops: 10.8 vs 23.9 px, 0.56; 11.7 vs 21.7, 0.45)
+    for s, rep in reps.items():
+        assert rep.landmark_px <= 0.5 * rep.baseline_px, (s, rep.as_dict())
+        assert rep.r2["rotation"] >= 0.5, (s, rep.as_dict())
+        assert rep.spread["rotation"] >= 0.2 * rep.spread["rotation_gt"], (s, rep.as_dict())  # not collapsed
+    # issue 13's camera R^2 >= 0.5 is not reached in this budget: the camera scale stays near its mean on
+    # training and held-out crops alike (docs/training.md, "Does it learn?")
+    worst = min(rep.r2["cam"] for rep in reps.values())
+    if worst < 0.5:
+        pytest.xfail("issue 13 acceptance not reached: camera R^2 " + ", ".join(
+            f"{rep.r2['cam']:.2f} (seed {s}; rotation {rep.r2['rotation']:.2f}, {rep.landmark_px:.1f} px vs "
+            f"baseline {rep.baseline_px:.1f})" for s, rep in reps.items()))

@@ -53,8 +53,15 @@ class DataConfig:
     images_per_identity: int = 4
     #: identities with fewer images are skipped (with K > 1 the shape/detail consistency losses need >= 2)
     min_images_per_identity: int = 1
-    #: DataLoader worker processes (0: load in the training process)
-    num_workers: int = 0
+    #: DataLoader worker processes (0: load in the training process; the released code uses 2). Each worker
+    #: runs one thread; batches do not depend on the number (every random choice is the sample's own seed)
+    num_workers: int = 2
+    #: ``release``: re-cut every sample from its full image with a random scale of the landmark box, as DECA's
+    #: released loaders do (training/data.py); ``fixed``: the stored 224 crop (no full image needed)
+    crop: str = "release"
+    #: the re-crop's scale range (released 1.4-1.8) and centre shift (+- fraction of the box; released 0)
+    crop_scale: list = field(default_factory=lambda: [1.4, 1.8])
+    crop_shift: float = 0.0
     #: random crop jitter for augmentation: relative scale change (+-) and shift (+- fraction of the crop)
     scale_jitter: float = 0.0
     shift_jitter: float = 0.0
@@ -250,6 +257,14 @@ class TrainingConfig:
             raise bad("data.num_workers", "must be >= 0")
         if not (0 <= d.scale_jitter < 1) or not (0 <= d.shift_jitter < 1):
             raise bad("data.scale_jitter/shift_jitter", "must lie in [0, 1)")
+        if d.crop not in ("release", "fixed"):
+            raise bad("data.crop", f"must be release or fixed, got {d.crop!r}")
+        cs = d.crop_scale
+        if (not isinstance(cs, (list, tuple)) or len(cs) != 2 or not all(isinstance(x, (int, float)) for x in cs)
+                or not 0 < cs[0] <= cs[1]):
+            raise bad("data.crop_scale", f"must be [min, max] with 0 < min <= max, got {cs!r}")
+        if not 0 <= d.crop_shift < 1:
+            raise bad("data.crop_shift", "must lie in [0, 1)")
         m = self.model
         if m.encoder_trainable_layers not in TRAINABLE_LAYERS:
             raise bad("model.encoder_trainable_layers", f"must be one of {', '.join(TRAINABLE_LAYERS)}, "

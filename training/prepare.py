@@ -26,7 +26,7 @@ import numpy as np
 
 from core.networks import INPUT_SIZE
 
-from .data import write_dataset_info, write_sample
+from .data import FULL_SUFFIX, write_dataset_info, write_manifest, write_sample
 
 __all__ = ["skin_mask_from_landmarks", "prepare_dataset", "PrepareReport", "load_face_parser", "PHOTO_EXTS"]
 
@@ -38,6 +38,9 @@ BROWS = list(range(17, 27))
 LEFT_EYE = list(range(36, 42))
 RIGHT_EYE = list(range(42, 48))
 INNER_MOUTH = list(range(60, 68))
+#: the stored full image (``<name>.full.png``): side in px, and its square in units of the landmark box
+FULL_SIZE = 320
+FULL_SCALE = 2.2
 #: cheeks and nose: where the skin colour is estimated
 CORE_SKIN = [1, 2, 3, 4, 31, 33, 35, 12, 13, 14, 15, 29]
 
@@ -199,12 +202,20 @@ def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: fl
     import torch
 
     torch.set_num_threads(1)  # N workers on N cores: no oversubscription
-    _init_worker(detector, face_parser, skin_threshold)
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:  # OpenCV is optional (MediaPipe's extra)
+        pass
+    _init_worker(detector, face_parser, skin_threshold)  # the detector and parser: once per worker
 
 
 def _prepare_one(f: Path, folder: Path, name: str) -> str | None:
     """Detect, crop and write one photo (in a worker); returns why it was skipped, or None."""
-    from core.frontend import ImageReadError, NoFaceError, crop_from_landmarks, detect_faces, read_image, warp_image
+    import torch
+    from core.frontend import (CropTransform, ImageReadError, NoFaceError, crop_from_landmarks, detect_faces,
+                               read_image, warp_image)
 
     det, parser = _WORKER["det"], _WORKER["parser"]
     try:
@@ -219,9 +230,24 @@ def _prepare_one(f: Path, folder: Path, name: str) -> str | None:
         mask = np.asarray(parser(crop)) > 0.5
     else:
         mask = skin_mask_from_landmarks(crop, lm, threshold=_WORKER["threshold"])
-    write_sample(folder, name, crop, lm, mask, crop_matrix=tf.matrix.astype(np.float64),
+    # the full image data.crop=release re-cuts from: the photo's square at FULL_SCALE x the landmark box (the
+    # re-crop needs at most 1.8x plus its shift), at FULL_SIZE px; the skin mask is the crop's, carried over
+    tf_full = crop_from_landmarks(face.landmarks, scale=FULL_SCALE / 1.1, size=FULL_SIZE)
+    to_crop = tf.matrix @ np.linalg.inv(tf_full.matrix)  # full px -> crop px
+    full_img = warp_image(img, tf_full).permute(1, 2, 0).numpy().astype(np.float32)
+    back = CropTransform.from_matrix(np.linalg.inv(to_crop), size=FULL_SIZE)  # crop px -> full px
+    m3 = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None].expand(3, -1, -1)
+    full_mask = warp_image(m3, back, antialias=False)[0].numpy() > 0.5
+    full = {"image": full_img, "landmarks": tf_full.apply(face.landmarks), "skin_mask": full_mask,
+            "matrix": to_crop}
+    write_sample(folder, name, crop, lm, mask, full=full, crop_matrix=tf.matrix.astype(np.float64),
                  source=np.array(str(f)), detector=np.array(face.detector))
     return None
+
+
+def _prepare_task(task: tuple[Path, Path, str]) -> str | None:
+    folder, f, name = task
+    return _prepare_one(f, folder, name)
 
 
 def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto", face_parser: str | None = None,
@@ -243,7 +269,7 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
         raise FileNotFoundError(f"{photos}: no photos ({', '.join(PHOTO_EXTS)}) found")
     report = PrepareReport(out=out)
     tasks: list[tuple[str, Path, str]] = []
-    done_ids: set[str] = set()
+    present: list[tuple[str, str]] = []  # this job's samples on disk: its manifest
     position = 0
     for ident, files in groups.items():
         if len(files) < min_images:
@@ -255,8 +281,10 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
             if not mine:
                 continue
             name = f"{k:04d}_{f.stem}"
-            if not overwrite and (out / ident / f"{name}.npz").is_file():
-                done_ids.add(ident)  # resumed: already written
+            # the .npz is written last (write_sample): with it and the full image the sample is complete
+            if not overwrite and (out / ident / f"{name}.npz").is_file() and \
+                    (out / ident / f"{name}{FULL_SUFFIX}").is_file():
+                present.append((ident, name))  # resumed: already written
                 continue
             tasks.append((ident, f, name))
     if tasks:
@@ -264,10 +292,10 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
                  f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")
     t0 = time.perf_counter()
 
-    def record(i: int, ident: str, f: Path, why: str | None) -> None:
+    def record(i: int, ident: str, f: Path, name: str, why: str | None) -> None:
         if why is None:
             report.written += 1
-            done_ids.add(ident)
+            present.append((ident, name))
         else:
             report.skipped.append((str(f), why))
             log.warning("skipped %s: %s", f, why)
@@ -279,24 +307,32 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
     if workers == 1 or len(tasks) <= 1:
         _init_worker(detector, face_parser, skin_threshold, detector_obj)
         for i, (ident, f, name) in enumerate(tasks):
-            record(i, ident, f, _prepare_one(f, out / ident, name))
+            record(i, ident, f, name, _prepare_one(f, out / ident, name))
     else:
         import multiprocessing as mp
+        import os
         from concurrent.futures import ProcessPoolExecutor
 
         # forkserver: the server imports torch and the detectors once and forks the workers from a clean state
-        # (plain fork after torch has run hangs the children in OpenMP; spawn re-imports in every worker)
+        # (plain fork after torch has run hangs the children in OpenMP; spawn re-imports in every worker).
+        # One thread per worker: N workers on N cores, no OpenMP/BLAS oversubscription (the variables must be
+        # set before the server starts: OpenMP reads them once)
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ.setdefault(var, "1")
         if "forkserver" in mp.get_all_start_methods():
             ctx = mp.get_context("forkserver")
             ctx.set_forkserver_preload(["training.prepare", "core.frontend"])
         else:
             ctx = mp.get_context("spawn")
+        # chunks: one round trip per few photos, and in photo order so that the progress stays in order
+        chunk = max(1, min(16, len(tasks) // (4 * workers)))
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
                                  initargs=(detector, face_parser, skin_threshold)) as pool:
-            futures = [pool.submit(_prepare_one, f, out / ident, name) for ident, f, name in tasks]
-            for i, ((ident, f, _), fut) in enumerate(zip(tasks, futures)):
-                record(i, ident, f, fut.result())
-    report.identities = len(done_ids)
+            results = pool.map(_prepare_task, [(out / ident, f, name) for ident, f, name in tasks], chunksize=chunk)
+            for i, ((ident, f, name), why) in enumerate(zip(tasks, results)):
+                record(i, ident, f, name, why)
+    write_manifest(out, present, "manifest.json" if shard_n == 1 else f"manifest.{shard_i}of{shard_n}.json")
+    report.identities = len({ident for ident, _ in present})
     det_name = getattr(detector_obj, "name", None) or detector
     write_dataset_info(out, source=str(photos), detector=str(det_name),
                        skin_mask="face parser " + face_parser if face_parser else "landmarks + colour statistics")

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from core.networks import INPUT_SIZE
 from core.render import ndc_to_pixels
 
-from .data import write_dataset_info, write_sample
+from .data import write_dataset_info, write_manifest, write_sample
 
 __all__ = ["SyntheticSpec", "sample_codes", "render_images", "make_synthetic_dataset", "framing_camera",
-           "detail_fields"]
+           "full_frame", "detail_fields"]
 
 
 @dataclass
@@ -48,6 +48,11 @@ class SyntheticSpec:
     #: framing jitter around DECA's crop: relative scale (+-) and shift (+- fraction of the crop)
     scale_jitter: float = 0.05
     shift_jitter: float = 0.03
+    #: also render each image's full frame (``<name>.full.png``, what ``data.crop: release`` re-cuts from):
+    #: side ``full_size`` px, the face framed at ``full_scale`` x its landmark box (more than the re-crop's 1.8)
+    full_image: bool = True
+    full_size: int = 320
+    full_scale: float = 2.2
     #: amplitude of the per-person + expression-dependent displacement (metres; 0: no details)
     detail_amplitude: float = 0.0005
     #: light: ambient band in [lo, hi] (1 / 0.2821 ~ 3.54 shades a frontal normal to 1), directional spread
@@ -71,6 +76,26 @@ def framing_camera(landmarks_unit: torch.Tensor, scale: float = 1.25) -> torch.T
     centre = (lo + hi) / 2.0
     s = 2.0 / size
     return torch.stack([s, -centre[:, 0], centre[:, 1]], dim=1)
+
+
+def full_frame(face, codes: dict[str, torch.Tensor], full_scale: float, full_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The full frame's camera (N, 3): the landmark box centred at ``full_scale`` x its size, no jitter; and
+    for each image the similarity (N, 3, 3) from full-frame pixels to the stored crop's pixels. Both are
+    orthographic views of one mesh, so in NDC ``crop = k full + d`` with ``k = s_c / s_f``,
+    ``d = s_c (t_cx - t_fx), -s_c (t_cy - t_fy)``."""
+    N = codes["shape"].shape[0]
+    with torch.no_grad():
+        g = face.geometry(codes["shape"], codes["exp"], codes["pose"], torch.tensor([[1.0, 0.0, 0.0]]).expand(N, 3))
+    cam_f = framing_camera(g.landmarks2d, scale=full_scale / 1.1)
+    cf, cc = cam_f.double().numpy(), codes["cam"].double().numpy()
+    k = cc[:, 0] / cf[:, 0]
+    d = np.stack([cc[:, 0] * (cc[:, 1] - cf[:, 1]), -cc[:, 0] * (cc[:, 2] - cf[:, 2])], 1)
+    m = np.zeros((N, 3, 3))
+    half = INPUT_SIZE / 2.0
+    m[:, 0, 0] = m[:, 1, 1] = INPUT_SIZE * k / full_size
+    m[:, :2, 2] = half * (d + 1.0 - k[:, None])
+    m[:, 2, 2] = 1.0
+    return cam_f, m
 
 
 def _identity_rng(spec: SyntheticSpec) -> np.random.Generator:
@@ -152,9 +177,10 @@ def _backgrounds(n: int, rng: np.random.Generator, size: int = INPUT_SIZE) -> to
 
 @torch.no_grad()
 def render_images(face, codes: dict[str, torch.Tensor], uv_z: torch.Tensor | None, background: torch.Tensor,
-                  chunk: int = 8) -> dict[str, torch.Tensor]:
-    """Render ``codes`` (optionally with displacement maps ``uv_z`` (N, 1, 256, 256)) over ``background``.
-    Returns images (N, 3, 224, 224), landmarks (N, 68, 2) crop pixels, skin masks (N, 224, 224) bool."""
+                  chunk: int = 8, image_size: int = INPUT_SIZE) -> dict[str, torch.Tensor]:
+    """Render ``codes`` (optionally with displacement maps ``uv_z`` (N, 1, 256, 256)) over ``background``
+    (N, 3, S, S), S = ``image_size``. Returns images (N, 3, S, S), landmarks (N, 68, 2) pixels, skin masks
+    (N, S, S) bool."""
     N = codes["shape"].shape[0]
     imgs, lms, masks = [], [], []
     for a in range(0, N, chunk):
@@ -166,12 +192,12 @@ def render_images(face, codes: dict[str, torch.Tensor], uv_z: torch.Tensor | Non
         if uv_z is not None:
             normal_map, _ = face.detail_normals(g.vertices, uv_z[sl])
         r = face.render(g.vertices, codes["cam"][sl], albedo, codes["light"][sl], normal_map=normal_map,
-                        background=background[sl])
+                        background=background[sl], image_size=image_size)
         face_region = F.grid_sample(face.uv_face_mask.expand(B, -1, -1, -1), r.uv_grid, mode="bilinear",
                                     align_corners=False)
         masks.append(((face_region * r.alpha) > 0.5)[:, 0])
         imgs.append(r.image.clamp(0, 1))
-        lms.append(ndc_to_pixels(g.landmarks2d, INPUT_SIZE))
+        lms.append(ndc_to_pixels(g.landmarks2d, image_size))
     return {"image": torch.cat(imgs), "landmarks": torch.cat(lms), "skin_mask": torch.cat(masks)}
 
 
@@ -193,16 +219,27 @@ def make_synthetic_dataset(out: str | Path, face, spec: SyntheticSpec | None = N
         uv_z = (uv_z * spec.detail_amplitude).clamp(-0.0099, 0.0099)
     bg = _backgrounds(N, rng)
     res = render_images(face, codes, uv_z, bg)
+    fulls = [None] * N
+    if spec.full_image:
+        # its own random stream: the 224 crops stay those of a set rendered without full frames
+        bg_full = _backgrounds(N, np.random.default_rng([spec.seed, 11]), spec.full_size)
+        cam_f, mats = full_frame(face, codes, spec.full_scale, spec.full_size)
+        rf = render_images(face, {**codes, "cam": cam_f}, uv_z, bg_full, image_size=spec.full_size)
+        fulls = [{"image": rf["image"][n].permute(1, 2, 0).numpy(), "landmarks": rf["landmarks"][n].numpy(),
+                  "skin_mask": rf["skin_mask"][n].numpy(), "matrix": mats[n]} for n in range(N)]
     k = spec.images_per_identity
+    rows = []
     for n in range(N):
         ident = int(codes["identity"][n])
-        write_sample(out / f"{spec.prefix}{ident:03d}", f"img{n % k:03d}",
+        rows.append((f"{spec.prefix}{ident:03d}", f"img{n % k:03d}"))
+        write_sample(out / rows[-1][0], rows[-1][1],
                      res["image"][n].permute(1, 2, 0).numpy(), res["landmarks"][n].numpy(),
-                     res["skin_mask"][n].numpy(),
+                     res["skin_mask"][n].numpy(), full=fulls[n],
                      gt_shape=codes["shape"][n].numpy(), gt_exp=codes["exp"][n].numpy(),
                      gt_pose=codes["pose"][n].numpy(), gt_cam=codes["cam"][n].numpy(),
                      gt_light=codes["light"][n].numpy(), gt_tex=codes["tex"][n].numpy())
     info = asdict(spec)
     info["ambient"] = list(spec.ambient)
+    write_manifest(out, rows)
     write_dataset_info(out, synthetic=info, face_model=("test model" if face.is_test_model else "FLAME"))
     return out

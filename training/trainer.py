@@ -35,7 +35,7 @@ from .config import ConfigError, TrainingConfig, config_to_dict
 from .head import HeadStandardisation, code_slices, folded_state_dict, head_statistics, landmark_cameras, \
     standardise_head
 from .networks import build_training_networks, is_reduced
-from .data import IdentityBatchSampler, IdentityDataset, advance, collate
+from .data import IdentityBatchSampler, IdentityDataset, advance, collate, worker_init
 from .objective import DecaObjective, StepOutput
 
 __all__ = ["Trainer", "TrainResult", "train", "CHECKPOINT_FORMAT", "read_training_checkpoint",
@@ -400,11 +400,12 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(config_to_dict(cfg), indent=2) + "\n")
 
         ds = IdentityDataset(cfg.data.root, cfg.data.min_images_per_identity, cfg.data.scale_jitter,
-                             cfg.data.shift_jitter, load_gt=False)
+                             cfg.data.shift_jitter, load_gt=False, crop=cfg.data.crop,
+                             crop_scale=cfg.data.crop_scale, crop_shift=cfg.data.crop_shift)
         if ds.skipped_identities:
             log.info("skipped %d identities with fewer than %d images", len(ds.skipped_identities),
                      cfg.data.min_images_per_identity)
-        augment = cfg.data.scale_jitter > 0 or cfg.data.shift_jitter > 0
+        augment = ds.augments
         K = cfg.data.images_per_identity
         log.info("dataset %s: %d identities, %d images; batch per process %d identities x %d images",
                  ds.root, ds.n_identities, len(ds), cfg.data.identities_per_batch, K)
@@ -496,7 +497,7 @@ class Trainer:
                                        world_size=d.world, start_epoch=position[0], start_batch=position[1],
                                        augment=augment)
         loader = torch.utils.data.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
-                                             collate_fn=collate, pin_memory=device.type == "cuda",
+                                             collate_fn=collate, worker_init_fn=worker_init, pin_memory=device.type == "cuda",
                                              persistent_workers=False)
         writer = None
         if d.main and cfg.train.tensorboard:
