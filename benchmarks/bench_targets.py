@@ -201,7 +201,8 @@ torch.set_num_threads({threads})
 from core.assets import AssetManager
 from core.pipeline.reconstruct import Reconstructor
 rec = Reconstructor(AssetManager({home!r}), device="cpu", landmarks={landmarks!r})
-print("READY", flush=True)
+import core
+print("READY", core.__file__, flush=True)
 for line in sys.stdin:
     photo, out = line.rstrip("\\n").split("\\t")
     rec.reset_timings()
@@ -209,6 +210,12 @@ for line in sys.stdin:
     rec.reconstruct_photo(photo, out, overwrite=True)
     print("TIME", time.perf_counter() - t0, time.process_time() - c0, json.dumps(rec.timings), flush=True)
 """
+
+
+def _check_tree(core_file: str, src: Path) -> None:
+    """A baseline that silently ran this checkout's code would compare the code with itself."""
+    if not Path(core_file).resolve().is_relative_to(Path(src).resolve()):
+        raise RuntimeError(f"a process meant to run the tree in {src} imported core from {core_file}")
 
 
 class PhotoServer:
@@ -219,11 +226,14 @@ class PhotoServer:
     def __init__(self, src: Path, home: Path, threads: int, landmarks: str = "dlib"):
         env = {**os.environ, "PYTHONPATH": str(src)}
         code = _SERVER.format(threads=threads, home=str(home), landmarks=landmarks)
-        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+        # cwd=src: `python -c` puts the working directory first on sys.path, ahead of PYTHONPATH, so a server
+        # started from this checkout would import this checkout's `core` whatever PYTHONPATH says.
+        self.proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE, cwd=str(src),
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("READY"):
             raise RuntimeError(f"the reconstruct server for {src} did not start")
+        _check_tree(line.split(" ", 1)[1].strip(), src)
 
     def time(self, photo: Path, out: Path) -> tuple[float, dict]:
         self.proc.stdin.write(f"{photo}\t{out}\n")
@@ -368,13 +378,16 @@ def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
               f"t3 = time.perf_counter()\n"
               # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
               f"hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].split()[1]\n"
+              f"import core; print(core.__file__)\n"
               f"print(t1 - t0, t2 - t1, t3 - t2, t3 - t0, int(hwm) / 1024 ** 2)\n")
     cache = tmp / "cold_cache"  # the wrinkle basis cache (`core.pipeline.wrinkle_cache`), empty at first
 
     def run(src: Path) -> tuple[float, list[float]]:
         env = {**os.environ, "PYTHONPATH": str(src), "DECA_BLENDER_CACHE": str(cache)}
         t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
+                             cwd=str(src))  # see PhotoServer: the working directory comes first on sys.path
+        _check_tree(out.stdout.split()[-6], src)
         return time.perf_counter() - t0, list(map(float, out.stdout.split()[-5:]))
 
     base_wall, base_peak, what = 13.8, 1.0, "the issue's quiet-machine numbers"
