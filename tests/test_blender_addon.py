@@ -760,7 +760,7 @@ def test_blender_worker_from_the_addon(run):
     assert bar["in_header"] and len(bar["running"]) == 1 and bar["running"][0][1] == "TIME"
     assert bar["running"][0][0].startswith("DECA warming up: ") and bar["running"][0][0].endswith("%")
     assert bar["tick_running"] == 0.25 and bar["done"] == [] and bar["tick_done"] is None  # redraws until done
-    assert w["warm_up"]["stages"] == ["import pipeline", "import torch", "load detector", "load models"]
+    assert w["warm_up"]["stages"] == ["import pipeline", "import torch", "load detector", "load models", "wrinkle basis"]
     assert w["warm_up"]["same_worker"] and w["warm_up"]["text_after"] == ""
     assert w["warm_up"]["already"] is False
     assert w["torch_in_blender"] is False
