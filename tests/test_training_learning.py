@@ -83,7 +83,7 @@ def test_learns_to_generalise_to_new_identities(face, tmp_path):
     held = {s: make_synthetic_dataset(tmp_path / f"held{s}", face, SyntheticSpec(
         n_identities=10, images_per_identity=2, seed=s, identity_seed=s, **HELD_OUT_SET)) for s in (500, 1000)}
     # trained on the released re-crop: every sample cut afresh from its full image, scale 1.4-1.8
-    nets = _train(face, train_set, tmp_path / "run", steps=400, ids_per_batch=4,
+    nets = _train(face, train_set, tmp_path / "run", steps=1000, ids_per_batch=4,
                   data={"crop": "release", "crop_scale": [1.4, 1.8], "crop_shift": 0.0}, **STANDARDISED)
     # evaluated on held-out crops drawn the same way (own seeds); the baseline's mean codes are the training
     # crops' (drawn likewise), so the camera's mean matches the crops' mean scale
@@ -92,14 +92,16 @@ def test_learns_to_generalise_to_new_identities(face, tmp_path):
             for s, h in held.items()}
     for s, rep in reps.items():
         print(f"held-out seed {s}:", rep.as_dict())
-    # measured (docs/training.md, "Does it learn?"): 5.8 vs 18.0 px, rotation R^2 0.75 on seed 500; 5.8 vs
-    # 15.8 px, 0.72 on seed 1000 (trained on the stored fixed crops: 10.8 vs 23.9 px, 0.56; 11.7 vs 21.7, 0.45)
+    # measured (docs/training.md, "Does it learn?"), 1000 steps, held-out seeds 500 / 1000: 5.0 vs 18.0 px and
+    # 3.8 vs 15.8 px, rotation R^2 0.83 / 0.86, camera R^2 0.77 / 0.89 (train.seed 0, this test); train.seed 1:
+    # camera 0.59 / 0.86; train.seed 2: 0.42 / 0.63
     for s, rep in reps.items():
         assert rep.landmark_px <= 0.5 * rep.baseline_px, (s, rep.as_dict())
         assert rep.r2["rotation"] >= 0.5, (s, rep.as_dict())
         assert rep.spread["rotation"] >= 0.2 * rep.spread["rotation_gt"], (s, rep.as_dict())  # not collapsed
-    # issue 13's camera R^2 >= 0.5 is not reached in this budget: the camera scale stays near its mean on
-    # training and held-out crops alike (docs/training.md, "Does it learn?")
+    # issue 13's camera R^2 >= 0.5: reached here with train.seed 0 and 1, not with 2 (0.42 on one held-out set).
+    # Another CPU rounds differently, which over 1000 steps acts like another seed, so a miss is reported as an
+    # expected failure with the numbers rather than failing the suite (docs/training.md, "Does it learn?")
     worst = min(rep.r2["cam"] for rep in reps.values())
     if worst < 0.5:
         pytest.xfail("issue 13 acceptance not reached: camera R^2 " + ", ".join(
