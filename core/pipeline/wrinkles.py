@@ -263,6 +263,20 @@ def explained_variance(Y: np.ndarray, P: np.ndarray) -> float:
     return 1.0 - (sse / N) / (sst / (N - 1))
 
 
+def _decode_samples(decode: DecodeFn, mask: np.ndarray, X: np.ndarray, Xh: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
+    """Decode the fit samples ``X (N, 53)`` and held-out samples ``Xh (H, 53)`` in one batch. Returns the
+    flat maps ``(N + H, S*S)``, the masked texel indices, their float64 values for the fit ``Y (N, T)`` and
+    the held-out set ``Yh (H, T)``, and the map size ``S``."""
+    D = np.asarray(decode(np.concatenate([X, Xh]).astype(np.float32)))
+    S = D.shape[-1]
+    if D.shape != (len(X) + len(Xh), S, S) or mask.shape != (S, S):
+        raise ValueError(f"decoder returned {D.shape}, mask is {mask.shape}")
+    flat = D.reshape(len(D), -1)
+    idx = np.flatnonzero(mask.ravel())
+    return flat, idx, flat[: len(X), idx].astype(np.float64), flat[len(X):, idx].astype(np.float64), S
+
+
 def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAULT_SAMPLES,
                       n_holdout: int = DEFAULT_HOLDOUT, n_components: int = DEFAULT_COMPONENTS,
                       seed: int = 0, ridge: float | str = RIDGE) -> tuple[WrinkleModel, WrinkleFitInfo]:
@@ -282,13 +296,7 @@ def fit_wrinkle_model(decode: DecodeFn, mask: np.ndarray, n_samples: int = DEFAU
     rng = np.random.default_rng(seed)
     X = sample_prior(n_samples, rng, "orthogonal")
     Xh = sample_prior(n_holdout, rng, "iid") if n_holdout > 0 else np.zeros((0, N_INPUT))
-    D = np.asarray(decode(np.concatenate([X, Xh]).astype(np.float32)))
-    S = D.shape[-1]
-    if D.shape != (len(X) + len(Xh), S, S) or mask.shape != (S, S):
-        raise ValueError(f"decoder returned {D.shape}, mask is {mask.shape}")
-    flat = D.reshape(len(D), -1)
-    idx = np.flatnonzero(mask.ravel())
-    Y, Yh = flat[: len(X), idx].astype(np.float64), flat[len(X):, idx].astype(np.float64)
+    flat, idx, Y, Yh, S = _decode_samples(decode, mask, X, Xh)
     if isinstance(ridge, str):
         ridge = gcv_ridge((X - X.mean(0)) / PRIOR_STD, Y - Y.mean(0)) if ridge == "gcv" else ridge
     base_t, maps_t, matrix, rank = fit_linear_model(X, Y, n_components, ridge)
@@ -365,13 +373,8 @@ def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
     rng = np.random.default_rng(seed)
     X = sample_prior(n_samples, rng, "iid")
     Xh = sample_prior(n_holdout, rng, "iid") if n_holdout > 0 else np.zeros((0, N_INPUT))
-    D = np.asarray(decode(np.concatenate([X, Xh]).astype(np.float32)))
-    S = D.shape[-1]
-    if D.shape != (len(X) + len(Xh), S, S) or mask.shape != (S, S):
-        raise ValueError(f"decoder returned {D.shape}, mask is {mask.shape}")
-    flat = D.reshape(len(D), -1)
+    flat, idx, Y, Yh, S = _decode_samples(decode, mask, X, Xh)
     maps_t = basis.maps.astype(np.float64)
-    Y, Yh = flat[: len(X), idx].astype(np.float64), flat[len(X):, idx].astype(np.float64)
     base_t = (Y - (X @ basis.matrix.T) @ maps_t).mean(0)
     train_ev = explained_variance(Y, base_t + (X @ basis.matrix.T) @ maps_t) if len(X) > 1 else float("nan")
     ev = explained_variance(Yh, base_t + (Xh @ basis.matrix.T) @ maps_t) if len(Xh) else float("nan")
