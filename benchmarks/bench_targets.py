@@ -38,6 +38,7 @@ OpenMP's active spin-waiting slows torch badly; ``OMP_WAIT_POLICY=PASSIVE`` is s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -63,6 +64,7 @@ from benchmarks.machine import cpu_name  # noqa: E402
 from core.networks import build_deca_networks, save_deca_checkpoint  # noqa: E402
 from core.networks.responsive import responsive_networks  # noqa: E402
 from core.networks.runtime import inference_networks  # noqa: E402
+from core.pipeline import wrinkle_cache as wc  # noqa: E402
 from core.pipeline import wrinkles as wr  # noqa: E402
 from core.pipeline.expressions import decode_expressions  # noqa: E402
 from core.model.face_model import FaceAssets  # noqa: E402
@@ -131,13 +133,29 @@ def row(name: str, baseline: float, now: float, unit: str, target: str, extra: s
             "target": target, "extra": extra}
 
 
+@contextlib.contextmanager
+def _wrinkle_cache(folder: Path | None = None):
+    """Point the wrinkle basis cache (`core.pipeline.wrinkle_cache`) at ``folder`` for the block, never at the
+    user's cache; without ``folder``, at a fresh (cold) temporary folder removed afterwards."""
+    own = folder is None
+    folder = Path(tempfile.mkdtemp(prefix="bench_wrinkle_cache_")) if own else Path(folder)
+    old = os.environ.get(wc.CACHE_ENV)
+    os.environ[wc.CACHE_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if old is None:
+            os.environ.pop(wc.CACHE_ENV, None)
+        else:
+            os.environ[wc.CACHE_ENV] = old
+        if own:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def bench_wrinkles(rows, fa, photos, repeats):
     """Per photo: the fit before issue 11 against the shared-basis fit with the basis loaded (cache warm);
     once per checkpoint: building the basis (a cold cache folder) and loading it in a new Reconstructor."""
-    old_cache = os.environ.get("DECA_BLENDER_CACHE")
-    cache = tempfile.mkdtemp(prefix="bench_wrinkle_cache_")
-    os.environ["DECA_BLENDER_CACHE"] = cache  # a cold cache, and the user's stays untouched
-    try:
+    with _wrinkle_cache():  # a cold cache, and the user's stays untouched
         for kind, make in (("tiny", lambda: build_deca_networks().eval()), ("input-dependent",
                                                                               lambda: responsive_networks(0))):
             torch.manual_seed(0)
@@ -186,12 +204,6 @@ def bench_wrinkles(rows, fa, photos, repeats):
                             ">= 0.5 input-dependent, not lower on tiny",
                             f"32 fresh samples; reported {info.explained_variance:.3f} on {info.n_holdout}; "
                             f"shared ridge {info.ridge:.1f}"))
-    finally:
-        shutil.rmtree(cache, ignore_errors=True)
-        if old_cache is None:
-            os.environ.pop("DECA_BLENDER_CACHE", None)
-        else:
-            os.environ["DECA_BLENDER_CACHE"] = old_cache
 
 
 _SERVER = """\
@@ -386,7 +398,7 @@ def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
     cache = tmp / "cold_cache"  # the wrinkle basis cache (`core.pipeline.wrinkle_cache`), empty at first
 
     def run(src: Path) -> tuple[float, list[float]]:
-        env = {**os.environ, "PYTHONPATH": str(src), "DECA_BLENDER_CACHE": str(cache)}
+        env = {**os.environ, "PYTHONPATH": str(src), wc.CACHE_ENV: str(cache)}
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True,
                              cwd=str(src))  # see PhotoServer: the working directory comes first on sys.path
@@ -430,30 +442,25 @@ def main(argv=None) -> int:
     photos = sorted(p for p in (shared / "photos").iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     tmp = Path(tempfile.mkdtemp(prefix="bench_targets_"))
     rows: list[dict] = []
-    # The shared wrinkle basis is cached per checkpoint: a folder of this run's, never the user's cache.
-    old_cache = os.environ.get("DECA_BLENDER_CACHE")
-    os.environ["DECA_BLENDER_CACHE"] = str(tmp / "cache")
     print(f"load average at start {load_start}; threads {args.threads}; repeats {repeats}")
     try:
-        flame = write_test_flame(tmp / "test_flame.pkl", shared / "assets" / "deca",
-                                 shared / "assets" / "flame" / "flame2020_joint_regressor.npz")
-        fa = FaceAssets.from_paths(flame, shared / "assets" / "deca")
-        if "wrinkles" not in args.skip:
-            bench_wrinkles(rows, fa, photos, repeats)
-        if "photo" not in args.skip:
-            bench_photo(rows, photos, repeats, tmp, flame, args.threads, args.baseline_src)
-        if "forward" not in args.skip:
-            bench_forward(rows, max(2, repeats))
-        if "expressions" not in args.skip:
-            bench_expressions(rows, fa, photos[:4] if args.quick else photos, tmp)
-        if "cold" not in args.skip:
-            bench_cold(rows, tmp, flame, args.baseline_src)
+        # The shared wrinkle basis is cached per checkpoint: a folder of this run's, never the user's cache.
+        with _wrinkle_cache(tmp / "cache"):
+            flame = write_test_flame(tmp / "test_flame.pkl", shared / "assets" / "deca",
+                                     shared / "assets" / "flame" / "flame2020_joint_regressor.npz")
+            fa = FaceAssets.from_paths(flame, shared / "assets" / "deca")
+            if "wrinkles" not in args.skip:
+                bench_wrinkles(rows, fa, photos, repeats)
+            if "photo" not in args.skip:
+                bench_photo(rows, photos, repeats, tmp, flame, args.threads, args.baseline_src)
+            if "forward" not in args.skip:
+                bench_forward(rows, max(2, repeats))
+            if "expressions" not in args.skip:
+                bench_expressions(rows, fa, photos[:4] if args.quick else photos, tmp)
+            if "cold" not in args.skip:
+                bench_cold(rows, tmp, flame, args.baseline_src)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if old_cache is None:
-            os.environ.pop("DECA_BLENDER_CACHE", None)
-        else:
-            os.environ["DECA_BLENDER_CACHE"] = old_cache
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     print(f"peak RSS of this process {peak:.2f} GB (target <= 1.5 GB); load average at end {os.getloadavg()}")
     report = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_name(), "cpu_count": os.cpu_count(),
