@@ -51,6 +51,12 @@ class VIEW3D_PT_deca(bpy.types.Panel):
         layout.operator("deca.export_gltf", text="Export glTF (.glb)", icon="EXPORT")
 
 
+def _draw_sliders(layout, keys) -> None:
+    col = layout.column(align=True)
+    for kb in keys:
+        col.prop(kb, "value", text=kb.name, slider=True)
+
+
 class VIEW3D_PT_deca_expression(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -72,48 +78,39 @@ class VIEW3D_PT_deca_expression(bpy.types.Panel):
         props = mesh.deca
         keys = [kb for kb in mesh.data.shape_keys.key_blocks if kb.name.startswith("exp_")]
         shown = keys if props.show_all_expressions else keys[:N_SLIDERS_COLLAPSED]
-        col = layout.column(align=True)
-        for kb in shown:
-            col.prop(kb, "value", text=kb.name, slider=True)
+        _draw_sliders(layout, shown)
         layout.prop(props, "show_all_expressions", text=f"Show all {len(keys)}")
 
 
-class VIEW3D_PT_deca_identity(bpy.types.Panel):
+class _ShapeKeySliders:
+    """A closed sub-panel of sliders for the head's shape keys that the subclass's ``slider_keys(mesh)`` lists;
+    shown only when the head has such keys (they are import options)."""
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
     bl_category = "DECA"
+    bl_parent_id = "VIEW3D_PT_deca"
+    bl_options = {"DEFAULT_CLOSED"}
+
+    @classmethod
+    def poll(cls, context):
+        return bool(cls.slider_keys(head_objects(context.active_object)[0]))
+
+
+class VIEW3D_PT_deca_identity(_ShapeKeySliders, bpy.types.Panel):
     bl_label = "Identity"
-    bl_parent_id = "VIEW3D_PT_deca"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    @classmethod
-    def poll(cls, context):
-        return bool(shape_slider_keys(head_objects(context.active_object)[0]))
+    slider_keys = staticmethod(shape_slider_keys)
 
     def draw(self, context):
-        layout = self.layout
-        layout.operator("deca.reset_identity", text="Reset Identity", icon="LOOP_BACK")
-        col = layout.column(align=True)
-        for kb in shape_slider_keys(head_objects(context.active_object)[0]):
-            col.prop(kb, "value", text=kb.name, slider=True)
+        self.layout.operator("deca.reset_identity", text="Reset Identity", icon="LOOP_BACK")
+        _draw_sliders(self.layout, shape_slider_keys(head_objects(context.active_object)[0]))
 
 
-class VIEW3D_PT_deca_arkit(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "DECA"
+class VIEW3D_PT_deca_arkit(_ShapeKeySliders, bpy.types.Panel):
     bl_label = "ARKit Shapes"
-    bl_parent_id = "VIEW3D_PT_deca"
-    bl_options = {"DEFAULT_CLOSED"}
-
-    @classmethod
-    def poll(cls, context):
-        return bool(arkit_slider_keys(head_objects(context.active_object)[0]))
+    slider_keys = staticmethod(arkit_slider_keys)
 
     def draw(self, context):
-        col = self.layout.column(align=True)
-        for kb in arkit_slider_keys(head_objects(context.active_object)[0]):
-            col.prop(kb, "value", text=kb.name, slider=True)
+        _draw_sliders(self.layout, arkit_slider_keys(head_objects(context.active_object)[0]))
 
 
 classes = (VIEW3D_PT_deca, VIEW3D_PT_deca_expression, VIEW3D_PT_deca_arkit, VIEW3D_PT_deca_identity)
