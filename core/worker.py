@@ -354,8 +354,8 @@ class Worker:
         if key in self._reconstructors:
             # made earlier (by reconstruct, or by decode_displacement, which loads no detector): the detector too
             t = time.perf_counter()
-            self._reconstructors[key].warm_up()
-            return {"loaded": True, "already": True, "timings": {"load detector": time.perf_counter() - t}}
+            self._reconstructors[key].warm_up()  # the detector and the wrinkle basis, if not loaded yet
+            return {"loaded": True, "already": True, "timings": {"warm up": time.perf_counter() - t}}
         timings: dict = {}
         t = time.perf_counter()
         self.progress(rid, 0.0, "importing torch")
