@@ -144,3 +144,16 @@ def test_fallback_option_and_parser(photos, mediapipe, tmp_path):
         np.testing.assert_array_equal(z["skin_mask"], half_parser(np.zeros((224, 224, 3))).astype(np.uint8))
     info = json.loads((tmp_path / "fp" / "dataset.json").read_text())
     assert info["skin_mask"] == "face parser test_training_prepare_masks:half_parser"
+
+
+def test_cli_skin_mask_option(photos, mediapipe, tmp_path, capsys):
+    from training.cli import main
+
+    out = tmp_path / "cli"
+    assert main(["prepare", "--photos", str(photos), "--out", str(out), "--detector", "mediapipe",
+                 "--skin-mask", "landmarks"]) == 0
+    assert "wrote 2 image(s) of 1 identity" in capsys.readouterr().out
+    info = json.loads((out / "dataset.json").read_text())
+    assert (info["detector"], info["skin_mask_option"], info["skin_mask_sources"]) == \
+        ("mediapipe", "landmarks", {"landmarks": 2})
+    assert {str(z["skin_mask_source"]) for _, z in _samples(out)} == {"landmarks"}
