@@ -93,6 +93,7 @@ def test_validation_writes_the_grid_of_the_first_images(face, synth, tmp_path):
         shape = grid[2 * P:, cols].astype(np.int64)
         assert (shape[..., 0] == shape[..., 1]).all() and (shape[..., 1] == shape[..., 2]).all()  # grey
         lit = shape[..., 0] > 0
+        assert shape.max() <= round(255 * 0.95)  # ambient 0.3 + diffuse 0.65: never saturated
         assert lit.sum() > 500
         ys, xs = np.nonzero(lit)
         lo, hi = verts[j].min(0), verts[j].max(0)
@@ -121,3 +122,15 @@ def test_val_images_zero_writes_no_grid_and_negative_is_refused(face, synth, tmp
     assert len(val) == 1 and "val_grid" not in val[0]
     with pytest.raises(Exception, match="train.val_images"):
         config_from_dict({"train": {"eval_every": 1, "val_root": "x", "val_images": -1}})
+
+
+def test_shape_light_is_ambient_plus_cosine():
+    from core.render.shading import sh_shading
+    from training.visualise import SHAPE_LIGHT_DIRECTION, shape_light
+
+    gen = torch.Generator().manual_seed(0)
+    n = torch.nn.functional.normalize(torch.randn(1, 500, 3, dtype=torch.float64, generator=gen), dim=-1)
+    d = torch.tensor(SHAPE_LIGHT_DIRECTION, dtype=torch.float64)
+    expected = 0.3 + 0.65 * (n @ (d / d.norm()))
+    got = sh_shading(n, shape_light(1, torch.float64))
+    torch.testing.assert_close(got, expected[..., None].expand(-1, -1, 3), rtol=0, atol=1e-12)

@@ -99,8 +99,8 @@ def _cmd_prepare(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     rep = prepare_dataset(args.photos, args.out, detector=args.detector, face_parser=args.face_parser,
-                          skin_mask=args.skin_mask, min_images=args.min_images, skin_threshold=args.skin_threshold, overwrite=args.overwrite,
-                          workers=args.workers, shard=args.shard)
+                          skin_mask=args.skin_mask, min_images=args.min_images, skin_threshold=args.skin_threshold,
+                          overwrite=args.overwrite, workers=args.workers, shard=args.shard)
     print(f"wrote {rep.written} image(s) of {rep.identities} identit{'y' if rep.identities == 1 else 'ies'} to "
           f"{rep.out}; skipped {len(rep.skipped)}")
     for f, why in rep.skipped:

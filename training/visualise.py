@@ -41,7 +41,8 @@ SHAPE_LIGHT_DIRECTION = (0.0, 0.4, 1.0)
 SHAPE_AMBIENT, SHAPE_DIFFUSE = 0.3, 0.65
 
 
-def shape_light(batch_size: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> torch.Tensor:
+def shape_light(batch_size: int, dtype: torch.dtype = torch.float32,
+                device: torch.device | str = "cpu") -> torch.Tensor:
     """(B, 9, 3) grey SH light whose shading is ``SHAPE_AMBIENT + SHAPE_DIFFUSE * (n . d)``, ``d`` the unit
     :data:`SHAPE_LIGHT_DIRECTION` (bands 0-3 only; the SH constants divided out)."""
     from core.render.shading import SH_CONSTANTS
