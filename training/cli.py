@@ -1,7 +1,9 @@
 """``deca-train``: train DECA's stages, build datasets, export checkpoints.
 
     deca-train train --config FILE.yaml [--set section.key=value ...]
-    deca-train prepare --photos DIR --out DIR [--detector auto|dlib|fan] [--face-parser module:function]
+    deca-train prepare --photos DIR --out DIR [--detector auto|mediapipe|dlib|fan] [--skin-mask auto|mesh|landmarks]
+                       [--face-parser module:function]
+    deca-train index ROOT [--overwrite]
     deca-train synth --out DIR [--flame FILE --data-dir DIR] [--identities N --images K --seed S]
     deca-train export --checkpoint CKPT --out deca_model.tar
     deca-train eval --weights CKPT --data DIR [--flame FILE --data-dir DIR]
@@ -29,9 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("prepare", help="build a training dataset from folders of photos (one folder per person)")
     pr.add_argument("--photos", required=True, help="folder with one sub-folder of photos per identity")
     pr.add_argument("--out", required=True, help="dataset folder to write")
-    pr.add_argument("--detector", default="auto", choices=["auto", "dlib", "fan"])
+    pr.add_argument("--detector", default="auto", choices=["auto", "mediapipe", "dlib", "fan"])
+    pr.add_argument("--skin-mask", default="auto", choices=["auto", "mesh", "landmarks"],
+                    help="skin mask: MediaPipe's dense mesh (face oval minus eyes, brows, lips), the 68 landmarks + "
+                         "colour statistics, or auto (the mesh when the detector gives one); --face-parser overrides")
     pr.add_argument("--face-parser", default=None, metavar="MODULE:FUNCTION",
-                    help="skin segmentation callable (crop -> mask); default: landmark hull + colour statistics")
+                    help="skin segmentation callable (crop -> mask); overrides --skin-mask")
     pr.add_argument("--min-images", type=int, default=1, help="skip identities with fewer photos")
     pr.add_argument("--skin-threshold", type=float, default=3.0, help="chroma Mahalanobis threshold (sigmas)")
     pr.add_argument("--overwrite", action="store_true", help="redo samples that already exist")
@@ -47,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--images", type=int, default=4, help="images per identity")
     sy.add_argument("--seed", type=int, default=0)
     sy.add_argument("--detail-amplitude", type=float, default=None, help="metres (0: no details)")
+
+    ix = sub.add_parser("index", help="write the manifest of a prepared or synthetic dataset folder that has none")
+    ix.add_argument("root", help="dataset folder (<root>/<identity>/<name>.png + .npz)")
+    ix.add_argument("--overwrite", action="store_true", help="replace existing manifest*.json with a fresh listing")
 
     ex = sub.add_parser("export", help="write the official deca_model.tar layout from a training checkpoint")
     ex.add_argument("--checkpoint", required=True)
@@ -90,8 +99,8 @@ def _cmd_prepare(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     rep = prepare_dataset(args.photos, args.out, detector=args.detector, face_parser=args.face_parser,
-                          min_images=args.min_images, skin_threshold=args.skin_threshold, overwrite=args.overwrite,
-                          workers=args.workers, shard=args.shard)
+                          skin_mask=args.skin_mask, min_images=args.min_images, skin_threshold=args.skin_threshold,
+                          overwrite=args.overwrite, workers=args.workers, shard=args.shard)
     print(f"wrote {rep.written} image(s) of {rep.identities} identit{'y' if rep.identities == 1 else 'ies'} to "
           f"{rep.out}; skipped {len(rep.skipped)}")
     for f, why in rep.skipped:
@@ -109,6 +118,16 @@ def _cmd_synth(args) -> int:
     out = make_synthetic_dataset(args.out, face, spec)
     print(f"wrote {args.identities * args.images} images of {args.identities} identities to {out}"
           + (" (TEST model, not FLAME)" if face.is_test_model else ""))
+    return 0
+
+
+def _cmd_index(args) -> int:
+    from .data import index_dataset, read_manifests
+
+    path = index_dataset(args.root, overwrite=args.overwrite)
+    idx = read_manifests(args.root) or {}
+    n = sum(len(v) for v in idx.values())
+    print(f"wrote {path}: {n} image(s) of {len(idx)} identit{'y' if len(idx) == 1 else 'ies'}")
     return 0
 
 
@@ -138,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DatasetError
 
     try:
-        return {"train": _cmd_train, "prepare": _cmd_prepare, "synth": _cmd_synth, "export": _cmd_export,
-                "eval": _cmd_eval}[args.command](args)
+        return {"train": _cmd_train, "prepare": _cmd_prepare, "synth": _cmd_synth, "index": _cmd_index,
+                "export": _cmd_export, "eval": _cmd_eval}[args.command](args)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"deca-train: error: {e}", file=sys.stderr)
         return 2

@@ -215,6 +215,10 @@ class TrainConfig:
     eval_every: int = 0
     #: validation dataset folder (same layout as data.root)
     val_root: str = ""
+    #: with eval_every: a grid of the first this many validation images (input crop, the dataset's and the
+    #: predicted 68 landmarks, the shaded predicted shape) to output_dir/val/step_XXXXXXX.png and TensorBoard
+    #: ``val/images`` (0: none; training/visualise.py)
+    val_images: int = 8
     #: NoW evaluation every this many steps (0: never), as DECA's released trainer runs it (``eval_steps``):
     #: neutral meshes of E_flame for NoW's validation images, median / mean / std scan-to-mesh error in mm to
     #: TensorBoard ``now/*`` and ``metrics.jsonl``; predictions kept in ``output_dir/now/step_XXXXXXX``
@@ -323,6 +327,8 @@ class TrainingConfig:
             raise bad("train.eval_every", "must be >= 0")
         if t.eval_every > 0 and not t.val_root:
             raise bad("train.val_root", "train.eval_every needs a validation dataset folder")
+        if t.val_images < 0:
+            raise bad("train.val_images", "must be >= 0")
         if t.now_every < 0:
             raise bad("train.now_every", "must be >= 0")
         if t.now_every > 0 and not t.now_root:

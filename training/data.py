@@ -4,8 +4,9 @@ Layout (written by ``deca-train prepare`` from photos, or ``deca-train synth``):
 
     <root>/dataset.json                 optional: {"format": "deca-train-dataset", "version": 1, ...}
     <root>/manifest*.json               optional: the index (identities and their samples), written by
-                                        ``prepare`` (one per shard) and ``synth``; without one the folder is
-                                        listed once, as before
+                                        ``prepare`` (one per shard) and ``synth``, or for an older folder by
+                                        ``deca-train index`` (:func:`index_dataset`); without one the folder
+                                        is listed once, as before
     <root>/<identity>/<name>.png        224x224 RGB crop (DECA's crop rule, scale 1.375 of the landmark box)
     <root>/<identity>/<name>.full.png   optional: the full image the training crop is re-cut from
                                         (``data.crop: release``): for prepared photos the photo's square at
@@ -53,7 +54,7 @@ from core.networks import INPUT_SIZE
 __all__ = [
     "DATASET_FORMAT", "IMAGE_EXTS", "GT_KEYS", "CROPS", "RELEASE_CROP_SCALE", "FULL_SUFFIX", "Sample",
     "IdentityDataset", "IdentityBatchSampler", "collate", "write_sample", "write_dataset_info", "write_manifest",
-    "read_manifests", "release_crop", "transform_camera", "worker_init", "DatasetError",
+    "read_manifests", "index_dataset", "release_crop", "transform_camera", "worker_init", "DatasetError",
 ]
 
 DATASET_FORMAT = "deca-train-dataset"
@@ -151,6 +152,40 @@ def read_manifests(root: str | Path) -> dict[str, list[str]] | None:
         for ident, names in d["identities"].items():
             out.setdefault(str(ident), set()).update(str(n) for n in names)
     return {k: sorted(v) for k, v in sorted(out.items())}
+
+
+def index_dataset(root: str | Path, overwrite: bool = False) -> Path:
+    """Write ``<root>/manifest.json`` for a dataset folder made before manifests existed, from one listing
+    (:meth:`IdentityDataset.list_folder`: every ``<identity>/<name>.png`` with its ``.npz``); identity folders
+    without a sample are left out. Refuses (:class:`DatasetError`) a folder that is not a dataset (another
+    tool's ``dataset.json``, or no sample at all) and one that has a manifest already, unless ``overwrite``:
+    then the new ``manifest.json`` replaces every ``manifest*.json`` (shards' included: they are merged on
+    reading, so a stale one would keep listing removed samples). Written atomically, before the old shard
+    manifests are removed, so that a reader never finds the folder without an index."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder not found: {root}")
+    info = root / "dataset.json"
+    if info.is_file():
+        try:
+            fmt = json.loads(info.read_text()).get("format")
+        except (ValueError, AttributeError):
+            fmt = None
+        if fmt != DATASET_FORMAT:
+            raise DatasetError(f"{info}: not a {DATASET_FORMAT} description; {root} is not a deca-train dataset")
+    existing = sorted(root.glob("manifest*.json"))
+    if existing and not overwrite:
+        raise DatasetError(f"{root} already has {', '.join(p.name for p in existing)}; pass --overwrite to "
+                           f"replace it with a fresh listing")
+    listing = {k: v for k, v in IdentityDataset.list_folder(root).items() if v}
+    if not listing:
+        raise DatasetError(f"{root}: not a dataset folder (no <identity>/<name>.png with its .npz; build one with "
+                           f"'deca-train prepare' or 'deca-train synth')")
+    out = write_manifest(root, [(ident, n) for ident, names in listing.items() for n in names])
+    for p in existing:
+        if p != out:
+            p.unlink()
+    return out
 
 
 def release_crop(landmarks: np.ndarray, scale: float, shift: tuple[float, float] = (0.0, 0.0),

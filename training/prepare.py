@@ -6,11 +6,18 @@ crop rule around the 68 landmarks (``core.frontend.crop_from_landmarks``, scale 
 landmarks mapped into the crop, and a skin mask:
 
 * with a face parser (``--face-parser module:function``, a callable ``crop (224, 224, 3) float -> mask``),
-  its output thresholded at 0.5;
-* otherwise :func:`skin_mask_from_landmarks`: the face region (jaw contour closed over a forehead band
+  its output thresholded at 0.5 (it overrides ``--skin-mask``);
+* ``mesh``: when the detector gives MediaPipe's dense mesh (``FaceDetection.dense``),
+  :func:`core.frontend.skin_mask.skin_mask` of the mesh mapped into the crop (the face oval minus eyes,
+  eyebrows and lips; no colour test), and of the mesh mapped into the full image for the full mask;
+* ``landmarks``: :func:`skin_mask_from_landmarks`: the face region (jaw contour closed over a forehead band
   above the brows) minus eyes and inner mouth, kept where the colour is close to the skin colour estimated
   on the cheeks and nose (Mahalanobis distance in chroma, robust re-estimation, small morphological
   clean-up, largest component).
+
+``skin_mask="auto"`` (the default) is ``mesh`` for detections that carry the dense mesh and ``landmarks`` for the
+others; ``"mesh"`` refuses a detector without it (:class:`SkinMaskError`). Each sample's ``.npz`` records its
+``skin_mask_source`` (``mesh``, ``landmarks`` or ``face parser``) and ``dataset.json`` the sources of the run.
 
 Photos where no face is found, or that cannot be read, are reported and skipped.
 """
@@ -24,14 +31,25 @@ from typing import Callable
 
 import numpy as np
 
+from core.errors import DecaError
 from core.networks import INPUT_SIZE
 
 from .data import FULL_SUFFIX, write_dataset_info, write_manifest, write_sample
 
-__all__ = ["skin_mask_from_landmarks", "prepare_dataset", "PrepareReport", "load_face_parser", "PHOTO_EXTS"]
+__all__ = ["skin_mask_from_landmarks", "prepare_dataset", "PrepareReport", "load_face_parser", "PHOTO_EXTS",
+           "SKIN_MASKS", "SkinMaskError"]
 
 log = logging.getLogger("training.prepare")
 PHOTO_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+#: ``--skin-mask``: the dense mesh when the detection has it, always the mesh, always the landmarks + colour
+SKIN_MASKS = ("auto", "mesh", "landmarks")
+#: what ``dataset.json``'s ``skin_mask`` says for each source
+SKIN_MASK_DESCRIPTIONS = {"mesh": "MediaPipe dense mesh (core.frontend.skin_mask)",
+                          "landmarks": "landmarks + colour statistics"}
+
+
+class SkinMaskError(DecaError, ValueError):
+    """``--skin-mask mesh`` with a detector that gives no dense mesh."""
 
 JAW = list(range(0, 17))
 BROWS = list(range(17, 27))
@@ -157,6 +175,8 @@ class PrepareReport:
     written: int = 0
     identities: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (photo, reason)
+    #: samples written by this run per skin-mask source (``mesh``, ``landmarks``, ``face parser``)
+    skin_mask_sources: dict[str, int] = field(default_factory=dict)
 
 
 def _photo_groups(photos: Path) -> dict[str, list[Path]]:
@@ -190,15 +210,17 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
 _WORKER: dict = {}
 
 
-def _init_worker(detector: str, face_parser: str | None, skin_threshold: float, detector_obj=None) -> None:
+def _init_worker(detector: str, face_parser: str | None, skin_threshold: float, detector_obj=None,
+                 skin_mask: str = "auto") -> None:
     from core.frontend import get_detector
 
     _WORKER["det"] = detector_obj or get_detector(detector)
     _WORKER["parser"] = load_face_parser(face_parser) if face_parser else None
     _WORKER["threshold"] = skin_threshold
+    _WORKER["skin_mask"] = skin_mask
 
 
-def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: float) -> None:
+def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: float, skin_mask: str = "auto") -> None:
     import torch
 
     torch.set_num_threads(1)  # N workers on N cores: no oversubscription
@@ -208,54 +230,81 @@ def _init_pool_worker(detector: str, face_parser: str | None, skin_threshold: fl
         cv2.setNumThreads(1)
     except ImportError:  # OpenCV is optional (MediaPipe's extra)
         pass
-    _init_worker(detector, face_parser, skin_threshold)  # the detector and parser: once per worker
+    _init_worker(detector, face_parser, skin_threshold, skin_mask=skin_mask)  # detector and parser: once per worker
 
 
-def _prepare_one(f: Path, folder: Path, name: str) -> str | None:
-    """Detect, crop and write one photo (in a worker); returns why it was skipped, or None."""
+def _skin_mask_source(mode: str, has_parser: bool, dense, detector: str) -> str:
+    """Which mask a detection gets: ``face parser``, ``mesh`` or ``landmarks`` (see the module docstring)."""
+    if has_parser:
+        return "face parser"
+    if mode == "landmarks":
+        return "landmarks"
+    if dense is not None:
+        return "mesh"
+    if mode == "mesh":
+        raise SkinMaskError(f"--skin-mask mesh needs MediaPipe's dense mesh, and the '{detector}' detector gives "
+                            f"none: use --detector mediapipe (or auto with mediapipe installed), or --skin-mask "
+                            f"landmarks / auto")
+    return "landmarks"
+
+
+def _prepare_one(f: Path, folder: Path, name: str) -> tuple[str | None, str | None]:
+    """Detect, crop and write one photo (in a worker); returns (why it was skipped or None, the skin mask's
+    source or None)."""
     import torch
     from core.frontend import (CropTransform, ImageReadError, NoFaceError, crop_from_landmarks, detect_faces,
                                read_image, warp_image)
+    from core.frontend.skin_mask import skin_mask
 
     det, parser = _WORKER["det"], _WORKER["parser"]
     try:
         img = read_image(f)
         face = detect_faces(img, det, source=f)[0]
     except (ImageReadError, NoFaceError) as e:
-        return str(e)
+        return str(e), None
+    source = _skin_mask_source(_WORKER.get("skin_mask", "auto"), parser is not None, face.dense, face.detector)
     tf = crop_from_landmarks(face.landmarks, scale=1.25, size=INPUT_SIZE)
     crop = warp_image(img, tf).permute(1, 2, 0).numpy().astype(np.float32)
     lm = tf.apply(face.landmarks).astype(np.float32)
-    if parser is not None:
-        mask = np.asarray(parser(crop)) > 0.5
-    else:
-        mask = skin_mask_from_landmarks(crop, lm, threshold=_WORKER["threshold"])
     # the full image data.crop=release re-cuts from: the photo's square at FULL_SCALE x the landmark box (the
-    # re-crop needs at most 1.8x plus its shift), at FULL_SIZE px; the skin mask is the crop's, carried over
+    # re-crop needs at most 1.8x plus its shift), at FULL_SIZE px
     tf_full = crop_from_landmarks(face.landmarks, scale=FULL_SCALE / 1.1, size=FULL_SIZE)
     to_crop = tf.matrix @ np.linalg.inv(tf_full.matrix)  # full px -> crop px
     full_img = warp_image(img, tf_full).permute(1, 2, 0).numpy().astype(np.float32)
-    back = CropTransform.from_matrix(np.linalg.inv(to_crop), size=FULL_SIZE)  # crop px -> full px
-    m3 = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None].expand(3, -1, -1)
-    full_mask = warp_image(m3, back, antialias=False)[0].numpy() > 0.5
+    full_mask = None
+    if source == "face parser":
+        mask = np.asarray(parser(crop)) > 0.5
+    elif source == "mesh":
+        # the mesh's polygons drawn in each image's own pixels: no resampling of a drawn mask, and the full
+        # mask covers the face outside the 224 crop as well
+        mask = skin_mask(tf.apply(face.dense[:, :2]), (INPUT_SIZE, INPUT_SIZE))
+        full_mask = skin_mask(tf_full.apply(face.dense[:, :2]), (FULL_SIZE, FULL_SIZE))
+    else:
+        mask = skin_mask_from_landmarks(crop, lm, threshold=_WORKER["threshold"])
+    if full_mask is None:  # a mask of the crop's pixels only: carried over to the full image
+        back = CropTransform.from_matrix(np.linalg.inv(to_crop), size=FULL_SIZE)  # crop px -> full px
+        m3 = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None].expand(3, -1, -1)
+        full_mask = warp_image(m3, back, antialias=False)[0].numpy() > 0.5
     full = {"image": full_img, "landmarks": tf_full.apply(face.landmarks), "skin_mask": full_mask,
             "matrix": to_crop}
     write_sample(folder, name, crop, lm, mask, full=full, crop_matrix=tf.matrix.astype(np.float64),
-                 source=np.array(str(f)), detector=np.array(face.detector))
-    return None
+                 source=np.array(str(f)), detector=np.array(face.detector), skin_mask_source=np.array(source))
+    return None, source
 
 
-def _prepare_task(task: tuple[Path, Path, str]) -> str | None:
+def _prepare_task(task: tuple[Path, Path, str]) -> tuple[str | None, str | None]:
     folder, f, name = task
     return _prepare_one(f, folder, name)
 
 
 def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto", face_parser: str | None = None,
                     min_images: int = 1, skin_threshold: float = 3.0, overwrite: bool = False,
-                    detector_obj=None, workers: int = 1, shard: str | None = None) -> PrepareReport:
+                    detector_obj=None, workers: int = 1, shard: str | None = None,
+                    skin_mask: str = "auto") -> PrepareReport:
     """Build the dataset (see the module docstring). Existing samples are kept unless ``overwrite``, so an
     interrupted run resumes where it stopped. ``workers`` processes share the photos (each loads its own
-    detector); ``shard="i/N"`` processes only this job's share (:func:`parse_shard`)."""
+    detector); ``shard="i/N"`` processes only this job's share (:func:`parse_shard`); ``skin_mask`` one of
+    :data:`SKIN_MASKS`."""
     import time
 
     photos, out = Path(photos), Path(out)
@@ -263,6 +312,8 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
         raise FileNotFoundError(f"photo folder not found: {photos}")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if skin_mask not in SKIN_MASKS:
+        raise ValueError(f"skin_mask must be one of {', '.join(SKIN_MASKS)}, got {skin_mask!r}")
     shard_i, shard_n = parse_shard(shard)
     groups = _photo_groups(photos)
     if not groups:
@@ -292,10 +343,12 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
                  f", shard {shard_i}/{shard_n}" if shard_n > 1 else "")
     t0 = time.perf_counter()
 
-    def record(i: int, ident: str, f: Path, name: str, why: str | None) -> None:
+    def record(i: int, ident: str, f: Path, name: str, done: tuple[str | None, str | None]) -> None:
+        why, source = done
         if why is None:
             report.written += 1
             present.append((ident, name))
+            report.skin_mask_sources[source] = report.skin_mask_sources.get(source, 0) + 1
         else:
             report.skipped.append((str(f), why))
             log.warning("skipped %s: %s", f, why)
@@ -305,7 +358,7 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
             log.info("prepare: %d/%d photos (%.2f/s, %.0f s left)", n, len(tasks), rate, (len(tasks) - n) / rate)
 
     if workers == 1 or len(tasks) <= 1:
-        _init_worker(detector, face_parser, skin_threshold, detector_obj)
+        _init_worker(detector, face_parser, skin_threshold, detector_obj, skin_mask)
         for i, (ident, f, name) in enumerate(tasks):
             record(i, ident, f, name, _prepare_one(f, out / ident, name))
     else:
@@ -327,13 +380,20 @@ def prepare_dataset(photos: str | Path, out: str | Path, detector: str = "auto",
         # chunks: one round trip per few photos, and in photo order so that the progress stays in order
         chunk = max(1, min(16, len(tasks) // (4 * workers)))
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_pool_worker,
-                                 initargs=(detector, face_parser, skin_threshold)) as pool:
+                                 initargs=(detector, face_parser, skin_threshold, skin_mask)) as pool:
             results = pool.map(_prepare_task, [(out / ident, f, name) for ident, f, name in tasks], chunksize=chunk)
-            for i, ((ident, f, name), why) in enumerate(zip(tasks, results)):
-                record(i, ident, f, name, why)
+            for i, ((ident, f, name), done) in enumerate(zip(tasks, results)):
+                record(i, ident, f, name, done)
     write_manifest(out, present, "manifest.json" if shard_n == 1 else f"manifest.{shard_i}of{shard_n}.json")
     report.identities = len({ident for ident, _ in present})
     det_name = getattr(detector_obj, "name", None) or detector
-    write_dataset_info(out, source=str(photos), detector=str(det_name),
-                       skin_mask="face parser " + face_parser if face_parser else "landmarks + colour statistics")
+    # which masks this run wrote (every sample says its own in its .npz, skin_mask_source: a resumed run's
+    # older samples too); a run that wrote none (all resumed) describes the option
+    used = sorted(report.skin_mask_sources) or (["face parser"] if face_parser else [skin_mask])
+    described = ["face parser " + face_parser if u == "face parser" else
+                 SKIN_MASK_DESCRIPTIONS.get(u, "mesh when the detection has it, else landmarks + colour statistics")
+                 for u in used]
+    write_dataset_info(out, source=str(photos), detector=str(det_name), skin_mask_option=skin_mask,
+                       skin_mask=" + ".join(described),
+                       skin_mask_sources=dict(sorted(report.skin_mask_sources.items())))
     return report

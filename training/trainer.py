@@ -651,14 +651,24 @@ class Trainer:
 
     def _validate(self, nets: DecaNetworks, face, device: torch.device, step: int, writer, metrics_path: Path,
                   trained: list[nn.Module]) -> dict[str, float]:
-        """E_flame's errors on ``train.val_root`` (eval mode), to TensorBoard ``val/*`` and metrics.jsonl."""
+        """E_flame's errors on ``train.val_root`` (eval mode), to TensorBoard ``val/*`` and metrics.jsonl; with
+        ``train.val_images`` the grid of training/visualise.py to ``val/step_XXXXXXX.png`` and ``val/images``."""
         from .evaluate import evaluate
+        from .visualise import validation_grid, write_grid
 
         if self._val is None:
             self._val = IdentityDataset(self.cfg.train.val_root)
         res = evaluate(nets, face, self._val, device=device)
+        grid = None
+        if self.cfg.train.val_images > 0:
+            grid = validation_grid(nets, face, self._val, self.cfg.train.val_images, device=device)
         self._set_modes(nets, trained)
         rec = {"step": step, "val": {k: float(v) for k, v in res.items()}}
+        if grid is not None:
+            path = write_grid(self.out / "val" / f"step_{step:07d}.png", grid)
+            rec["val_grid"] = str(path.relative_to(self.out))
+            if writer is not None:
+                writer.add_image("val/images", grid.image, step)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if writer is not None:
