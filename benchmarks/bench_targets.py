@@ -192,6 +192,7 @@ def bench_wrinkles(rows, fa, photos, repeats):
                                 f"({rec.wrinkle_samples + rec.wrinkle_holdout} samples per fit before, "
                                 f"{info.n_samples + info.n_holdout} now)"))
             ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
+            how = f"leave-one-out on {info.n_samples}" if info.n_holdout == 0 else f"on {info.n_holdout} held out"
             rows.append(row(f"wrinkle model per photo, cache warm ({kind})", t_base, t_now, "s", "<= 0.4 s",
                             f"{info.method} fit, {info.n_samples} + {info.n_holdout} decodes"))
             rows.append(row(f"wrinkle per photo: shared vs per-person fit ({kind})", t_person, t_now, "s",
@@ -202,8 +203,7 @@ def bench_wrinkles(rows, fa, photos, repeats):
                             f"{t_load:.3f} s; {basis.n_codes} codes x {basis.n_samples // basis.n_codes} decodes"))
             rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
                             ">= 0.5 input-dependent, not lower on tiny",
-                            f"32 fresh samples; reported {info.explained_variance:.3f} "
-                            f"{'leave-one-out on ' + str(info.n_samples) if info.n_holdout == 0 else f'on {info.n_holdout} held out'}; "
+                            f"32 fresh samples; reported {info.explained_variance:.3f} {how}; "
                             f"shared ridge {info.ridge:.1f}"))
 
 

@@ -92,9 +92,10 @@ did not help on these weights: 56 samples 0.31 / 0.66, 106 samples 0.50 / 0.76, 
 
 **Held-out explained variance** (`explained_variance`): ``1 - (SSE / n) / (SST / (n - 1))`` over the masked
 texels of ``n`` further i.i.d. samples from the prior that the fit never saw (16 for the per-person fit;
-the shared fit's default is leave-one-out over its 12 base samples, above), ``SST`` about their own mean: the mean squared error over the unbiased variance
-(``SSE / SST``, used for the numbers above, overstates the error by ``n / (n - 1)``: for 48 samples and an
-explained variance near 0.55 the two definitions differ by 0.01).
+the shared fit's default is leave-one-out over its 12 base samples, above), ``SST`` about their own mean:
+the mean squared error over the unbiased variance (``SSE / SST``, used for the numbers above, overstates the
+error by ``n / (n - 1)``: for 48 samples and an explained variance near 0.55 the two definitions differ by
+0.01).
 
 All of it is deterministic (fixed seeds). The decoder itself stays available for exact re-evaluation
 (`Reconstructor.decode_displacement`).
