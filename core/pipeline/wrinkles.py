@@ -59,7 +59,12 @@ and a held-out measurement on this person at no cost. Against the 48 fresh sampl
 average (max 0.037) with 12 samples (8 samples: 0.042, max 0.10), input-dependent; 0.019 (max 0.034) tiny;
 on a synthetic family (tests) over 30 draws as well as 12 extra held-out decodes would (mean |error| 0.057
 against 0.068), erring low by ~0.03 (a base from 11 samples predicts a little worse than one from 12).
-Per photo 20 -> 12 decodes: 0.60 of the decoding time.
+Per photo 20 -> 12 decodes: 0.60 of the decoding time; measured (interleaved in one process, 2 threads, load
+4.6-5.1 on 2 cores, median of 5, tiny / input-dependent weights): 0.57 / 0.49 of the 12 + 8 fit, and 0.43 /
+0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding (0.629 / 0.496 s on the quiet machine
+before, so ~0.27 / ~0.24 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
+decodes per code (8 codes x 32 or 24 instead of 53: 0.59 / 0.52 of its CPU time, but a fresh explained
+variance of 0.543 / 0.537 instead of 0.568 input-dependent on the 9 photos).
 
 **The per-person fit.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z``
 where the rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to
