@@ -64,7 +64,8 @@ Per photo 20 -> 12 decodes: 0.60 of the decoding time; measured (interleaved in 
 0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding (0.629 / 0.496 s on the quiet machine
 before, so ~0.27 / ~0.24 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
 decodes per code (8 codes x 32 or 24 instead of 53: 0.59 / 0.52 of its CPU time, but a fresh explained
-variance of 0.543 / 0.537 instead of 0.568 input-dependent on the 9 photos).
+variance of 0.543 / 0.537 instead of 0.568 input-dependent and 0.782 / 0.771 instead of 0.793 tiny, mean
+over the 9 photos; the build is ~75 % decodes, ~20 % renders and ``E_detail``).
 
 **The per-person fit.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z``
 where the rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to
