@@ -134,8 +134,8 @@ def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", i
 #: layer, 2 stay near the 32 MB L3 cache. Measured (12 decodes, 2 threads, this project's AMD EPYC, load 3-5,
 #: median of 6-10 interleaved repeats, ratio to one batch of 12): chunks of 1 0.83-0.86, 2 0.75-0.77,
 #: 3 0.73, 4 0.84-0.87, 6 0.84; the first two blocks (8x8 -> 32x32, cheap, and slower per sample alone)
-#: at full batch and chunks of 2 from the third 0.71-0.74 (chunks of 1 from the third 0.75); in two further
-#: runs at load 5-6 it was a tie (0.99-1.00), never slower. Tried and dropped, no gain end to end: each
+#: at full batch and chunks of 2 from the third 0.71-0.74 (chunks of 1 from the third 0.75); in four further
+#: runs (load 4.6-6.6) 0.71, 0.76, 0.99 and 1.00: never slower. Tried and dropped, no gain end to end: each
 #: convolution fused with its activation (``torch.ops.mkldnn._convolution_pointwise``, 0.68 of the last
 #: conv + leaky ReLU alone, but 0.97-1.12 of the whole 12 decodes); the last 16 -> 1 convolution as one
 #: matmul to 9 taps and shifted sums (0.75 of that convolution, ~10 % of a decode: within the noise here);

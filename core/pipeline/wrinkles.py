@@ -12,7 +12,7 @@ it (``Reconstructor(wrinkle_fit=...)``, recorded as the result's ``wrinkle_fit``
 - **shared** (default): the maps and ``M`` are shared by every person of a checkpoint (`fit_shared_basis`,
   computed once and cached on disk by `core.pipeline.wrinkle_cache`); per person only the base map is
   fitted (`fit_on_shared`, 12 decodes) and the held-out explained variance measured leave-one-out on those
-  same decodes (`loo_explained_variance`; until issue 11's second round: 8 further decodes).
+  same decodes (`loo_explained_variance`; before: 8 further decodes).
 - **person**: the reduced-rank regression of one person's decodes (`fit_wrinkle_model`, 56 + 16 decodes);
   also the fallback when no cache can be written (the result's ``wrinkle_fit_note`` says why).
 
@@ -62,7 +62,7 @@ against 0.068), erring low by ~0.03 (a base from 11 samples predicts a little wo
 Per photo 20 -> 12 decodes: 0.60 of the decoding time; measured (interleaved in one process, 2 threads, load
 4.6-5.1 on 2 cores, median of 5, tiny / input-dependent weights): 0.57 / 0.49 of the 12 + 8 fit, and 0.43 /
 0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding (0.629 / 0.496 s on the quiet machine
-before, so ~0.27 / ~0.24 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
+before: extrapolated ~0.27 / ~0.24 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
 decodes per code (8 codes x 32 or 24 instead of 53: 0.59 / 0.52 of its CPU time, but a fresh explained
 variance of 0.543 / 0.537 instead of 0.568 input-dependent and 0.782 / 0.771 instead of 0.793 tiny, mean
 over the 9 photos; the build is ~75 % decodes, ~20 % renders and ``E_detail``).
