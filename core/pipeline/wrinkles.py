@@ -61,8 +61,9 @@ on a synthetic family (tests) over 30 draws as well as 12 extra held-out decodes
 against 0.068), erring low by ~0.03 (a base from 11 samples predicts a little worse than one from 12).
 Per photo 20 -> 12 decodes: 0.60 of the decoding time; measured (interleaved in one process, 2 threads, load
 4.6-5.1 on 2 cores, median of 5, tiny / input-dependent weights): 0.57 / 0.49 of the 12 + 8 fit, and 0.43 /
-0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding (0.629 / 0.496 s on the quiet machine
-before: extrapolated ~0.27 / ~0.24 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
+0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding; a second run (load 5.4, median of 8):
+0.66 / 0.53 and 0.53 / 0.56 (0.629 / 0.496 s on the quiet machine before: extrapolated 0.27-0.33 /
+0.24-0.28 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
 decodes per code (8 codes x 32 or 24 instead of 53: 0.59 / 0.52 of its CPU time, but a fresh explained
 variance of 0.543 / 0.537 instead of 0.568 input-dependent and 0.782 / 0.771 instead of 0.793 tiny, mean
 over the 9 photos; the build is ~75 % decodes, ~20 % renders and ``E_detail``).
