@@ -15,8 +15,8 @@ Rows:
   the basis (cold cache) and of loading it in a new ``Reconstructor``, and the held-out explained variance
   (32 fresh i.i.d. prior samples), tiny and input-dependent weights. Baseline: the per-person fit before
   issue 11 (eager ``D_detail`` on the full 181-d input, fixed ridge 1, 56 + 16 decodes). Now: the shared
-  per-checkpoint basis (`core.pipeline.wrinkle_cache`, in a temporary cache folder) and 12 + 8 decodes per
-  photo.
+  per-checkpoint basis (`core.pipeline.wrinkle_cache`, in a temporary cache folder) and 12 decodes per
+  photo (the held-out explained variance leave-one-out over them; 12 + 8 decodes before).
 - photo -> result folder, warm (224x224 shared photo and a 4000x3000 one made from it): two warm server
   processes, one on ``--baseline-src`` (the code at filing) and one on this tree, same asset home
   (checkpoint, TEST FLAME, data), same photo, dlib landmarks (the detector both trees have), interleaved;
@@ -192,6 +192,7 @@ def bench_wrinkles(rows, fa, photos, repeats):
                                 f"({rec.wrinkle_samples + rec.wrinkle_holdout} samples per fit before, "
                                 f"{info.n_samples + info.n_holdout} now)"))
             ev_base, ev_now = fresh_ev(rec, m_base, detail), fresh_ev(rec, m_now, detail)
+            how = f"leave-one-out on {info.n_samples}" if info.n_holdout == 0 else f"on {info.n_holdout} held out"
             rows.append(row(f"wrinkle model per photo, cache warm ({kind})", t_base, t_now, "s", "<= 0.4 s",
                             f"{info.method} fit, {info.n_samples} + {info.n_holdout} decodes"))
             rows.append(row(f"wrinkle per photo: shared vs per-person fit ({kind})", t_person, t_now, "s",
@@ -202,7 +203,7 @@ def bench_wrinkles(rows, fa, photos, repeats):
                             f"{t_load:.3f} s; {basis.n_codes} codes x {basis.n_samples // basis.n_codes} decodes"))
             rows.append(row(f"wrinkle held-out EV ({kind})", ev_base, ev_now, "EV",
                             ">= 0.5 input-dependent, not lower on tiny",
-                            f"32 fresh samples; reported {info.explained_variance:.3f} on {info.n_holdout}; "
+                            f"32 fresh samples; reported {info.explained_variance:.3f} {how}; "
                             f"shared ridge {info.ridge:.1f}"))
 
 

@@ -11,7 +11,8 @@ import torch
 
 from core.networks import DecaNetworks
 from core.networks.responsive import AMBIENT_LIGHT, CAMERA_SCALE, responsive_networks
-from core.networks.runtime import PersonDecoder, fold_batch_norms, fold_decoder, inference_networks
+from core.networks.runtime import (PERSON_CHUNK, PersonDecoder, fold_batch_norms, fold_decoder,
+                                   inference_networks)
 from core.pipeline import wrinkles as wr
 
 REL = 1e-4
@@ -63,15 +64,21 @@ def test_folded_networks_equal_the_eager_reference(nets, images, channels_last):
     assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in nets.modules()) > 50
 
 
-def test_person_decoder_equals_the_full_decoder(nets):
+@pytest.mark.parametrize("chunk", [0, 1, PERSON_CHUNK, 5])
+def test_person_decoder_equals_the_full_decoder(nets, chunk):
+    """Chunked or not (7 samples: chunks of 5 leave a remainder of 2), folded or not: the eager decoder on
+    the full [jaw, exp, detail] input, sample by sample (a mixed-up chunk order would fail: 7 distinct x)."""
     g = torch.Generator().manual_seed(1)
     detail = torch.randn(1, 128, generator=g) * 0.3
-    x = torch.as_tensor(wr.sample_prior(6, np.random.default_rng(0)), dtype=torch.float32)
+    x = torch.as_tensor(wr.sample_prior(7, np.random.default_rng(0)), dtype=torch.float32)
     with torch.inference_mode():
-        want = nets.D_detail.decode(x[:, 50:], x[:, :50], detail.expand(6, -1))
-        for dec in (nets.D_detail, fold_decoder(nets.D_detail)):
-            got = PersonDecoder(dec, detail)(x[:, 50:], x[:, :50])
-            assert got.shape == (6, 1, 256, 256)
+        want = nets.D_detail.decode(x[:, 50:], x[:, :50], detail.expand(7, -1))
+        assert (want[1:] - want[:-1]).abs().amax((1, 2, 3)).min() > 100 * REL * want.abs().max()
+        for dec in (nets.D_detail, fold_decoder(nets.D_detail).to(memory_format=torch.channels_last)):
+            person = PersonDecoder(dec, detail, chunk=chunk)
+            assert person._split == 9  # conv_blocks.9: the third up-sampling, where the chunks start
+            got = person(x[:, 50:], x[:, :50])
+            assert got.shape == (7, 1, 256, 256)
             assert _rel(want, got) < REL
 
 

@@ -11,7 +11,8 @@ stay the reference; these copies are what the pipeline runs.
   activation map (measured: ``D_detail`` spends ~15 % of its time in batch norm, channels_last, 2 threads).
 - :class:`PersonDecoder` specialises ``D_detail`` to one detail code: ``l1`` is linear in its input, so the
   detail code's part of it is computed once and a sample only adds its ``[jaw, exp]`` columns. The wrinkle
-  model decodes dozens of expressions of one person this way.
+  model decodes dozens of expressions of one person this way; on the CPU the large up-sampling blocks run
+  a few samples at a time (`PERSON_CHUNK`: less memory traffic, same numbers).
 """
 from __future__ import annotations
 
@@ -127,15 +128,34 @@ def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", i
     return out
 
 
+#: `PersonDecoder` on the CPU: the up-sampling blocks from this one on (64x64 and larger maps) run
+#: `PERSON_CHUNK` samples at a time. A batch's activations there are ~12 MB per sample (the 256x256x32
+#: up-sampled map and its 16-channel convolution); 12 samples at once stream ~150 MB through memory per
+#: layer, 2 stay near the 32 MB L3 cache. Measured (12 decodes, 2 threads, this project's AMD EPYC, load 3-5,
+#: median of 6-10 interleaved repeats, ratio to one batch of 12): chunks of 1 0.83-0.86, 2 0.75-0.77,
+#: 3 0.73, 4 0.84-0.87, 6 0.84; the first two blocks (8x8 -> 32x32, cheap, and slower per sample alone)
+#: at full batch and chunks of 2 from the third 0.71-0.74 (chunks of 1 from the third 0.75); in four further
+#: runs (load 4.6-6.6) 0.71, 0.76, 0.99 and 1.00: never slower. Tried and dropped, no gain end to end: each
+#: convolution fused with its activation (``torch.ops.mkldnn._convolution_pointwise``, 0.68 of the last
+#: conv + leaky ReLU alone, but 0.97-1.12 of the whole 12 decodes); the last 16 -> 1 convolution as one
+#: matmul to 9 taps and shifted sums (0.75 of that convolution, ~10 % of a decode: within the noise here);
+#: bilinear up-sampling + convolution as four phase convolutions on the small map (0.74 of the pair for the
+#: 256x256 block without the pixel shuffle, 0.86 with it, before the border rows that zero padding changes).
+PERSON_CHUNK_FROM_UPSAMPLE = 3
+PERSON_CHUNK = 2
+
+
 class PersonDecoder(nn.Module):
     """``D_detail`` for one detail code: ``[jaw (n,3), exp (n,50)] -> (n, 1, 256, 256)``.
 
     Args:
         decoder: a ``DetailDecoder`` (folded or not, eval mode).
         detail: (1, 128) or (128,) detail code.
+        chunk: on the CPU, samples per pass through the large blocks (`PERSON_CHUNK`; 0: the whole batch).
+            The same function either way (each sample's arithmetic is its own), only the memory traffic differs.
     """
 
-    def __init__(self, decoder: DetailDecoder, detail: torch.Tensor) -> None:
+    def __init__(self, decoder: DetailDecoder, detail: torch.Tensor, chunk: int = PERSON_CHUNK) -> None:
         super().__init__()
         lin = decoder.l1[0]
         detail = detail.reshape(1, DETAIL_CODE_DIM).to(lin.weight)
@@ -147,10 +167,18 @@ class PersonDecoder(nn.Module):
             self.register_buffer("const", (detail @ lin.weight[:, n_expr:].T + lin.bias)[0].clone())  # (8192,)
         self.conv_blocks = decoder.conv_blocks
         self.out_scale = decoder.out_scale
+        self.chunk = int(chunk)
+        ups = [i for i, m in enumerate(self.conv_blocks) if isinstance(m, nn.Upsample)]
+        # where the chunked part starts: the PERSON_CHUNK_FROM_UPSAMPLE-th up-sampling (all of it if fewer)
+        self._split = ups[PERSON_CHUNK_FROM_UPSAMPLE - 1] if len(ups) >= PERSON_CHUNK_FROM_UPSAMPLE else 0
 
     def forward(self, jaw: torch.Tensor, exp: torch.Tensor) -> torch.Tensor:
         x = torch.cat([jaw, exp], dim=1).to(self.w_expr)
         h = torch.addmm(self.const, x, self.w_expr.T).view(x.shape[0], INIT_CHANNELS, INIT_SIZE, INIT_SIZE)
-        if self.w_expr.device.type == "cpu":
-            h = h.contiguous(memory_format=torch.channels_last)
-        return self.conv_blocks(h) * self.out_scale
+        if self.w_expr.device.type != "cpu" or self.chunk <= 0 or len(x) <= self.chunk:
+            if self.w_expr.device.type == "cpu":
+                h = h.contiguous(memory_format=torch.channels_last)
+            return self.conv_blocks(h) * self.out_scale
+        h = self.conv_blocks[:self._split](h.contiguous(memory_format=torch.channels_last))
+        tail = self.conv_blocks[self._split:]
+        return torch.cat([tail(h[i:i + self.chunk]) for i in range(0, len(h), self.chunk)]) * self.out_scale

@@ -253,7 +253,8 @@ class Reconstructor:
             cannot be written, the per-person fit runs instead (said in the result's ``wrinkle_fit_note``).
             "person": the per-person reduced-rank regression (`core.pipeline.wrinkles.fit_wrinkle_model`).
         wrinkle_samples, wrinkle_holdout: decoder samples to fit / to measure the held-out explained
-            variance (None: 12 + 8 for the shared fit, 56 + 16 for the per-person one; see
+            variance (None: 12 + 0 for the shared fit, whose 0 means leave-one-out over the 12, and
+            56 + 16 for the per-person one; see
             `core.pipeline.wrinkles`).
         bf16: bfloat16 autocast for the two encoders (off by default: not yet checked on DECA's released
             weights). The detail decoder always runs in float32.

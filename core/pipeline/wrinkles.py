@@ -11,7 +11,8 @@ it (``Reconstructor(wrinkle_fit=...)``, recorded as the result's ``wrinkle_fit``
 
 - **shared** (default): the maps and ``M`` are shared by every person of a checkpoint (`fit_shared_basis`,
   computed once and cached on disk by `core.pipeline.wrinkle_cache`); per person only the base map is
-  fitted (`fit_on_shared`, 12 decodes) and the explained variance measured (8 held-out decodes).
+  fitted (`fit_on_shared`, 12 decodes) and the held-out explained variance measured leave-one-out on those
+  same decodes (`loo_explained_variance`; before: 8 further decodes).
 - **person**: the reduced-rank regression of one person's decodes (`fit_wrinkle_model`, 56 + 16 decodes);
   also the fallback when no cache can be written (the result's ``wrinkle_fit_note`` says why).
 
@@ -43,7 +44,29 @@ Measured (held-out explained variance on 48 fresh prior samples, mean [min] over
 and 0.77 / 0.78 / 0.79; the same shared basis without the rank-16 truncation 0.64 / 0.92 (the rank is what
 the Blender side evaluates; a better rank-16 model needs a better basis, not more per-person samples).
 Cost: 8 x 53 = 424 decodes plus 8 renders and ``E_detail`` once per checkpoint (several seconds; then a
-~2 MB file), 20 decodes per photo.
+~2 MB file), 12 decodes per photo.
+
+**Fewer decodes per photo** (issue 11: <= 0.4 s per photo on 2 cores). The decodes are nearly all of the
+per-photo cost (~20 ms each on 2 quiet cores), so their number is what counts. Measured on the 9 photos
+(fresh explained variance on 48 samples, mean [min], input-dependent / tiny weights; two draws each):
+base from 8 i.i.d. samples 0.561 [0.540] / 0.789 [0.776], 12: 0.570 [0.552] / 0.794 [0.785], 16: 0.576
+[0.554] / 0.796 [0.786]; antithetic pairs ``x, 2 mu - x`` (which cancel the odd part of what the shared
+response leaves) 8: 0.560 / 0.794, 12: 0.570 / 0.798, and an orthogonal design 8: 0.557 / 0.785, 12: 0.562
+/ 0.794 -- no better than i.i.d. on the input-dependent weights, so the base stays the mean over 12 i.i.d.
+samples (the model is the one of before, bit for bit). What went is the 8 held-out decodes: the base is the
+only per-person parameter, so leaving each sample out of it in turn is a closed form (`loo_explained_variance`)
+and a held-out measurement on this person at no cost. Against the 48 fresh samples it erred by 0.016 on
+average (max 0.037) with 12 samples (8 samples: 0.042, max 0.10), input-dependent; 0.019 (max 0.034) tiny;
+on a synthetic family (tests) over 30 draws as well as 12 extra held-out decodes would (mean |error| 0.057
+against 0.068), erring low by ~0.03 (a base from 11 samples predicts a little worse than one from 12).
+Per photo 20 -> 12 decodes: 0.60 of the decoding time; measured (interleaved in one process, 2 threads, load
+4.6-5.1 on 2 cores, median of 5, tiny / input-dependent weights): 0.57 / 0.49 of the 12 + 8 fit, and 0.43 /
+0.49 with `core.networks.runtime.PersonDecoder`'s chunked decoding; a second run (load 5.4, median of 8):
+0.66 / 0.53 and 0.53 / 0.56 (0.629 / 0.496 s on the quiet machine before: extrapolated 0.27-0.33 /
+0.24-0.28 s). Also measured and not taken: a cheaper per-checkpoint basis from fewer
+decodes per code (8 codes x 32 or 24 instead of 53: 0.59 / 0.52 of its CPU time, but a fresh explained
+variance of 0.543 / 0.537 instead of 0.568 input-dependent and 0.782 / 0.771 instead of 0.793 tiny, mean
+over the 9 photos; the build is ~75 % decodes, ~20 % renders and ``E_detail``).
 
 **The per-person fit.** ``N`` samples (default 56) follow an *orthogonal design*: ``x = mu + sigma * z``
 where the rows of ``z`` come in blocks of 53 orthogonal vectors of length ``sqrt(53)`` (marginally close to
@@ -75,10 +98,11 @@ did not help on these weights: 56 samples 0.31 / 0.66, 106 samples 0.50 / 0.76, 
 (the linear model: 0.61 / 0.81), so the stored model stays linear in ``x`` (no change on the Blender side).
 
 **Held-out explained variance** (`explained_variance`): ``1 - (SSE / n) / (SST / (n - 1))`` over the masked
-texels of ``n`` further i.i.d. samples from the prior that the fit never saw (8 for the shared fit, 16 for
-the per-person one), ``SST`` about their own mean: the mean squared error over the unbiased variance
-(``SSE / SST``, used for the numbers above, overstates the error by ``n / (n - 1)``: for 48 samples and an
-explained variance near 0.55 the two definitions differ by 0.01).
+texels of ``n`` further i.i.d. samples from the prior that the fit never saw (16 for the per-person fit;
+the shared fit's default is leave-one-out over its 12 base samples, above), ``SST`` about their own mean:
+the mean squared error over the unbiased variance (``SSE / SST``, used for the numbers above, overstates the
+error by ``n / (n - 1)``: for 48 samples and an explained variance near 0.55 the two definitions differ by
+0.01).
 
 All of it is deterministic (fixed seeds). The decoder itself stays available for exact re-evaluation
 (`Reconstructor.decode_displacement`).
@@ -108,8 +132,10 @@ SHARED_CODES = 8
 SHARED_CODE_SAMPLES = N_INPUT
 #: the shared fit (per person): samples for the base map, held-out samples for the explained variance
 SHARED_SAMPLES = 12
-SHARED_HOLDOUT = 8
+SHARED_HOLDOUT = 0  # 0: leave-one-out over the SHARED_SAMPLES (`loo_explained_variance`); > 0: extra decodes
 SHARED_SEED = 0
+#: how a result says that its held-out explained variance is the leave-one-out one (its ``wrinkle_holdout`` is 0)
+LOO_NOTE = "held-out explained variance: leave-one-out over the {n} base samples"
 RIDGE = "gcv"
 #: the ridge values generalised cross-validation chooses from (standardised inputs)
 RIDGE_GRID = np.geomspace(1.0, 1000.0, 19)
@@ -354,13 +380,31 @@ def fit_shared_basis(X_list: list[np.ndarray], Y_list: list[np.ndarray], n_compo
                               train_explained_variance=float(train_ev))
 
 
+def loo_explained_variance(Y: np.ndarray, R: np.ndarray) -> float:
+    """Leave-one-out `explained_variance` of the shared fit's base on its own samples ``Y (n, T)``, with
+    ``R = Y - (X @ matrix.T) @ maps`` their residuals: sample ``i`` is predicted by the model whose base is the
+    mean of the *other* ``n - 1`` residuals, so each sample is held out from the model that predicts it. The
+    ``n`` models have one parameter fitted per person (the base), so in closed form the error of sample ``i``
+    is ``R_i - mean_{j != i} R_j = n / (n - 1) * (R_i - mean_j R_j)``: no refit, no extra decode. A model on
+    ``n - 1`` samples predicts a little worse than the stored one on ``n``, so this errs on the low side."""
+    Y = np.asarray(Y, np.float64)
+    R = np.asarray(R, np.float64)
+    n = len(Y)
+    if n < 2 or R.shape != Y.shape:
+        raise ValueError(f"leave-one-out needs >= 2 samples and residuals of their shape, got {Y.shape} / {R.shape}")
+    return explained_variance(Y, Y - n / (n - 1) * (R - R.mean(0)))
+
+
 def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
                   n_samples: int = SHARED_SAMPLES, n_holdout: int = SHARED_HOLDOUT, seed: int = 0,
                   note: str = "") -> tuple[WrinkleModel, WrinkleFitInfo]:
     """A person's wrinkle model on the shared basis: only the base map is the person's.
 
-    ``n_samples`` i.i.d. prior samples ``x_i`` give ``base = mean_i (d(x_i) - (x_i @ matrix.T) @ maps)``;
-    ``n_holdout`` further i.i.d. samples measure the held-out explained variance of exactly the stored model.
+    ``n_samples`` i.i.d. prior samples ``x_i`` give ``base = mean_i (d(x_i) - (x_i @ matrix.T) @ maps)``.
+    The held-out explained variance: with ``n_holdout = 0`` (`SHARED_HOLDOUT`, the default) leave-one-out
+    over those samples (`loo_explained_variance`, no extra decode); with ``n_holdout > 0``, ``n_holdout``
+    further i.i.d. samples measure exactly the stored model. The stored model is the same either way (the
+    fit samples are drawn first from ``seed``).
     """
     if n_samples < 1:
         raise ValueError(f"the shared wrinkle fit needs at least 1 sample, got {n_samples}")
@@ -370,14 +414,22 @@ def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
     if basis.maps.shape != (K, idx.size) or basis.matrix.shape != (K, N_INPUT):
         raise ValueError(f"shared basis maps {basis.maps.shape} / matrix {basis.matrix.shape} do not fit a mask "
                          f"of {idx.size} texels")
+    if n_holdout == 0 and n_samples < 2:
+        raise ValueError(f"a leave-one-out explained variance needs at least 2 samples, got {n_samples}")
+    if n_holdout < 0:
+        raise ValueError(f"n_holdout must be >= 0 (0: leave-one-out), got {n_holdout}")
     rng = np.random.default_rng(seed)
     X = sample_prior(n_samples, rng, "iid")
     Xh = sample_prior(n_holdout, rng, "iid") if n_holdout > 0 else np.zeros((0, N_INPUT))
     flat, idx, Y, Yh, S = _decode_samples(decode, mask, X, Xh)
     maps_t = basis.maps.astype(np.float64)
-    base_t = (Y - (X @ basis.matrix.T) @ maps_t).mean(0)
-    train_ev = explained_variance(Y, base_t + (X @ basis.matrix.T) @ maps_t) if len(X) > 1 else float("nan")
-    ev = explained_variance(Yh, base_t + (Xh @ basis.matrix.T) @ maps_t) if len(Xh) else float("nan")
+    R = Y - (X @ basis.matrix.T) @ maps_t  # what the shared response leaves of each sample
+    base_t = R.mean(0)
+    train_ev = explained_variance(Y, Y - (R - base_t)) if len(X) > 1 else float("nan")
+    if len(Xh):
+        ev = explained_variance(Yh, base_t + (Xh @ basis.matrix.T) @ maps_t)
+    else:
+        ev = loo_explained_variance(Y, R)
     base = flat[: len(X)].mean(0, dtype=np.float64)  # outside the mask: the fixed map, in every sample
     base[idx] = base_t
     maps = np.zeros((K, S * S), np.float32)
@@ -386,6 +438,7 @@ def fit_on_shared(decode: DecodeFn, mask: np.ndarray, basis: SharedWrinkleBasis,
                          basis.matrix.astype(np.float32), float(ev))
     info = WrinkleFitInfo(n_samples=int(n_samples), n_holdout=int(n_holdout), n_components=K, rank=basis.rank,
                           explained_variance=float(ev), train_explained_variance=float(train_ev), seed=int(seed),
-                          ridge=basis.ridge, method="shared", note=note, shared_codes=basis.n_codes,
+                          ridge=basis.ridge, method="shared", shared_codes=basis.n_codes,
+                          note=note if len(Xh) else (f"{note}; " if note else "") + LOO_NOTE.format(n=len(X)),
                           shared_samples=basis.n_samples)
     return model, info
