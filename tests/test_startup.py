@@ -1,13 +1,17 @@
-"""Start-up and exit paths of the `deca-blender` command: the fast exit (`core.cli.exit_now`) keeps what a
-normal exit guarantees (exit code, buffered output, atexit handlers, running threads finish), and the
-command run as a program ends through it with a complete result folder.
+"""Start-up and exit paths: the fast exit of the `deca-blender` command (`core.cli.exit_now`) keeps what a
+normal exit guarantees (exit code, buffered output, atexit handlers, running threads finish); the detector
+`Reconstructor` creates in the background is the one asked for, made once, and its errors surface at first
+use, as without prefetching.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,3 +69,84 @@ def test_console_entry_point_is_run():
     import core.cli
 
     assert callable(core.cli.run) and callable(core.cli.main)
+
+
+# ------------------------------------------------------------------ the detector created in the background
+
+@pytest.fixture(scope="module")
+def face_parts(test_flame_pkl, deca_data_dir):
+    import torch
+
+    from core.model.face_model import FaceAssets
+    from core.networks import build_deca_networks
+
+    torch.manual_seed(0)
+    return FaceAssets.from_paths(test_flame_pkl, deca_data_dir), build_deca_networks()
+
+
+class _Made:
+    """A stand-in detector: records the thread that made it."""
+
+    name = "made"
+
+    def __init__(self):
+        self.thread = threading.current_thread().name
+
+
+def test_prefetched_detector_is_made_off_the_main_thread_and_used(face_parts, monkeypatch):
+    from core.frontend.landmarks import LandmarkDetector
+    from core.pipeline import reconstruct as rc
+
+    calls = []
+
+    class Made(_Made, LandmarkDetector):
+        def detect(self, image):  # pragma: no cover - never called here
+            return []
+
+    def fake_get_detector(method, device="cpu", **kw):
+        calls.append((method, device))
+        return Made()
+
+    monkeypatch.setattr(rc, "get_detector", fake_get_detector)
+    fa, nets = face_parts
+    rec = rc.Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+    det = rec.detector
+    assert isinstance(det, Made) and det.thread == "deca-detector-load"
+    assert rec.detector is det and calls == [("dlib", "cpu")]  # made once
+    plain = rc.Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets, prefetch_detector=False)
+    assert calls == [("dlib", "cpu")]  # nothing made until asked for
+    assert plain.detector.thread == threading.current_thread().name
+
+
+def test_prefetch_error_is_raised_at_first_use_and_again_later(face_parts, monkeypatch):
+    """A detector that cannot be made fails where it failed without prefetching: at first use, not in the
+    constructor; and every later use says so again (it is retried, as before)."""
+    from core.frontend.landmarks import DetectorUnavailableError
+    from core.pipeline import reconstruct as rc
+
+    def broken(method, device="cpu", **kw):
+        raise DetectorUnavailableError("no detector here")
+
+    monkeypatch.setattr(rc, "get_detector", broken)
+    fa, nets = face_parts
+    rec = rc.Reconstructor(device="cpu", landmarks="dlib", face_assets=fa, networks=nets)
+    for _ in range(2):
+        with pytest.raises(DetectorUnavailableError, match="no detector here"):
+            rec.detector  # noqa: B018
+
+
+def test_a_given_detector_instance_is_used_as_is(face_parts, monkeypatch):
+    from core.pipeline import reconstruct as rc
+
+    monkeypatch.setattr(rc, "get_detector", lambda *a, **k: pytest.fail("no detector should be made"))
+    from core.frontend.landmarks import LandmarkDetector
+
+    class Given(LandmarkDetector):
+        name = "given"
+
+        def detect(self, image):  # pragma: no cover
+            return []
+
+    fa, nets = face_parts
+    given = Given()
+    assert rc.Reconstructor(device="cpu", landmarks=given, face_assets=fa, networks=nets).detector is given
