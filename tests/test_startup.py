@@ -150,3 +150,49 @@ def test_a_given_detector_instance_is_used_as_is(face_parts, monkeypatch):
     fa, nets = face_parts
     given = Given()
     assert rc.Reconstructor(device="cpu", landmarks=given, face_assets=fa, networks=nets).detector is given
+
+
+# ------------------------------------------------------------------ the template OBJ's bulk reader
+
+def _same_as_read_obj(path: Path):
+    import numpy as np
+
+    from core.flame.template import read_template_obj
+    from core.obj import read_obj
+
+    got = read_template_obj(path)
+    ref = read_obj(path, triangles_only=True, need_uvs=True)
+    for key in ("vertices", "faces", "uv_coords", "uv_faces"):
+        a, b = getattr(got, key), getattr(ref, key)
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), key
+    return got
+
+
+def test_template_bulk_reader_equals_read_obj_on_decas_template(deca_data_dir):
+    from core.flame.template import _read_plain_template
+
+    path = deca_data_dir / "head_template.obj"
+    assert _read_plain_template(path) is not None  # the real file takes the bulk path
+    got = _same_as_read_obj(path)
+    assert got.vertices.shape == (5023, 3) and got.faces.shape == (9976, 3)
+
+
+@pytest.mark.parametrize("body, plain", [
+    ("v 0 0 0\nv 1 0 0\nv 0 1.5e-3 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n", True),
+    ("# c\nmtllib m.mtl\no x\nv 0 0 0\nvt 0 0\nv 1 0 0\nvt 1 0\nv 0 1 0\nvt 0 1\nvn 0 0 1\ns 1\nf 3/3 2/2 1/1\n", True),
+    ("v 0 0 0 1 0 0\nv 1 0 0 0 1 0\nv 0 1 0 0 0 1\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2 3/3\n", False),  # colours
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf -3/-3 -2/-2 -1/-1\n", False),  # relative
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1/1 2/2/1 3/3/1\n", False),  # with normals
+    ("v 0 0 0\nv 1 0 0\nv 0 1 0\nv 1 1 0\nvt 0 0\nvt 1 0\nvt 0 1\nf 1/1 2/2\nf 1/1 2/2 3/3 4/3\n", False),
+])
+def test_template_bulk_reader_agrees_or_steps_aside(tmp_path, body, plain):
+    """Files off the plain layout go to `read_obj` (same answer or the same error); plain ones agree."""
+    from core.flame.template import TemplateError, _read_plain_template
+
+    path = tmp_path / "t.obj"
+    path.write_text(body)
+    assert (_read_plain_template(path) is not None) == plain
+    try:
+        _same_as_read_obj(path)
+    except TemplateError:
+        assert not plain  # the general reader's refusal (polygons, ...), as before
