@@ -196,3 +196,54 @@ def test_template_bulk_reader_agrees_or_steps_aside(tmp_path, body, plain):
         _same_as_read_obj(path)
     except TemplateError:
         assert not plain  # the general reader's refusal (polygons, ...), as before
+
+
+def test_prefetch_warms_the_detector_it_makes(face_parts, monkeypatch):
+    from core.frontend.landmarks import LandmarkDetector
+    from core.pipeline import reconstruct as rc
+
+    class Warmable(LandmarkDetector):
+        name = "warmable"
+
+        def __init__(self):
+            self.warmed_on = None
+
+        def warm_up(self):
+            self.warmed_on = threading.current_thread().name
+
+        def detect(self, image):  # pragma: no cover
+            return []
+
+    monkeypatch.setattr(rc, "get_detector", lambda *a, **k: Warmable())
+    fa, nets = face_parts
+    assert rc.Reconstructor(device="cpu", landmarks="x", face_assets=fa, networks=nets).detector.warmed_on == \
+        "deca-detector-load"
+
+
+def test_mediapipe_warm_up_keeps_detections_unchanged(photos_dir, tmp_path):
+    """Warming the graphs on blank images changes nothing a photo gets: a fresh process without warm-up and
+    this one after it find the same 478 points, bit for bit (same CPU, same kernels)."""
+    import numpy as np
+
+    from core.frontend.mediapipe_mesh import MediaPipeDetector
+
+    ok, why = MediaPipeDetector.availability()
+    if not ok:
+        pytest.skip(why)
+    photo = sorted(photos_dir.glob("*.jpg"))[0]
+    code = ("import numpy as np, sys\n"
+            "from core.frontend import read_image\n"
+            "from core.frontend.mediapipe_mesh import MediaPipeDetector\n"
+            "d = MediaPipeDetector()\n"
+            f"det = d.detect(read_image({str(photo)!r}, keep_uint8=True))[0]\n"
+            "np.save(sys.argv[1], det.dense)\n")
+    out = tmp_path / "cold.npy"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-c", code, str(out)], cwd=REPO, env=env, check=True, capture_output=True,
+                   timeout=300)
+    cold = np.load(out)
+    from core.frontend import read_image
+
+    d = MediaPipeDetector().warm_up()
+    warm = d.detect(read_image(photo, keep_uint8=True))[0].dense
+    np.testing.assert_array_equal(warm, cold)

@@ -236,6 +236,15 @@ def _error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _warmed(detector: LandmarkDetector) -> LandmarkDetector:
+    """The detector after its ``warm_up`` (MediaPipe: graphs and their first-call set-up) or else its ``load``
+    (dlib: the model files), whichever it has: what its first photo would otherwise wait for."""
+    warm = getattr(detector, "warm_up", None) or getattr(detector, "load", None)
+    if callable(warm):
+        warm()
+    return detector
+
+
 def _in_background(fn: Callable[[], object], name: str) -> Future:
     """``fn()`` on a daemon thread; the returned future holds its result or its exception (a daemon: a
     `Reconstructor` dropped before its detector was used does not hold up the interpreter's exit)."""
@@ -312,7 +321,7 @@ class Reconstructor:
             # while this thread reads the checkpoint and folds the networks (torch releases the GIL in its
             # kernels and file reads), the other imports and loads the detector
             self._detector_future = _in_background(
-                lambda: get_detector(str(landmarks), device=str(self.device)), "deca-detector-load")
+                lambda: _warmed(get_detector(str(landmarks), device=str(self.device))), "deca-detector-load")
         if face_assets is None:
             face_assets = FaceAssets.from_manager(self.manager)
         loaded_here = networks is None
