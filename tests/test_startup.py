@@ -54,6 +54,23 @@ def test_exit_now_waits_for_a_running_thread(tmp_path):
     assert done.read_text() == "done"
 
 
+@pytest.mark.parametrize("daemon", [True, False])
+def test_exit_now_skips_finalisation_unless_a_thread_must_finish(tmp_path, daemon):
+    """The fast path really skips the interpreter's finalisation (a global's ``__del__`` never runs) when only
+    daemon threads are left (a normal exit would not wait for them either); a non-daemon thread gets the
+    normal exit, finalisation included."""
+    code = ("import threading, time, sys\n"
+            "from core.cli import exit_now\n"
+            "class Noisy:\n    def __del__(self):\n        sys.stdout.write('finalised'); sys.stdout.flush()\n"
+            "keep = Noisy()\n"
+            "stop = threading.Event()\n"
+            f"threading.Thread(target=lambda: stop.wait(0.3), daemon={daemon}).start()\n"
+            "exit_now(0)\n")
+    out = _python(code, tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert ("finalised" in out.stdout) == (not daemon)
+
+
 def test_exit_now_with_stdout_closed(tmp_path):
     code = ("import sys, os\n"
             "from core.cli import exit_now\n"
