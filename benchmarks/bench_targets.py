@@ -30,6 +30,8 @@ Rows:
   the tree's default detector: MediaPipe now, dlib at filing where FAN has no weights) and reconstructing
   one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
   issue 11), else the issue's 13.8 s.
+- cold `deca-blender reconstruct`: the command itself (``python -m core.cli reconstruct``) on both trees,
+  process start to process end, interleaved (with ``--baseline-src``).
 - peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
 
 Writes ``benchmarks/results/targets.json`` with the load average at start and end. On a shared machine
@@ -383,7 +385,7 @@ def bench_expressions(rows, fa, photos, tmp: Path):
                     f"frame, incl. identity)"))
 
 
-def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
+def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None, repeats: int = 1):
     home = asset_home(tmp, flame)
     photo = sorted((_shared() / "photos").glob("*.jpg"))[0]
     script = (f"import time; t0 = time.perf_counter()\n"
@@ -422,6 +424,35 @@ def bench_cold(rows, tmp: Path, flame: Path, baseline_src: Path | None = None):
     peak = max(peak, first_peak)
     rows.append(row("peak RSS, photo -> folder process (GB)", base_peak, peak, "GB", "<= 1.5 GB",
                     f"baseline: {what}; cold process: load, one photo, write"))
+    if baseline_src is not None:
+        bench_cold_command(rows, home, photo, tmp, cache, baseline_src, repeats)
+
+
+def bench_cold_command(rows, home: Path, photo: Path, tmp: Path, cache: Path, baseline_src: Path, repeats: int):
+    """The command a user runs, ``python -m core.cli reconstruct PHOTO --out DIR`` (= ``deca-blender
+    reconstruct``), from process start to process end (the script rows above end with the interpreter's
+    normal exit; the command ends with `core.cli.exit_now`). Each tree's default detector, the wrinkle basis
+    from the cache (built by `bench_cold`'s first run), interleaved."""
+    def run(src: Path, out: Path) -> float:
+        env = {**os.environ, "PYTHONPATH": str(src), wc.CACHE_ENV: str(cache)}
+        cmd = [sys.executable, "-m", "core.cli", "reconstruct", str(photo), "--out", str(out), "--home", str(home),
+               "--device", "cpu", "--overwrite"]
+        t0 = time.perf_counter()
+        subprocess.run(cmd, env=env, capture_output=True, text=True, check=True, cwd=str(src))
+        wall = time.perf_counter() - t0
+        if not (out / photo.stem / "result.npz").is_file():
+            raise RuntimeError(f"`reconstruct` of {src} wrote no result folder in {out}")
+        return wall
+
+    times: dict[str, list[float]] = {"baseline": [], "now": []}
+    for _ in range(max(1, repeats)):  # interleaved: load changes hit both
+        times["baseline"].append(run(baseline_src, tmp / "cli_baseline"))
+        times["now"].append(run(ROOT, tmp / "cli_now"))
+    rows.append(row("cold `deca-blender reconstruct` command, process start to end (s)", _median(times["baseline"]),
+                    _median(times["now"]), "s", "<= 4 s",
+                    f"baseline: the command of {baseline_src}; {max(1, repeats)} runs each, interleaved "
+                    f"(baseline {', '.join(f'{t:.2f}' for t in times['baseline'])}; "
+                    f"now {', '.join(f'{t:.2f}' for t in times['now'])})"))
 
 
 def main(argv=None) -> int:
@@ -459,7 +490,7 @@ def main(argv=None) -> int:
             if "expressions" not in args.skip:
                 bench_expressions(rows, fa, photos[:4] if args.quick else photos, tmp)
             if "cold" not in args.skip:
-                bench_cold(rows, tmp, flame, args.baseline_src)
+                bench_cold(rows, tmp, flame, args.baseline_src, repeats)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

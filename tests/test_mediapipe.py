@@ -115,6 +115,53 @@ def test_large_photo_in_a_4000x3000_frame(mp_results, mp_detector):
     assert np.median(err) < 0.02 and err.max() < 0.06, (np.median(err), err.max())
 
 
+@pytest.mark.parametrize("size", [(4000, 3000), (1600, 1200)])
+def test_mesh_from_the_detector_copy_matches_the_photo_path(photos_dir, mp_detector, size):
+    """The fast path (`mesh_from_detect_copy`, the mesh crop cut from the detector's 640-px copy) against the
+    reference (cut from the photo) on every shared photo scaled to ``size``: it is taken, and the 68 points
+    move by at most 2 % of the face box (median over photos at most 0.5 %), DECA's crop centre by at most 1 %
+    of the box and its scale by at most 1 %. For scale: the reference itself moves up to 1.2 % of the box
+    when the 4000-px photo is resized to 4004 px."""
+    from core.frontend.crop import crop_from_landmarks
+
+    ref = MediaPipeDetector(mesh_from_detect_copy=False)
+    calls = []
+    real_mesh = MediaPipeDetector._mesh
+
+    class Spy(MediaPipeDetector):
+        def _mesh(self, img, box, small=None):
+            calls.append(img.shape[:2])
+            return real_mesh(self, img, box, small)
+
+    fast = Spy()
+    worst, lmk_err = [], []
+    for p in _photos(photos_dir):
+        img = np.asarray(Image.open(p).convert("RGB").resize(size, Image.Resampling.BICUBIC))
+        calls.clear()
+        a, b = fast.detect(img), ref.detect(img)
+        assert len(a) == len(b) == 1, p
+        assert (size[1] * 640 // size[0], 640) in calls, (p, calls)  # the crop came from the 640-px copy
+        a, b = a[0], b[0]
+        box = max(b.box[2] - b.box[0], b.box[3] - b.box[1])
+        err = np.abs(a.landmarks - b.landmarks).max() / box
+        lmk_err.append(err)
+        ca, cb = crop_from_landmarks(a.landmarks, size=224), crop_from_landmarks(b.landmarks, size=224)
+        centre = np.abs(ca.inverse()[:2, :2] @ [112, 112] + ca.inverse()[:2, 2]
+                        - cb.inverse()[:2, :2] @ [112, 112] - cb.inverse()[:2, 2]).max() / box
+        worst.append((p.name, err, centre, abs(ca.scale / cb.scale - 1)))
+        assert err <= 0.02 and centre <= 0.01 and abs(ca.scale / cb.scale - 1) <= 0.01, worst[-1]
+        assert abs(a.confidence - b.confidence) <= 0.02, (p, a.confidence, b.confidence)
+    assert np.median(lmk_err) <= 0.005, worst
+
+
+def test_mesh_path_unchanged_for_photos_the_detector_sees_whole(mp_results, mp_detector):
+    """A photo no larger than ``detect_side`` has no downscaled copy: both settings give identical points."""
+    ref = MediaPipeDetector(mesh_from_detect_copy=False)
+    for p, (img, dets) in list(mp_results.items())[:3]:
+        assert max(img.shape[:2]) <= mp_detector.detect_side
+        np.testing.assert_array_equal(ref.detect(img)[0].dense, dets[0].dense)
+
+
 def _rot(yaw: float, pitch: float, roll: float) -> np.ndarray:
     y, p, r = np.radians([yaw, pitch, roll])
     rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])

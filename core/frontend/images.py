@@ -83,13 +83,14 @@ def _open_loaded(path: str | os.PathLike) -> Image.Image:
 
 
 def _exif_upright(im: Image.Image, path) -> Image.Image:
+    # in place: without an orientation to undo, the copy exif_transpose would return is a second decode-sized
+    # buffer (36 MB and ~0.01-0.05 s for a 4000x3000 photo); ``im`` is ours (read_image closes it)
     try:
-        out = ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)
     except _DECODE_ERRORS as e:
         warnings.warn(f"{path}: unreadable EXIF orientation ignored ({type(e).__name__}: {e})",
                       RuntimeWarning, stacklevel=3)
-        return im
-    return im if out is None else out
+    return im
 
 
 def _composite_over_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 import warnings
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -234,6 +236,30 @@ def _error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+def _warmed(detector: LandmarkDetector) -> LandmarkDetector:
+    """The detector after its ``warm_up`` (MediaPipe: graphs and their first-call set-up) or else its ``load``
+    (dlib: the model files), whichever it has: what its first photo would otherwise wait for."""
+    warm = getattr(detector, "warm_up", None) or getattr(detector, "load", None)
+    if callable(warm):
+        warm()
+    return detector
+
+
+def _in_background(fn: Callable[[], object], name: str) -> Future:
+    """``fn()`` on a daemon thread; the returned future holds its result or its exception (a daemon: a
+    `Reconstructor` dropped before its detector was used does not hold up the interpreter's exit)."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(fn())
+        except BaseException as exc:  # handed to whoever asks for the result
+            future.set_exception(exc)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return future
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 class Reconstructor:
@@ -261,6 +287,10 @@ class Reconstructor:
         profile: synchronise the device at stage boundaries so `timings` are exact on CUDA.
         force: reconstruct faces whose landmark confidence is below the threshold (with a warning)
             instead of failing them with `LowConfidenceError` (core/frontend/confidence.py).
+        prefetch_detector: create the detector named by ``landmarks`` on a background thread while the
+            checkpoint and the face model load (a cold start's first photo otherwise waits for it: the
+            MediaPipe import and models, 0.2-0.4 s here); an error creating it is raised at first use, as
+            without prefetching. False when no photo will be read (decoding only): no detector is made.
     """
 
     mode = "deca"  # core.commands.modes.Reconstructor: the fit modes are core.commands.modes.FitReconstructor
@@ -271,7 +301,7 @@ class Reconstructor:
                  wrinkle_samples: int | None = None, wrinkle_holdout: int | None = None,
                  wrinkle_fit: str = "shared",
                  bf16: bool = False, profile: bool = False, conventions: str = "deca",
-                 force: bool = False) -> None:
+                 force: bool = False, prefetch_detector: bool = True) -> None:
         self.device = resolve_device(device)
         self.conventions = check_convention(conventions)  # "deca" (DECA's crop) or "continuous"
         self.force = bool(force)  # reconstruct faces below the landmark confidence threshold (a warning)
@@ -285,6 +315,14 @@ class Reconstructor:
             if networks is None:
                 needed.append("deca_model")
             self.manager.require(*needed)  # one MissingAssetError listing everything missing
+        self._landmarks = landmarks
+        self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
+        self._detector_future: Future | None = None
+        if self._detector is None and prefetch_detector:
+            # while this thread reads the checkpoint and folds the networks (torch releases the GIL in its
+            # kernels and file reads), the other imports and loads the detector
+            self._detector_future = _in_background(
+                lambda: _warmed(get_detector(str(landmarks), device=str(self.device))), "deca-detector-load")
         if face_assets is None:
             face_assets = FaceAssets.from_manager(self.manager)
         loaded_here = networks is None
@@ -295,8 +333,6 @@ class Reconstructor:
         # (tests/test_networks_runtime.py); forward 1.3-1.6x faster (benchmarks/bench_targets.py)
         self.networks = inference_networks(networks, self.device, inplace=loaded_here)
         self.face_model = FaceModel(face_assets).to(self.device).eval()
-        self._landmarks = landmarks
-        self._detector: LandmarkDetector | None = landmarks if isinstance(landmarks, LandmarkDetector) else None
         self.wrinkle_components = int(wrinkle_components)
         if wrinkle_fit not in ("shared", "person"):
             raise ValueError(f"wrinkle_fit must be 'shared' or 'person', got {wrinkle_fit!r}")
@@ -322,7 +358,11 @@ class Reconstructor:
     def detector(self) -> LandmarkDetector:
         """The landmark detector (created on first use; raises `DetectorUnavailableError`)."""
         if self._detector is None:
-            self._detector = get_detector(str(self._landmarks), device=str(self.device))
+            future, self._detector_future = self._detector_future, None
+            if future is not None:  # prefetched: wait for it; its error (if any) is raised here, at first use
+                self._detector = future.result()
+            else:
+                self._detector = get_detector(str(self._landmarks), device=str(self.device))
         return self._detector
 
     def warm_up(self) -> None:
