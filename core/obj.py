@@ -96,11 +96,30 @@ def obj_text(vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray | No
         lines += [f"vt {a:.7g} {b:.7g}" for a, b in np.asarray(uv_coords, np.float64).tolist()]
         if material:
             lines += [f"usemtl {material}", "s 1"]
-        ft = np.asarray(uv_faces, np.int64) + 1
-        lines += [f"f {a}/{d} {b}/{e} {c}/{g}" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())]
+        lines.append(_face_lines(f, np.asarray(uv_faces, np.int64) + 1))
     else:
-        lines += [f"f {a} {b} {c}" for a, b, c in f.tolist()]
+        lines.append(_face_lines(f, None))
     return "\n".join(lines) + "\n"
+
+
+#: the ``f`` lines of the last few topologies: every result of one FLAME model has the same faces, and their
+#: text is about half of an OBJ's formatting time (25 of 50 ms for FLAME's 9976 triangles)
+_FACE_TEXT: dict[bytes, str] = {}
+
+
+def _face_lines(f: np.ndarray, ft: np.ndarray | None) -> str:
+    """The ``f`` lines (no trailing newline) for 1-based ``f`` (and ``ft``), cached by their bytes."""
+    key = f.tobytes() + b"|" + (b"-" if ft is None else ft.tobytes())
+    text = _FACE_TEXT.get(key)
+    if text is None:
+        if ft is None:
+            text = "\n".join(f"f {a} {b} {c}" for a, b, c in f.tolist())
+        else:
+            text = "\n".join(f"f {a}/{d} {b}/{e} {c}/{g}" for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist()))
+        if len(_FACE_TEXT) >= 4:
+            _FACE_TEXT.clear()
+        _FACE_TEXT[key] = text
+    return text
 
 
 def write_obj(path: str | Path, vertices: np.ndarray, faces: np.ndarray, uv_coords: np.ndarray | None = None,

@@ -50,3 +50,23 @@ def test_bad_files_are_user_errors(tmp_path):
     bad.write_text("v 0 zero 0\n")
     with pytest.raises(ObjError, match="not a readable OBJ"):
         read_obj(bad)
+
+
+def test_face_lines_cached_per_topology_are_those_of_the_faces_given():
+    """The ``f`` lines are cached by topology (every result of one FLAME model shares them): alternating two
+    topologies, with and without UVs, must give each one's own lines, written out here by hand."""
+    from core.obj import obj_text
+
+    rng = np.random.default_rng(1)
+    v = rng.random((6, 3))
+    f1, f2 = np.array([[0, 1, 2], [2, 3, 4]]), np.array([[5, 4, 3], [1, 0, 5]])
+    ft = np.array([[0, 1, 2], [3, 4, 5]])
+    uv = rng.random((6, 2))
+    for _ in range(2):
+        for f in (f1, f2):
+            text = obj_text(v, f, uv, ft)
+            faces = [ln for ln in text.splitlines() if ln.startswith("f ")]
+            assert faces == [f"f {a + 1}/{d + 1} {b + 1}/{e + 1} {c + 1}/{g + 1}"
+                             for (a, b, c), (d, e, g) in zip(f.tolist(), ft.tolist())]
+            plain = [ln for ln in obj_text(v, f).splitlines() if ln.startswith("f ")]
+            assert plain == [f"f {a + 1} {b + 1} {c + 1}" for a, b, c in f.tolist()]
