@@ -80,6 +80,29 @@ def test_every_option_is_documented():
     assert not missing, f"options not documented in docs/training.md: {missing}"
 
 
+def test_learning_rate_schedule_is_warm_up_then_the_decay():
+    import math
+
+    from training.trainer import learning_rate
+
+    def lr(step, **o):
+        return learning_rate(config_from_dict({"optim": {"lr": 2e-3, **o}}).optim, step, max_steps=100)
+
+    assert [lr(s) for s in (0, 50, 99)] == [2e-3] * 3  # default: constant, as DECA's released code
+    # cosine from step 70 (0.7 x 100) to 0.1x: untouched before, half-way at 85, 0.1 x (1 + ~0) at the last step
+    cos = {"decay": "cosine", "decay_start": 0.7, "decay_to": 0.1}
+    assert [lr(s, **cos) for s in (0, 69, 70)] == [2e-3] * 3
+    assert lr(85, **cos) == pytest.approx(2e-3 * 0.55, rel=1e-12)
+    assert lr(99, **cos) == pytest.approx(2e-3 * (0.1 + 0.45 * (1 + math.cos(math.pi * 29 / 30))), rel=1e-12)
+    step = {"decay": "step", "decay_start": 0.75, "decay_to": 0.2}
+    assert [lr(s, **step) for s in (74, 75, 99)] == [2e-3, pytest.approx(4e-4, rel=1e-12), pytest.approx(4e-4, rel=1e-12)]
+    # the warm-up multiplies: step s gets (s + 1) / warmup_steps of it
+    assert lr(4, warmup_steps=10, **step) == pytest.approx(1e-3, rel=1e-12)
+    for bad in ({"decay": "linear"}, {"decay_start": 1.0}, {"decay_to": 1.5}):
+        with pytest.raises(ConfigError, match="optim.decay"):
+            config_from_dict({"optim": bad})
+
+
 def test_example_configs_load():
     files = sorted((REPO / "training" / "configs").glob("*.yaml"))
     assert len(files) >= 4

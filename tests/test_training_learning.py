@@ -1,11 +1,11 @@
 """Does training learn? Two CPU-budget proofs on synthetic data with ground truth (the FLAME-format test model).
 
 * overfit: a handful of images driven to a small landmark error;
-* held-out: trained on DECA's released re-crop (``data.crop: release``), on NEW identities (two held-out sets)
-  the landmark error is at most half that of predicting the training set's mean codes (computed here) and
-  head rotation is predicted (R^2 >= 0.5, spread not collapsed), with E_flame's head on standardised codes
-  (``model.standardise_head``). Issue 13's camera R^2 >= 0.5 is checked too and reported as an expected
-  failure while this budget does not reach it (docs/training.md, "Does it learn?").
+* held-out: trained on DECA's released re-crop (``data.crop: release``), on NEW identities (two held-out sets
+  of 50 people x 2 images) the landmark error is at most half that of predicting the training set's mean
+  codes (computed here), and head rotation and the camera are predicted (R^2 >= 0.5, issue 13's acceptance;
+  rotation's spread not collapsed), with E_flame's head on standardised codes (``model.standardise_head``)
+  and the learning rate decayed over the last 30 % of the steps (``optim.decay``).
 
 Both train a REDUCED E_flame (ResNet blocks [1, 1, 1, 1] on 64x64 inputs, ``model.encoder_blocks`` /
 ``model.encoder_input_size``) with the from-scratch recipe (batch statistics, lr 1e-3; docs/training.md,
@@ -27,10 +27,15 @@ REDUCED = {"encoder_blocks": [1, 1, 1, 1], "encoder_input_size": 64, "bn_mode": 
 #: released formulas): the pretrain stage's terms as the paper writes them
 LOSS = {"formulas": "paper", "lmk": 1.0, "eye": 1.0, "lip": 0.0, "reg_shape": 1e-4, "reg_exp": 1e-4, "reg_jaw": 0.0,
         "landmark_weights": []}
-OPTIM = {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "grad_clip": 0.0, "warmup_steps": 0}
+OPTIM = {"lr": 1e-3, "betas": [0.9, 0.999], "weight_decay": 0.0, "grad_clip": 0.0, "warmup_steps": 0,
+         "decay": "none"}
+#: the held-out test's: a cosine decay to 0.1x over the last 30 % of the steps. Constant-lr Adam leaves the weights
+#: as noisy as its last steps; the camera scale, the finest quantity, gains most from the smaller steps
+#: (camera R^2 +0.09-0.20 on the two training seeds measured both ways; docs/training.md, "Does it learn?", table (e))
+DECAY = {"decay": "cosine", "decay_start": 0.7, "decay_to": 0.1}
 
 
-def _train(face, root, out, steps, ids_per_batch, data=None, seed=0, **model):
+def _train(face, root, out, steps, ids_per_batch, data=None, seed=0, optim=None, **model):
     from training.config import config_from_dict
     from training.networks import load_training_networks
     from training.trainer import train
@@ -39,7 +44,7 @@ def _train(face, root, out, steps, ids_per_batch, data=None, seed=0, **model):
         "stage": "pretrain", "output_dir": str(out),
         "data": {"root": str(root), "identities_per_batch": ids_per_batch, "images_per_identity": 2,
                  "num_workers": 0, "scale_jitter": 0.0, "shift_jitter": 0.0, **(data or {"crop": "fixed"})},
-        "model": {**REDUCED, **model}, "loss": LOSS, "optim": OPTIM,
+        "model": {**REDUCED, **model}, "loss": LOSS, "optim": {**OPTIM, **(optim or {})},
         "train": {"max_steps": steps, "threads": 1, "log_every": 50, "tensorboard": False, "resume": "never",
                   "checkpoint_every": 10 ** 6, "seed": seed}})
     res = train(cfg, face=face)
@@ -80,11 +85,14 @@ def test_learns_to_generalise_to_new_identities(face, tmp_path):
 
     train_set = make_synthetic_dataset(tmp_path / "train", face, SyntheticSpec(
         n_identities=100, images_per_identity=2, seed=0, **HELD_OUT_SET))
+    # 50 new people x 2 images per held-out set: R^2 of 20 images (the earlier 10 x 2) moved by +-0.2 with the
+    # draw of the held-out crops alone (bootstrap 90 % interval 0.34-0.71 for one model), more than the effect
+    # measured; 100 images narrow it to about +-0.09 (docs/training.md, "Does it learn?", table (e))
     held = {s: make_synthetic_dataset(tmp_path / f"held{s}", face, SyntheticSpec(
-        n_identities=10, images_per_identity=2, seed=s, identity_seed=s, **HELD_OUT_SET)) for s in (500, 1000)}
+        n_identities=50, images_per_identity=2, seed=s, identity_seed=s, **HELD_OUT_SET)) for s in (500, 1000)}
     # trained on the released re-crop: every sample cut afresh from its full image, scale 1.4-1.8
     nets = _train(face, train_set, tmp_path / "run", steps=1000, ids_per_batch=4,
-                  data={"crop": "release", "crop_scale": [1.4, 1.8], "crop_shift": 0.0}, **STANDARDISED)
+                  data={"crop": "release", "crop_scale": [1.4, 1.8], "crop_shift": 0.0}, optim=DECAY, **STANDARDISED)
     # evaluated on held-out crops drawn the same way (own seeds); the baseline's mean codes are the training
     # crops' (drawn likewise), so the camera's mean matches the crops' mean scale
     base = IdentityDataset(train_set, crop="release", eval_seed=77)
@@ -92,18 +100,13 @@ def test_learns_to_generalise_to_new_identities(face, tmp_path):
             for s, h in held.items()}
     for s, rep in reps.items():
         print(f"held-out seed {s}:", rep.as_dict())
-    # measured (docs/training.md, "Does it learn?"), 1000 steps, held-out seeds 500 / 1000: 5.0 vs 18.0 px and
-    # 3.8 vs 15.8 px, rotation R^2 0.83 / 0.86, camera R^2 0.77 / 0.89 (train.seed 0, this test); train.seed 1:
-    # camera 0.59 / 0.86; train.seed 2: 0.42 / 0.63
+    # measured (docs/training.md, "Does it learn?", table (e)), held-out seeds 500 / 1000, train.seed 0 (this
+    # test): 4.1 vs 18.4 px and 4.3 vs 18.0 px, rotation R^2 0.87 / 0.85, camera R^2 0.84 / 0.81; camera R^2
+    # with train.seed 1: 0.78 / 0.78, 2: 0.78 / 0.74, 3: 0.85 / 0.87 (constant lr: seed 2 0.58 / 0.54, 3 0.73 /
+    # 0.75). Another CPU rounds differently, which over 1000 steps acts like another seed: the worst of the four
+    # is 0.24 above the bound
     for s, rep in reps.items():
         assert rep.landmark_px <= 0.5 * rep.baseline_px, (s, rep.as_dict())
         assert rep.r2["rotation"] >= 0.5, (s, rep.as_dict())
         assert rep.spread["rotation"] >= 0.2 * rep.spread["rotation_gt"], (s, rep.as_dict())  # not collapsed
-    # issue 13's camera R^2 >= 0.5: reached here with train.seed 0 and 1, not with 2 (0.42 on one held-out set).
-    # Another CPU rounds differently, which over 1000 steps acts like another seed, so a miss is reported as an
-    # expected failure with the numbers rather than failing the suite (docs/training.md, "Does it learn?")
-    worst = min(rep.r2["cam"] for rep in reps.values())
-    if worst < 0.5:
-        pytest.xfail("issue 13 acceptance not reached: camera R^2 " + ", ".join(
-            f"{rep.r2['cam']:.2f} (seed {s}; rotation {rep.r2['rotation']:.2f}, {rep.landmark_px:.1f} px vs "
-            f"baseline {rep.baseline_px:.1f})" for s, rep in reps.items()))
+        assert rep.r2["cam"] >= 0.5, (s, rep.as_dict())  # issue 13's camera criterion

@@ -171,14 +171,19 @@ def test_stop_and_resume_reproduces_the_uninterrupted_run(face, coarse_data, tmp
     from training.trainer import train
 
     root = coarse_data[0]
-    full = train(_cfg(tmp_path / "full", root, steps=4), face=face)
-    cfg = _cfg(tmp_path / "split", root, steps=4, train__stop_after=2, train__resume="auto")
+    # with a learning-rate decay from step 1 (0.25 x 4): the resumed half must continue the schedule
+    decay = {"optim__decay": "cosine", "optim__decay_start": 0.25, "optim__decay_to": 0.1}
+    full = train(_cfg(tmp_path / "full", root, steps=4, **decay), face=face)
+    cfg = _cfg(tmp_path / "split", root, steps=4, train__stop_after=2, train__resume="auto", **decay)
     first = train(cfg, face=face)
     assert first.step == 2 and first.exported is None and (tmp_path / "split/checkpoints/latest.pt").is_file()
     second = train(cfg, face=face)
     assert second.step == 4 and second.exported is not None
     a, b = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
     assert [r["step"] for r in b] == [1, 2, 3, 4]
+    # the lr each step got: 2e-4 x (0.1 + 0.9 (1 + cos(pi t)) / 2), t = (step - 1) / 3 from the second step on
+    want = [2e-4, 2e-4, 2e-4 * 0.775, 2e-4 * 0.325]
+    assert [r["lr"] for r in a] == pytest.approx(want, rel=1e-12) and [r["lr"] for r in b] == [r["lr"] for r in a]
     for ra, rb in zip(a, b):
         for k in ("loss", "lmk", "pho", "sc"):
             assert rb[k] == pytest.approx(ra[k], rel=1e-6, abs=1e-9), (k, ra["step"], ra[k], rb[k])

@@ -36,6 +36,7 @@ __all__ = [
 STAGES = ("pretrain", "coarse", "detail")
 TRAINABLE_LAYERS = ("all", "layer2", "layer3", "layer4", "heads")
 BN_MODES = ("frozen", "train", "sync")
+LR_DECAYS = ("none", "cosine", "step")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
@@ -184,6 +185,16 @@ class OptimConfig:
     grad_clip: float = 0.0
     #: linear learning-rate warm-up over this many steps (0: off; DECA used none)
     warmup_steps: int = 0
+    #: learning-rate decay over the end of the run (DECA's released code keeps lr constant: none):
+    #: none | cosine (half a cosine from lr down to lr * decay_to at train.max_steps) | step (lr * decay_to).
+    #: Constant-lr Adam leaves the weights as noisy as its last steps; the finest quantities (the camera scale)
+    #: need the smaller steps at the end (docs/training.md, "Does it learn?"). A function of the step only, so
+    #: a resumed run continues the schedule exactly
+    decay: str = "none"
+    #: where the decay starts, as a fraction of train.max_steps
+    decay_start: float = 0.7
+    #: the learning rate's final factor
+    decay_to: float = 0.1
 
 
 @dataclass
@@ -309,6 +320,12 @@ class TrainingConfig:
             raise bad("optim.lr", "must be > 0")
         if self.optim.warmup_steps < 0:
             raise bad("optim.warmup_steps", "must be >= 0")
+        if self.optim.decay not in LR_DECAYS:
+            raise bad("optim.decay", f"must be one of {', '.join(LR_DECAYS)}, got {self.optim.decay!r}")
+        if not 0 <= self.optim.decay_start < 1:
+            raise bad("optim.decay_start", f"must lie in [0, 1), got {self.optim.decay_start}")
+        if not 0 <= self.optim.decay_to <= 1:
+            raise bad("optim.decay_to", f"must lie in [0, 1], got {self.optim.decay_to}")
         if len(self.optim.betas) != 2:
             raise bad("optim.betas", "needs two values")
         t = self.train

@@ -39,7 +39,7 @@ from .data import IdentityBatchSampler, IdentityDataset, advance, collate, worke
 from .objective import DecaObjective, StepOutput
 
 __all__ = ["Trainer", "TrainResult", "train", "CHECKPOINT_FORMAT", "read_training_checkpoint",
-           "calibrate_batchnorm", "init_head_from_data", "set_trainable"]
+           "calibrate_batchnorm", "init_head_from_data", "set_trainable", "learning_rate"]
 
 CHECKPOINT_FORMAT = "deca-train-checkpoint"
 log = logging.getLogger("training")
@@ -49,6 +49,26 @@ log = logging.getLogger("training")
 
 CODE_SLICES = code_slices()
 RESNET_STAGES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+def learning_rate(optim, step: int, max_steps: int) -> float:
+    """The learning rate of the optimisation step that follows ``step`` completed steps (``optim``: the
+    :class:`~training.config.OptimConfig`): ``optim.lr`` x the linear warm-up ``min(1, (step + 1) /
+    warmup_steps)`` x the decay (``optim.decay``; from ``start = round(decay_start * max_steps)`` on, with
+    ``t = (step - start) / (max_steps - start)``: cosine ``to + (1 - to) (1 + cos(pi t)) / 2``, step ``to``).
+    A function of the step only: a resumed run continues the schedule exactly."""
+    lr = optim.lr
+    if optim.warmup_steps > 0:
+        lr *= min(1.0, (step + 1) / optim.warmup_steps)
+    start = round(optim.decay_start * max_steps)
+    if optim.decay != "none" and step >= start and max_steps > start:
+        to = optim.decay_to
+        if optim.decay == "step":
+            lr *= to
+        else:  # cosine
+            t = (step - start) / (max_steps - start)
+            lr *= to + (1.0 - to) * 0.5 * (1.0 + math.cos(math.pi * t))
+    return lr
 
 
 def set_trainable(nets: DecaNetworks, stage: str, encoder_layers: str) -> list[nn.Module]:
@@ -520,9 +540,9 @@ class Trainer:
                 batch = next(it)
                 batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
                 self._set_modes(nets, trained)
-                if cfg.optim.warmup_steps > 0:
+                if cfg.optim.warmup_steps > 0 or cfg.optim.decay != "none":
                     for gr in opt.param_groups:
-                        gr["lr"] = cfg.optim.lr * min(1.0, (step + 1) / cfg.optim.warmup_steps)
+                        gr["lr"] = learning_rate(cfg.optim, step, cfg.train.max_steps)
                 want_vis = writer is not None and ((step + 1) % cfg.train.vis_every == 0 or step == 0)
                 out: StepOutput = model(batch, step=step, want_vis=want_vis)
                 scaler.scale(out.total).backward()
