@@ -211,8 +211,21 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     noise decides. The gradient itself agrees to 3.3e-5 relative there: the losses agree to ~1e-6 (oneDNN
     picks other conv kernels for a batch of 2 than of 4) and the last layer's gradient, a sum of per-image
     terms that largely cancel, amplifies that about 30x. A wrong reduction is off by order 1 (a sum instead of
-    the mean: exactly 1.0; one rank's half batch alone: the other half's share), so the bound sits 30x above
-    the noise and about 1000x below a real fault.
+    the mean: exactly 1.0; one rank's half batch alone: the other half's share); the bounds: below.
+
+    The losses of the later steps come after Adam updates, so the gradient's noise reaches them, and with this
+    test's original settings (lr 2e-4, Adam's epsilon 1e-8) the first update threw the landmark loss from 0.26
+    to 5.0 (noise-level elements moving a full +-lr of random sign): the step-3 landmark loss then differed by
+    2.2e-4 relative on the EPYC against a 2e-4 bound. Measured again on the EPYC: the first gradient itself
+    differs by 2.2e-4 of its norm there (not the 3.3e-5 of the other machine), and even with a small, linear
+    step (lr 1e-5, ``optim.eps`` 1e-2, above 99 % of the first gradient's elements: median 2.3e-3, 99th
+    percentile 1.0e-2, so an element whose gradient is rounding noise moves by rounding noise) the losses of
+    steps 2-3 differ by up to 2.5e-4 relative, step 1's by 2e-6. Those settings stay (a smooth trajectory, no
+    blow-up that could amplify the noise further), and every bound sits between the noise and the smallest
+    real fault, about equally far from both: a wrong reduction moves the first gradient by order 1 (a sum
+    instead of the mean: 1.0; one rank's half batch alone: ~0.5) and the later losses by ~10 % (one rank's
+    weights stepping on half the gradient), so gradient and later losses are bounded at 1e-2 (40x above the
+    noise, 20-50x below a fault), the first step's losses, computed on equal weights, at 1e-4 (50x above).
     """
     import yaml
 
@@ -222,7 +235,8 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     root = coarse_data[0]
     steps = 3
     common = {"model__flame": str(test_flame_pkl), "model__data_dir": str(deca_data_dir),
-              "train__checkpoint_every": 1, "train__keep_checkpoints": steps}
+              "train__checkpoint_every": 1, "train__keep_checkpoints": steps,
+              "optim__eps": 1e-2, "optim__lr": 1e-5}  # Adam's step linear in the gradient, and small (docstring)
     train(_cfg(tmp_path / "single", root, steps=steps, **common), face=face)
     cfg = _cfg(tmp_path / "ddp", root, steps=steps, data__identities_per_batch=1, **common)
     path = tmp_path / "ddp.yaml"
@@ -236,9 +250,13 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     assert "2 process(es)" in log
     a, b = _metrics(tmp_path / "single"), _metrics(tmp_path / "ddp")
     assert len(a) == len(b) == steps
+    worst_loss = max(abs(rb[k] - ra[k]) / max(abs(ra[k]), 1e-7) for ra, rb in zip(a, b)
+                     for k in ("loss", "lmk", "eye", "pho", "sc"))
+    print(f"torchrun vs single process: largest relative loss difference over {steps} steps {worst_loss:.2e}")
     for ra, rb in zip(a, b):
+        bound = 1e-4 if ra["step"] == 1 else 1e-2  # equal weights at step 1; after that the gradient's noise
         for k in ("loss", "lmk", "eye", "pho", "sc"):
-            assert rb[k] == pytest.approx(ra[k], rel=2e-4, abs=1e-7), (k, ra["step"], ra[k], rb[k])
+            assert rb[k] == pytest.approx(ra[k], rel=bound, abs=1e-7), (k, ra["step"], ra[k], rb[k])
 
     # the first step's averaged gradient, read from Adam's state in each run's step-1 checkpoint
     def first_moments(out: Path) -> dict[int, torch.Tensor]:
@@ -257,7 +275,7 @@ def test_torchrun_two_processes_match_one_with_the_doubled_batch(face, coarse_da
     worst = max(float((ga[i] - gb[i]).norm()) for i in ga) / scale
     print(f"torchrun vs single process: relative difference of the first gradient {rel:.2e} "
           f"(worst tensor {worst:.2e} of the gradient norm)")
-    assert rel < 1e-3 and worst < 1e-3, (rel, worst)
+    assert rel < 1e-2 and worst < 1e-2, (rel, worst)  # noise 2.2e-4 (EPYC), a fault ~0.5-1 (docstring)
 
 
 # ------------------------------------------------------------------------------------------------ detail

@@ -180,6 +180,10 @@ class OptimConfig:
     #: Adam learning rate (DECA: 1e-4)
     lr: float = 1e-4
     betas: list = field(default_factory=lambda: [0.9, 0.999])
+    #: Adam's epsilon (DECA: torch's default 1e-8). Far above the gradients it makes Adam's step linear in the
+    #: gradient (``lr / eps * m``): elements whose gradient is rounding noise then move by noise, not by a
+    #: full +-lr of random sign (tests/test_training_runs.py's DDP comparison uses that)
+    eps: float = 1e-8
     weight_decay: float = 0.0
     #: clip the global gradient norm (0: off)
     grad_clip: float = 0.0
@@ -318,6 +322,8 @@ class TrainingConfig:
             raise bad("mrf.layer_weights", "needs one weight per entry of mrf.layers")
         if self.optim.lr <= 0:
             raise bad("optim.lr", "must be > 0")
+        if not self.optim.eps > 0:
+            raise bad("optim.eps", "must be > 0")
         if self.optim.warmup_steps < 0:
             raise bad("optim.warmup_steps", "must be >= 0")
         if self.optim.decay not in LR_DECAYS:

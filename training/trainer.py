@@ -482,7 +482,8 @@ class Trainer:
                 params = [p for p in nets.parameters() if p.requires_grad]
 
         amp_dtype, use_scaler = self._amp(device)
-        opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay)
+        opt = torch.optim.Adam(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                               weight_decay=cfg.optim.weight_decay)
         scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         step = 0
         position = (0, 0)
