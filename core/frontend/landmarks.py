@@ -156,6 +156,11 @@ class LandmarkDetector:
     def detect(self, image) -> list[FaceDetection]:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def warm_up(self) -> "LandmarkDetector":
+        """Do now what the first photo would otherwise wait for (load models, first-call set-up); the
+        detections stay the same. `core.pipeline.reconstruct` runs it on its detector-loading thread."""
+        return self
+
     @classmethod
     def availability(cls) -> tuple[bool, str]:  # pragma: no cover - interface
         return False, "abstract detector"
@@ -271,6 +276,10 @@ class DlibDetector(LandmarkDetector):
         if self.cnn_fallback or not self.hog:
             _dlib_model("cnn", self.models_dir)
         return self
+
+    def warm_up(self) -> "DlibDetector":
+        """`load`: the model files are what dlib's first photo waits for."""
+        return self.load()
 
     # -- detection stages; boxes are returned in continuous photo coordinates with scores
     def _hog_boxes(self, img: np.ndarray) -> list[tuple[np.ndarray, float]]:

@@ -236,15 +236,6 @@ def _error_message(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _warmed(detector: LandmarkDetector) -> LandmarkDetector:
-    """The detector after its ``warm_up`` (MediaPipe: graphs and their first-call set-up) or else its ``load``
-    (dlib: the model files), whichever it has: what its first photo would otherwise wait for."""
-    warm = getattr(detector, "warm_up", None) or getattr(detector, "load", None)
-    if callable(warm):
-        warm()
-    return detector
-
-
 def _in_background(fn: Callable[[], object], name: str) -> Future:
     """``fn()`` on a daemon thread; the returned future holds its result or its exception (a daemon: a
     `Reconstructor` dropped before its detector was used does not hold up the interpreter's exit)."""
@@ -320,9 +311,13 @@ class Reconstructor:
         self._detector_future: Future | None = None
         if self._detector is None and prefetch_detector:
             # while this thread reads the checkpoint and folds the networks (torch releases the GIL in its
-            # kernels and file reads), the other imports and loads the detector
-            self._detector_future = _in_background(
-                lambda: _warmed(get_detector(str(landmarks), device=str(self.device))), "deca-detector-load")
+            # kernels and file reads), the other imports, loads and warms up the detector
+            def make_detector() -> LandmarkDetector:
+                detector = get_detector(str(landmarks), device=str(self.device))
+                detector.warm_up()
+                return detector
+
+            self._detector_future = _in_background(make_detector, "deca-detector-load")
         if face_assets is None:
             face_assets = FaceAssets.from_manager(self.manager)
         loaded_here = networks is None
