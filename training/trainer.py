@@ -37,6 +37,7 @@ from .head import HeadStandardisation, code_slices, folded_state_dict, head_stat
 from .networks import build_training_networks, is_reduced
 from .data import IdentityBatchSampler, IdentityDataset, advance, collate, worker_init
 from .objective import DecaObjective, StepOutput
+from .visualise import image_grid, validation_grid, write_grid
 
 __all__ = ["Trainer", "TrainResult", "train", "CHECKPOINT_FORMAT", "read_training_checkpoint",
            "calibrate_batchnorm", "init_head_from_data", "set_trainable", "learning_rate"]
@@ -201,23 +202,6 @@ def read_training_checkpoint(path: str | os.PathLike, map_location: Any = "cpu")
         raise ValueError(f"{p}: not a checkpoint written by deca-train (use model.init_from for an official "
                          f"deca_model.tar)")
     return obj
-
-
-def _grid(vis: dict[str, torch.Tensor], n: int = 4, size: int = 224) -> torch.Tensor:
-    """Rows = entries of ``vis`` (first ``n`` images each, resized to ``size``), one (3, H, W) image."""
-    import torch.nn.functional as F
-
-    rows = []
-    for _, v in vis.items():
-        v = v[:n].detach().float().cpu()
-        if v.shape[1] == 1:
-            v = v.expand(-1, 3, -1, -1)
-        if v.shape[-1] != size or v.shape[-2] != size:
-            v = F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False)
-        if v.shape[0] < n:
-            v = torch.cat([v, v.new_zeros(n - v.shape[0], 3, size, size)])
-        rows.append(torch.cat(list(v), dim=2))
-    return torch.cat(rows, dim=1).clamp(0, 1)
 
 
 # ============================================================================================ trainer
@@ -582,7 +566,7 @@ class Trainer:
                                 if k not in ("step", "epoch", "disabled_losses"):
                                     writer.add_scalar(("loss/" if k not in ("lr", "step_time_s", "grad_norm") else "train/") + k, v, step)
                     if writer is not None and out.vis is not None:
-                        writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), _grid(out.vis), step)
+                        writer.add_image(f"{cfg.stage}/" + "_".join(out.vis.keys()), image_grid(out.vis), step)
                 if d.main and cfg.train.eval_every > 0 and step % cfg.train.eval_every == 0:
                     self._validate(nets, face, device, step, writer, metrics_path, trained)
                 if d.main and cfg.train.now_every > 0 and step % cfg.train.now_every == 0:
@@ -675,7 +659,6 @@ class Trainer:
         """E_flame's errors on ``train.val_root`` (eval mode), to TensorBoard ``val/*`` and metrics.jsonl; with
         ``train.val_images`` the grid of training/visualise.py to ``val/step_XXXXXXX.png`` and ``val/images``."""
         from .evaluate import evaluate
-        from .visualise import validation_grid, write_grid
 
         if self._val is None:
             self._val = IdentityDataset(self.cfg.train.val_root)

@@ -28,7 +28,7 @@ from core.render import ndc_to_pixels
 from .data import IdentityDataset, collate
 from .objective import _draw_points, _gray
 
-__all__ = ["ValidationGrid", "PANELS", "GT_COLOUR", "PRED_COLOUR", "SHAPE_LIGHT_DIRECTION", "shape_light",
+__all__ = ["image_grid", "ValidationGrid", "PANELS", "GT_COLOUR", "PRED_COLOUR", "SHAPE_LIGHT_DIRECTION", "shape_light",
            "validation_grid", "write_grid"]
 
 #: the grid's rows, top first
@@ -53,6 +53,24 @@ def shape_light(batch_size: int, dtype: torch.dtype = torch.float32,
     light[0] = SHAPE_AMBIENT / SH_CONSTANTS[0]
     light[1:4] = SHAPE_DIFFUSE * d / SH_CONSTANTS[1]
     return light[None, :, None].expand(batch_size, 9, 3).to(dtype=dtype, device=device).contiguous()
+
+
+def image_grid(vis: dict[str, torch.Tensor], n: int = 4, size: int = 224) -> torch.Tensor:
+    """Rows = entries of ``vis`` in order (first ``n`` images each, resized to ``size``, missing ones black),
+    one (3, rows * size, n * size) image in [0, 1]: the training grids in TensorBoard and the validation grid."""
+    import torch.nn.functional as F
+
+    rows = []
+    for _, v in vis.items():
+        v = v[:n].detach().float().cpu()
+        if v.shape[1] == 1:
+            v = v.expand(-1, 3, -1, -1)
+        if v.shape[-1] != size or v.shape[-2] != size:
+            v = F.interpolate(v, size=(size, size), mode="bilinear", align_corners=False)
+        if v.shape[0] < n:
+            v = torch.cat([v, v.new_zeros(n - v.shape[0], 3, size, size)])
+        rows.append(torch.cat(list(v), dim=2))
+    return torch.cat(rows, dim=1).clamp(0, 1)
 
 
 @dataclass
@@ -92,7 +110,7 @@ def validation_grid(nets: DecaNetworks, face, data: IdentityDataset, n: int = 8,
         if was_training:
             nets.train()
     # row r, column j: panel r of image j (the crops are all P x P: no resizing)
-    grid = torch.cat([torch.cat(list(vis[k].float().cpu()), dim=2) for k in PANELS], dim=1).clamp(0, 1)
+    grid = image_grid({k: vis[k] for k in PANELS}, n=len(samples), size=size)
     return ValidationGrid(grid, len(samples), size, pred.float().cpu())
 
 
