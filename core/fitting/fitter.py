@@ -329,7 +329,7 @@ class Fitter:
         With `same_person` the largest face of every photo is fitted jointly with one shared shape."""
         from core.fitting.writer import write_fit_result
         from core.results import writing
-        from core.pipeline.reconstruct import collect_photos
+        from core.frontend.images import collect_photos
 
         t_start = time.perf_counter()
         out = writing.check_output_dir(out_dir)

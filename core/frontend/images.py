@@ -24,8 +24,10 @@ rather than silently altering data: out-of-range or non-finite values, unsupport
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -33,7 +35,9 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from core.errors import DecaError
 from core.atomic import atomic_write_bytes
 
-__all__ = ["ImageReadError", "read_image", "read_png16", "write_png"]
+__all__ = ["ImageReadError", "read_image", "read_png16", "write_png", "collect_photos", "IMAGE_SUFFIXES"]
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 
 # What Pillow (and the codecs under it) raise for damaged files.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError,
@@ -216,12 +220,9 @@ def read_png16(path: str | os.PathLike) -> np.ndarray:
 def _prepare_png_array(array, bits: int) -> tuple[np.ndarray, str]:
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits!r}")
-    try:
-        import torch  # optional: accept CPU/CUDA tensors
-        if isinstance(array, torch.Tensor):
-            array = array.detach().cpu().numpy()
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # accept CPU/CUDA tensors; a tensor exists only if torch is loaded
+    if torch is not None and isinstance(array, torch.Tensor):
+        array = array.detach().cpu().numpy()
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
@@ -291,3 +292,17 @@ def write_png(path: str | os.PathLike, array, bits: int = 8) -> Path:
             img = img.convert(mode)
     atomic_write_bytes(dest, lambda f: img.save(f, format="PNG"))
     return dest
+
+
+def collect_photos(inputs: Iterable[str | Path]) -> list[Path]:
+    """Photos from files and folders (a folder's images in name order, not recursive). Paths that do not
+    exist are kept, so that they are reported as failures of their own."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
+                          and not q.name.startswith("."))
+        else:
+            out.append(p)
+    return out

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,14 +119,11 @@ def _sort_largest_first(dets: list[FaceDetection]) -> list[FaceDetection]:
 
 
 def _as_uint8_rgb(image) -> np.ndarray:
-    try:
-        import torch
-        if isinstance(image, torch.Tensor):
-            image = image.detach().cpu().numpy()
-            if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
-                image = np.transpose(image, (1, 2, 0))
-    except ImportError:  # pragma: no cover
-        pass
+    torch = sys.modules.get("torch")  # a tensor exists only if torch is loaded; never import it here (a
+    if torch is not None and isinstance(image, torch.Tensor):  # detector process runs before torch loads)
+        image = image.detach().cpu().numpy()
+        if image.ndim == 3 and image.shape[0] == 3 and image.shape[2] != 3:
+            image = np.transpose(image, (1, 2, 0))
     a = np.asarray(image)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)

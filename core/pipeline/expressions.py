@@ -29,7 +29,8 @@ import torch
 
 from core.atomic import atomic_write_bytes
 from core.results import writing
-from core.pipeline.reconstruct import PhotoFailure, Reconstructor, collect_photos
+from core.frontend.images import collect_photos
+from core.pipeline.reconstruct import PhotoFailure, Reconstructor
 
 __all__ = ["ExpressionFrames", "FastAnimationSummary", "decode_expressions", "animate_fast",
            "EXPRESSIONS_FILE"]

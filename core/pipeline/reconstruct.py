@@ -54,6 +54,7 @@ from core.flame.layer import FlameOutput
 from core.frontend import (CropTransform, LandmarkDetector, crop_from_landmarks,
                            detect_faces, get_detector, read_image, warp_image, warp_images)
 from core.frontend.crop import check_convention
+from core.frontend.images import collect_photos
 from core.frontend.confidence import check_detection
 from core.frontend.landmarks import FaceDetection
 from core.networks import DecaNetworks, FlameCodes, load_deca_checkpoint
@@ -73,11 +74,10 @@ from core.sizes import N_DETAIL, N_EXP, N_JAW, N_TEX
 
 __all__ = [
     "Reconstructor", "ReconstructionSummary", "FaceOutcome", "PhotoFailure", "AnimationSummary",
-    "network_ndc_to_photo_pixels", "collect_photos", "resolve_device", "IMAGE_SUFFIXES", "OUTPUT_FILES",
+    "network_ndc_to_photo_pixels", "resolve_device", "OUTPUT_FILES",
     "OutputDirError",
 ]
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
 OUTPUT_FILES = ("result.npz", "mesh.obj", "mesh.mtl", "albedo.png", "texture.png", "displacement.png",
                 "detail_normals.png", "overlay.png")
 NETWORK_SIZE = 224
@@ -116,20 +116,6 @@ def network_ndc_to_photo_pixels(points_ndc, crop: CropTransform) -> np.ndarray:
         points_ndc = points_ndc.detach().cpu().double().numpy()
     p = np.asarray(points_ndc, np.float64)
     return crop.apply_inverse(crop.ndc_to_pixels(p))
-
-
-def collect_photos(inputs: Iterable[str | Path]) -> list[Path]:
-    """Photos from files and folders (a folder's images in name order, not recursive). Paths that do not
-    exist are kept, so that they are reported as failures of their own."""
-    out: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES
-                          and not q.name.startswith("."))
-        else:
-            out.append(p)
-    return out
 
 
 @dataclass
