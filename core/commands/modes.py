@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol, runtime_checkabl
 from core.errors import DecaError
 
 if TYPE_CHECKING:
+    from core.frontend.landmarks import LandmarkDetector
     from core.model.face_model import FaceAssets
     from core.pipeline.reconstruct import ReconstructionSummary
 
@@ -30,7 +31,7 @@ class ModeOptions:
     """Everything a mode may need; each mode reads its own fields and ignores the rest."""
 
     device: str = "auto"
-    landmarks: str = "auto"
+    landmarks: "str | LandmarkDetector" = "auto"  # a name for `get_detector`, or a detector to use as is
     home: str | None = None  # asset folder (None: $DECA_BLENDER_HOME or the user data folder)
     force: bool = False  # reconstruct faces below the landmark confidence threshold (with a warning)
     commercial: bool = False  # refuse components licensed for non-commercial use only
@@ -96,7 +97,8 @@ class FitReconstructor:
 
     def reconstruct_many(self, paths, out_dir, batch_size=8, all_faces=False, progress=None, overwrite=False):
         """`batch_size` is the regressor's; the fit runs face by face (or all together with `same_person`)."""
-        from core.pipeline.reconstruct import FaceOutcome, PhotoFailure, ReconstructionSummary, collect_photos
+        from core.frontend.images import collect_photos
+        from core.pipeline.reconstruct import FaceOutcome, PhotoFailure, ReconstructionSummary
 
         photos = collect_photos(paths)
         fs = self.fitter.fit_photos(photos, out_dir, same_person=self.same_person, all_faces=all_faces,
@@ -126,7 +128,8 @@ def make_reconstructor(mode: str, options: ModeOptions = ModeOptions(), face_ass
         from core.pipeline.reconstruct import resolve_device
 
         # The detector is built once, here, and handed on: its licence is checked before any model loads.
-        landmarks = get_detector(options.landmarks, device=str(resolve_device(options.device)))
+        if isinstance(landmarks, str):
+            landmarks = get_detector(options.landmarks, device=str(resolve_device(options.device)))
         require_commercial(manager, FIT_ASSETS if mode == "fit" else RECONSTRUCT_ASSETS, landmarks.name)
     if mode == "deca":
         from core.pipeline.reconstruct import Reconstructor as DecaReconstructor

@@ -111,7 +111,7 @@ def mode_options(args: argparse.Namespace) -> ModeOptions:
 def photos_and_output(inputs: list[str], out_dir: str, what: str = "photos") -> list[Path]:
     """The photos named by files/folders, after checking that ``out_dir`` can be used (it is created only
     once the models have loaded, so a run that fails before any work leaves no empty folder)."""
-    from core.pipeline.reconstruct import collect_photos
+    from core.frontend.images import collect_photos
     from core.results.writing import probe_output_dir
 
     photos = collect_photos(inputs)
@@ -138,18 +138,34 @@ def _progress_bar(total: int, enabled: bool):
     return bar, update
 
 
+def _with_detector_process(options: ModeOptions, photos: list[Path]) -> ModeOptions:
+    """``options`` with its detector in a child process that detects ``photos`` ahead while this process
+    imports torch and loads the models (`core.frontend.detector_process`), when one helps."""
+    from dataclasses import replace
+
+    from core.frontend.detector_process import start_detector_process
+
+    child = start_detector_process(options.landmarks, photos) if isinstance(options.landmarks, str) else None
+    return options if child is None else replace(options, landmarks=child)
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """`reconstruct` in any mode, and `fit` (which is `reconstruct` with the fit modes only)."""
     from core.results.writing import check_output_dir, finished_photos
 
     photos = photos_and_output(args.photos, args.out)
-    rec = make_reconstructor(args.mode, mode_options(args))
-    out = check_output_dir(args.out)
     skipped = 0
-    if args.skip_existing:
-        done = finished_photos(out)
+    if args.skip_existing:  # read before any model loads, so the detector process reads only the rest ahead
+        done = finished_photos(args.out)
         todo = [p for p in photos if Path(p).resolve() not in done]
         skipped, photos = len(photos) - len(todo), todo
+    options = mode_options(args)
+    if args.mode == "deca":  # before torch is imported: the child detects while this process imports it
+        options = _with_detector_process(options, photos)
+    rec = make_reconstructor(args.mode, options)
+    if not isinstance(options.landmarks, str):
+        options.landmarks.warm_up()  # a detector the child could not load fails here, before any work
+    out = check_output_dir(args.out)
     bar, update = _progress_bar(len(photos), enabled=len(photos) > 1 and not args.json)
     try:
         summary = rec.reconstruct_many(photos, out, batch_size=args.batch_size,
