@@ -181,3 +181,29 @@ print(json.dumps({"started": started, "torch_before": torch_before, "ok": summar
     for key in a.keys() - timing:
         if a[key].dtype.kind in "fiub":
             assert np.array_equal(a[key], b[key]), key
+
+
+def test_animate_fast_through_the_child_gives_the_same_codes(tmp_path_factory, test_flame_pkl, deca_data_dir,
+                                                             photos_dir, tmp_path):
+    """`animate --fast` (the command in a subprocess): the identity and every frame detected by the child
+    ahead; the codes file equals the in-process run's."""
+    if not MediaPipeDetector.is_available():
+        pytest.skip("mediapipe is not installed")
+    home = random_checkpoint_home(tmp_path_factory, test_flame_pkl, deca_data_dir)
+    photos = _photos(photos_dir)[:4]
+    codes = {}
+    for flag in ("1", "0"):
+        out_dir = tmp_path / f"anim{flag}"
+        cmd = ["-m", "core.cli", "animate", "--fast", "--identity", photos[0], "--expressions", *photos[1:],
+               "--out", out_dir, "--home", home, "--device", "cpu"]
+        env = {**{k: v for k, v in os.environ.items() if k != DISABLE_ENV}, "PYTHONPATH": str(REPO),
+               DISABLE_ENV: flag}
+        out = subprocess.run([sys.executable, *map(str, cmd)], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        with np.load(out_dir / "expressions.npz", allow_pickle=False) as z:
+            codes[flag] = {k: z[k] for k in z.files}
+    assert codes["1"].keys() == codes["0"].keys()
+    assert len(codes["1"]["exp"]) == len(photos) - 1
+    for key, value in codes["1"].items():
+        if value.dtype.kind in "fiub":
+            assert np.array_equal(value, codes["0"][key]), key

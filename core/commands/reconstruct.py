@@ -149,6 +149,13 @@ def _with_detector_process(options: ModeOptions, photos: list[Path]) -> ModeOpti
     return options if child is None else replace(options, landmarks=child)
 
 
+def _detector_ready(options: ModeOptions) -> None:
+    """A detector the child process could not load fails here, after the models and before any work (as the
+    in-process detector does in `make_reconstructor`)."""
+    if not isinstance(options.landmarks, str):
+        options.landmarks.warm_up()
+
+
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """`reconstruct` in any mode, and `fit` (which is `reconstruct` with the fit modes only)."""
     from core.results.writing import check_output_dir, finished_photos
@@ -163,8 +170,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     if args.mode == "deca":  # before torch is imported: the child detects while this process imports it
         options = _with_detector_process(options, photos)
     rec = make_reconstructor(args.mode, options)
-    if not isinstance(options.landmarks, str):
-        options.landmarks.warm_up()  # a detector the child could not load fails here, before any work
+    _detector_ready(options)
     out = check_output_dir(args.out)
     bar, update = _progress_bar(len(photos), enabled=len(photos) > 1 and not args.json)
     try:
@@ -201,7 +207,10 @@ def cmd_animate(args: argparse.Namespace) -> int:
     from core.frontend import ImageReadError, NoFaceError
 
     expressions = photos_and_output(args.expressions, args.out, "expression photos")
-    rec = make_reconstructor("deca", mode_options(args))
+    # the identity, then the frames: the order in which both animate paths detect them
+    options = _with_detector_process(mode_options(args), [Path(args.identity), *expressions])
+    rec = make_reconstructor("deca", options)
+    _detector_ready(options)
     bar, update = _progress_bar(len(expressions), enabled=len(expressions) > 1 and not args.json)
     try:
         if getattr(args, "fast", False):

@@ -54,7 +54,10 @@ def _child(conn, method: str, kwargs: dict, paths: list[str]) -> None:  # pragma
         detector = get_detector(method, **kwargs)
         detector.warm_up()
     except BaseException as exc:  # the parent's in-process detector raises the same error itself
-        conn.send(("unavailable", f"{type(exc).__name__}: {exc}"))
+        try:
+            conn.send(("unavailable", f"{type(exc).__name__}: {exc}"))
+        except OSError:  # the parent is gone
+            pass
         return
     try:
         conn.send(("ready", detector.name))
