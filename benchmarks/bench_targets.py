@@ -31,7 +31,8 @@ Rows:
   one photo; the baseline is the same process on ``--baseline-src`` (a tree of the code before
   issue 11), else the issue's 13.8 s.
 - cold `deca-blender reconstruct`: the command itself (``python -m core.cli reconstruct``) on both trees,
-  process start to process end, interleaved (with ``--baseline-src``).
+  process start to process end, interleaved (with ``--baseline-src``); and this tree's command again with
+  its detector child process turned off (``DECA_BLENDER_DETECTOR_PROCESS=0``), to show what the child gains.
 - peak RSS of the cold-start process (one photo to a folder) and of this benchmark process.
 
 Writes ``benchmarks/results/targets.json`` with the load average at start and end. On a shared machine
@@ -433,8 +434,9 @@ def bench_cold_command(rows, home: Path, photo: Path, tmp: Path, cache: Path, ba
     reconstruct``), from process start to process end (the script rows above end with the interpreter's
     normal exit; the command ends with `core.cli.exit_now`). Each tree's default detector, the wrinkle basis
     from the cache (built by `bench_cold`'s first run), interleaved."""
-    def run(src: Path, out: Path) -> float:
-        env = {**os.environ, "PYTHONPATH": str(src), wc.CACHE_ENV: str(cache)}
+    def run(src: Path, out: Path, detector_child: bool = True) -> float:
+        env = {**os.environ, "PYTHONPATH": str(src), wc.CACHE_ENV: str(cache),
+               "DECA_BLENDER_DETECTOR_PROCESS": "1" if detector_child else "0"}
         cmd = [sys.executable, "-m", "core.cli", "reconstruct", str(photo), "--out", str(out), "--home", str(home),
                "--device", "cpu", "--overwrite"]
         t0 = time.perf_counter()
@@ -444,15 +446,20 @@ def bench_cold_command(rows, home: Path, photo: Path, tmp: Path, cache: Path, ba
             raise RuntimeError(f"`reconstruct` of {src} wrote no result folder in {out}")
         return wall
 
-    times: dict[str, list[float]] = {"baseline": [], "now": []}
-    for _ in range(max(1, repeats)):  # interleaved: load changes hit both
+    times: dict[str, list[float]] = {"baseline": [], "now": [], "no child": []}
+    for _ in range(max(1, repeats)):  # interleaved: load changes hit all three
         times["baseline"].append(run(baseline_src, tmp / "cli_baseline"))
         times["now"].append(run(ROOT, tmp / "cli_now"))
+        times["no child"].append(run(ROOT, tmp / "cli_no_child", detector_child=False))
     rows.append(row("cold `deca-blender reconstruct` command, process start to end (s)", _median(times["baseline"]),
                     _median(times["now"]), "s", "<= 4 s",
                     f"baseline: the command of {baseline_src}; {max(1, repeats)} runs each, interleaved "
                     f"(baseline {', '.join(f'{t:.2f}' for t in times['baseline'])}; "
                     f"now {', '.join(f'{t:.2f}' for t in times['now'])})"))
+    rows.append(row("the same without the detector child process (s)", _median(times["no child"]),
+                    _median(times["now"]), "s", "child < no child",
+                    f"baseline: this tree with DECA_BLENDER_DETECTOR_PROCESS=0 (detector loaded on a thread, as "
+                    f"before); runs {', '.join(f'{t:.2f}' for t in times['no child'])}"))
 
 
 def main(argv=None) -> int:
