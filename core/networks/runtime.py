@@ -20,7 +20,6 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .checkpoint import DecaNetworks
 from .detail_decoder import (DETAIL_DECODER_INPUT, EXP_DIM, INIT_CHANNELS, INIT_SIZE, JAW_DIM, DetailDecoder)
@@ -30,43 +29,65 @@ from .resnet import Bottleneck, ResNetTrunk
 __all__ = ["fold_batch_norms", "fold_encoder", "fold_decoder", "PersonDecoder", "inference_networks"]
 
 
-def _fuse(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+def _fuse(conv: nn.Conv2d, bn: nn.Module, memory_format: torch.memory_format = torch.preserve_format
+          ) -> nn.Conv2d:
     """``conv`` followed by ``bn`` as one convolution; ``bn`` already an Identity (folded before): ``conv``.
 
-    ``conv`` itself gets the fused weight and bias (torch's ``fuse_conv_bn_weights`` formula, so the numbers
-    are the same as ``fuse_conv_bn_eval``'s), without its deep copy of each convolution: callers fold a copy
-    or a freshly loaded checkpoint already (measured: 0.4 s of a cold `Reconstructor()`)."""
+    ``conv`` itself gets the fused weight and bias, without the deep copy of each convolution that
+    ``fuse_conv_bn_eval`` makes: callers fold a copy or a freshly loaded checkpoint already (measured: 0.4 s
+    of a cold `Reconstructor()`). The arithmetic is torch's ``fuse_conv_bn_weights``, operation for operation
+    (the same numbers, bit for bit: tests/test_networks_runtime.py), except that the fused weight is written
+    straight into a tensor of ``memory_format``: `inference_networks` wants channels_last, and fusing into a
+    contiguous tensor and then copying it to channels_last wrote every conv weight (~200 MB for the three
+    networks) twice into fresh memory, one page fault per 4 kB (0.5-1.3 s of a cold start on 2 cores)."""
     if not isinstance(bn, nn.BatchNorm2d):
         return conv
     with torch.no_grad():
-        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    conv.weight, conv.bias = w, b
+        running_mean, running_var = bn.running_mean, bn.running_var
+        bn_w = bn.weight if bn.weight is not None else torch.ones_like(running_mean)
+        bn_b = bn.bias if bn.bias is not None else torch.zeros_like(running_mean)
+        conv_b = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
+        rsqrt = torch.rsqrt(running_var + bn.eps)
+        shape = [-1, 1] + [1] * (conv.weight.dim() - 2)
+        factor = (bn_w * rsqrt).reshape(shape)
+        if torch.result_type(conv.weight, factor) == conv.weight.dtype:
+            w = torch.empty_like(conv.weight, memory_format=memory_format)
+            torch.mul(conv.weight, factor, out=w)
+        else:  # e.g. a half-precision conv with float32 batch norms: computed in float32, then rounded
+            w = (conv.weight * factor).to(conv.weight.dtype).contiguous(memory_format=memory_format)
+        b = ((conv_b - running_mean) * rsqrt * bn_w + bn_b).to(
+            conv.bias.dtype if conv.bias is not None else conv.weight.dtype)
+    conv.weight = nn.Parameter(w, conv.weight.requires_grad)
+    conv.bias = nn.Parameter(b, conv_b.requires_grad)
     return conv
 
 
-def _fold_trunk(trunk: ResNetTrunk) -> None:
-    trunk.conv1 = _fuse(trunk.conv1, trunk.bn1)
+def _fold_trunk(trunk: ResNetTrunk, fmt: torch.memory_format) -> None:
+    trunk.conv1 = _fuse(trunk.conv1, trunk.bn1, fmt)
     trunk.bn1 = nn.Identity()
     for block in trunk.modules():
         if isinstance(block, Bottleneck):
             for i in (1, 2, 3):
-                setattr(block, f"conv{i}", _fuse(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")))
+                setattr(block, f"conv{i}", _fuse(getattr(block, f"conv{i}"), getattr(block, f"bn{i}"), fmt))
                 setattr(block, f"bn{i}", nn.Identity())
             if block.downsample is not None and len(block.downsample) == 2:
-                block.downsample = nn.Sequential(_fuse(block.downsample[0], block.downsample[1]))
+                block.downsample = nn.Sequential(_fuse(block.downsample[0], block.downsample[1], fmt))
 
 
-def fold_encoder(encoder: ResnetEncoder, inplace: bool = False) -> ResnetEncoder:
+def fold_encoder(encoder: ResnetEncoder, inplace: bool = False,
+                 memory_format: torch.memory_format = torch.preserve_format) -> ResnetEncoder:
     """``E_flame`` or ``E_detail`` (eval) with the trunk's batch norms folded: a copy, or ``encoder`` itself
-    with ``inplace``. Same input and output."""
+    with ``inplace``. Same input and output. The fused convolution weights are in ``memory_format``."""
     enc = (encoder if inplace else copy.deepcopy(encoder)).eval()
-    _fold_trunk(enc.encoder)
+    _fold_trunk(enc.encoder, memory_format)
     return enc
 
 
-def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder:
+def fold_decoder(decoder: DetailDecoder, inplace: bool = False,
+                 memory_format: torch.memory_format = torch.preserve_format) -> DetailDecoder:
     """``D_detail`` (eval) with every batch norm folded away: a copy, or ``decoder`` itself with
-    ``inplace``. Same input and output. Folding a folded decoder changes nothing."""
+    ``inplace``. Same input and output. Folding a folded decoder changes nothing. The fused convolution
+    weights are in ``memory_format``."""
     dec = (decoder if inplace else copy.deepcopy(decoder)).eval()
     blocks = list(dec.conv_blocks)
     bn0 = blocks[0]
@@ -80,14 +101,17 @@ def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder
         shift = bn0.bias - bn0.running_mean * scale
         per_row = INIT_SIZE * INIT_SIZE
         lin = dec.l1[0]
-        lin.weight.mul_(scale.repeat_interleave(per_row)[:, None])
-        lin.bias.mul_(scale.repeat_interleave(per_row)).add_(shift.repeat_interleave(per_row))
+        # new tensors rather than in place: a freshly loaded checkpoint's are views of its memory-mapped
+        # file, which `inference_networks` would otherwise copy once more (same numbers either way)
+        lin.weight = nn.Parameter(lin.weight * scale.repeat_interleave(per_row)[:, None], lin.weight.requires_grad)
+        lin.bias = nn.Parameter(lin.bias * scale.repeat_interleave(per_row) + shift.repeat_interleave(per_row),
+                                lin.bias.requires_grad)
     out: list[nn.Module] = [nn.Identity()]
     i = 1
     while i < len(blocks):
         m = blocks[i]
         if isinstance(m, nn.Conv2d) and i + 1 < len(blocks) and isinstance(blocks[i + 1], nn.BatchNorm2d):
-            out += [_fuse(m, blocks[i + 1]), nn.Identity()]  # keep the state-dict indices
+            out += [_fuse(m, blocks[i + 1], memory_format), nn.Identity()]  # keep the state-dict indices
             i += 2
         else:
             out.append(m)
@@ -96,13 +120,15 @@ def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder
     return dec
 
 
-def fold_batch_norms(nets: DecaNetworks, inplace: bool = False) -> DecaNetworks:
+def fold_batch_norms(nets: DecaNetworks, inplace: bool = False,
+                     memory_format: torch.memory_format = torch.preserve_format) -> DecaNetworks:
     """``nets`` (eval mode) with every batch norm folded into the layer before it (idempotent): a copy, or
-    ``nets`` itself with ``inplace`` (no copy of the weights: what a freshly loaded checkpoint wants)."""
+    ``nets`` itself with ``inplace`` (no copy of the weights: what a freshly loaded checkpoint wants). The
+    fused convolution weights are in ``memory_format`` (the others keep theirs)."""
     folded = nets if inplace else copy.deepcopy(nets)
     for name in ("E_flame", "E_detail"):
-        fold_encoder(getattr(folded, name), inplace=True)
-    fold_decoder(folded.D_detail, inplace=True)
+        fold_encoder(getattr(folded, name), inplace=True, memory_format=memory_format)
+    fold_decoder(folded.D_detail, inplace=True, memory_format=memory_format)
     return folded.eval()
 
 
@@ -114,7 +140,10 @@ def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", i
     device = torch.device(device)
     nets = nets.to(device)
     loaded = {t.data_ptr() for t in list(nets.parameters()) + list(nets.buffers())} if inplace else set()
-    out = fold_batch_norms(nets.eval(), inplace=inplace)
+    # the fused weights are written in channels_last directly (one new tensor each); ``.to`` then converts
+    # what the fold did not write (D_detail's last convolution) and leaves the rest as it is
+    fmt = torch.channels_last if device.type == "cpu" else torch.preserve_format
+    out = fold_batch_norms(nets.eval(), inplace=inplace, memory_format=fmt)
     if device.type == "cpu":
         out = out.to(memory_format=torch.channels_last)
     if inplace:
