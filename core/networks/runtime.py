@@ -39,7 +39,8 @@ def _fuse(conv: nn.Conv2d, bn: nn.Module, memory_format: torch.memory_format = t
     (the same numbers, bit for bit: tests/test_networks_runtime.py), except that the fused weight is written
     straight into a tensor of ``memory_format``: `inference_networks` wants channels_last, and fusing into a
     contiguous tensor and then copying it to channels_last wrote every conv weight (~200 MB for the three
-    networks) twice into fresh memory, one page fault per 4 kB (0.5-1.3 s of a cold start on 2 cores)."""
+    networks) twice into fresh memory, one page fault per 4 kB (a cold `inference_networks` 0.40 -> 0.26 s,
+    median of 6 interleaved fresh processes at load 2; the copies suffer most when the cores are busy)."""
     if not isinstance(bn, nn.BatchNorm2d):
         return conv
     with torch.no_grad():
