@@ -190,3 +190,38 @@ def test_restricted_unpickler_allows_chumpy_names_without_chumpy_installed():
     assert isinstance(obj["a"], types.SimpleNamespace) is False
     np.testing.assert_array_equal(obj["a"].value(), np.arange(6.0).reshape(2, 3))
     assert "chumpy" not in sys.modules
+
+
+def test_npz_read_from_the_mapping_equals_numpys_reading(tmp_path, test_flame):
+    """`load_flame_npz` reads a stored `.npz` through a memory map instead of `np.load`: the same arrays,
+    bit for bit, as numpy's own reading converted the same way (bound 0: the same bytes are converted)."""
+    p = tmp_path / "flame.npz"
+    save_flame_npz(test_flame, p)
+    m = load_flame_model(p)
+    with np.load(p, allow_pickle=False) as z:
+        for name in ("v_template", "shape_basis", "expr_basis", "posedirs", "J_regressor", "weights"):
+            want = z[name].astype(np.float64)
+            got = getattr(m, name)
+            assert got.dtype == np.float64 and got.flags.writeable and got.flags.owndata, name
+            assert got.strides == want.strides, name  # the same memory order (J_regressor is stored F-order)
+            np.testing.assert_array_equal(got, want, err_msg=name)
+        for name in ("parents", "faces"):
+            assert getattr(m, name).dtype == np.int64
+            np.testing.assert_array_equal(getattr(m, name), z[name], err_msg=name)
+
+
+def test_damaged_npz_member_is_refused(tmp_path, test_flame):
+    """One flipped byte inside a stored member: the CRC check refuses the file (as zipfile's reading did)."""
+    p = tmp_path / "flame.npz"
+    save_flame_npz(test_flame, p)
+    raw = bytearray(p.read_bytes())
+    import zipfile
+    with zipfile.ZipFile(p) as z:
+        info = z.getinfo("shape_basis.npy")
+    raw[info.header_offset + 30 + len(info.filename) + 4096] ^= 0xFF  # past the npy header, inside the data
+    p.write_bytes(bytes(raw))
+    with pytest.raises(FlameModelError, match="truncated or not a valid .npz"):
+        load_flame_model(p)
+    p.write_bytes(bytes(raw[: len(raw) // 2]))  # truncated: zipfile finds no central directory
+    with pytest.raises(FlameModelError, match="truncated or not a valid .npz"):
+        load_flame_model(p)

@@ -5,6 +5,8 @@ more than float rounding; the bound is the issue's 1e-4 relative (of each output
 """
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -120,3 +122,56 @@ def test_inplace_fold_reuses_the_module_and_keeps_the_function(images):
         got = folded(images)
     assert _rel(want.codes.to_vector(), got.codes.to_vector()) < REL
     assert _rel(want.displacement, got.displacement) < REL
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_inference_networks_fold_bit_for_bit_like_torchs_fuse(inplace):
+    """The fold writes each fused weight straight into channels_last (one new tensor instead of two): the
+    same bits and strides as torch's own ``fuse_conv_bn_eval`` on every conv/bn pair followed by the module's
+    channels_last conversion (bound 0: the same elementwise float operations in the same order)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    from core.networks.resnet import Bottleneck
+
+    ref = responsive_networks(seed=5)
+    with torch.no_grad():  # batch norms away from identity, so that the fold changes every weight
+        g = torch.Generator().manual_seed(2)
+        for m in ref.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
+    got = inference_networks(copy.deepcopy(ref) if inplace else ref, "cpu", inplace=inplace)
+
+    want = copy.deepcopy(ref).eval()
+    for enc in (want.E_flame, want.E_detail):
+        t = enc.encoder
+        t.conv1, t.bn1 = fuse_conv_bn_eval(t.conv1, t.bn1), torch.nn.Identity()
+        for block in t.modules():
+            if isinstance(block, Bottleneck):
+                for i in (1, 2, 3):
+                    conv, bn = getattr(block, f"conv{i}"), getattr(block, f"bn{i}")
+                    setattr(block, f"conv{i}", fuse_conv_bn_eval(conv, bn))
+                    setattr(block, f"bn{i}", torch.nn.Identity())
+                if block.downsample is not None:
+                    block.downsample = torch.nn.Sequential(fuse_conv_bn_eval(*block.downsample))
+    blocks = list(want.D_detail.conv_blocks)
+    bn0, lin = blocks[0], want.D_detail.l1[0]
+    with torch.no_grad():
+        # D_detail's leading batch norm, per 8x8 block of l1's rows (eval BatchNorm2d: x * scale + shift)
+        scale = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)
+        shift = bn0.bias - bn0.running_mean * scale
+        lin.weight.mul_(scale.repeat_interleave(64)[:, None])
+        lin.bias.mul_(scale.repeat_interleave(64)).add_(shift.repeat_interleave(64))
+    blocks[0] = torch.nn.Identity()
+    for i, m in enumerate(blocks):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            blocks[i - 1], blocks[i] = fuse_conv_bn_eval(blocks[i - 1], m), torch.nn.Identity()
+    want.D_detail.conv_blocks = torch.nn.Sequential(*blocks)
+    want = want.to(memory_format=torch.channels_last)
+
+    sw, sg = want.state_dict(), got.state_dict()
+    assert list(sw) == list(sg)
+    for k in sw:
+        assert sw[k].stride() == sg[k].stride(), k
+        assert torch.equal(sw[k], sg[k]), k

@@ -20,74 +20,111 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 from .checkpoint import DecaNetworks
 from .detail_decoder import (DETAIL_DECODER_INPUT, EXP_DIM, INIT_CHANNELS, INIT_SIZE, JAW_DIM, DetailDecoder)
 from .encoders import DETAIL_CODE_DIM, ResnetEncoder
 from .resnet import Bottleneck, ResNetTrunk
 
-__all__ = ["fold_batch_norms", "fold_encoder", "fold_decoder", "PersonDecoder", "inference_networks"]
+__all__ = ["fold_batch_norms", "fold_encoder", "fold_decoder", "folded_structure", "PersonDecoder",
+           "inference_networks"]
 
 
-def _fuse(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+def _fuse(conv: nn.Conv2d, bn: nn.Module, memory_format: torch.memory_format = torch.preserve_format,
+          values: bool = True) -> nn.Conv2d:
     """``conv`` followed by ``bn`` as one convolution; ``bn`` already an Identity (folded before): ``conv``.
 
-    ``conv`` itself gets the fused weight and bias (torch's ``fuse_conv_bn_weights`` formula, so the numbers
-    are the same as ``fuse_conv_bn_eval``'s), without its deep copy of each convolution: callers fold a copy
-    or a freshly loaded checkpoint already (measured: 0.4 s of a cold `Reconstructor()`)."""
+    ``conv`` itself gets the fused weight and bias, without the deep copy of each convolution that
+    ``fuse_conv_bn_eval`` makes: callers fold a copy or a freshly loaded checkpoint already (measured: 0.4 s
+    of a cold `Reconstructor()`). The arithmetic is torch's ``fuse_conv_bn_weights``, operation for operation
+    (the same numbers, bit for bit: tests/test_networks_runtime.py), except that the fused weight is written
+    straight into a tensor of ``memory_format``: `inference_networks` wants channels_last, and fusing into a
+    contiguous tensor and then copying it to channels_last wrote every conv weight (~200 MB for the three
+    networks) twice into fresh memory, one page fault per 4 kB (a cold `inference_networks` 0.40 -> 0.26 s,
+    median of 6 interleaved fresh processes at load 2; the copies suffer most when the cores are busy)."""
     if not isinstance(bn, nn.BatchNorm2d):
         return conv
+    if not values:  # the folded form's structure only (`folded_structure`): a bias to load into, no arithmetic
+        if conv.bias is None:
+            # requires_grad as the fold's zero bias (torch's fuse_conv_bn_weights: a new zeros tensor) has it
+            conv.bias = nn.Parameter(torch.empty(conv.out_channels, device=conv.weight.device,
+                                                 dtype=conv.weight.dtype), requires_grad=False)
+        return conv
     with torch.no_grad():
-        w, b = fuse_conv_bn_weights(conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    conv.weight, conv.bias = w, b
+        running_mean, running_var = bn.running_mean, bn.running_var
+        bn_w = bn.weight if bn.weight is not None else torch.ones_like(running_mean)
+        bn_b = bn.bias if bn.bias is not None else torch.zeros_like(running_mean)
+        conv_b = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
+        rsqrt = torch.rsqrt(running_var + bn.eps)
+        shape = [-1, 1] + [1] * (conv.weight.dim() - 2)
+        factor = (bn_w * rsqrt).reshape(shape)
+        if torch.result_type(conv.weight, factor) == conv.weight.dtype:
+            w = torch.empty_like(conv.weight, memory_format=memory_format)
+            torch.mul(conv.weight, factor, out=w)
+        else:  # e.g. a half-precision conv with float32 batch norms: computed in float32, then rounded
+            w = (conv.weight * factor).to(conv.weight.dtype).contiguous(memory_format=memory_format)
+        b = ((conv_b - running_mean) * rsqrt * bn_w + bn_b).to(
+            conv.bias.dtype if conv.bias is not None else conv.weight.dtype)
+    conv.weight = nn.Parameter(w, conv.weight.requires_grad)
+    conv.bias = nn.Parameter(b, conv_b.requires_grad)
     return conv
 
 
-def _fold_trunk(trunk: ResNetTrunk) -> None:
-    trunk.conv1 = _fuse(trunk.conv1, trunk.bn1)
+def _fold_trunk(trunk: ResNetTrunk, fmt: torch.memory_format, values: bool = True) -> None:
+    trunk.conv1 = _fuse(trunk.conv1, trunk.bn1, fmt, values)
     trunk.bn1 = nn.Identity()
     for block in trunk.modules():
         if isinstance(block, Bottleneck):
             for i in (1, 2, 3):
-                setattr(block, f"conv{i}", _fuse(getattr(block, f"conv{i}"), getattr(block, f"bn{i}")))
+                setattr(block, f"conv{i}", _fuse(getattr(block, f"conv{i}"), getattr(block, f"bn{i}"), fmt, values))
                 setattr(block, f"bn{i}", nn.Identity())
             if block.downsample is not None and len(block.downsample) == 2:
-                block.downsample = nn.Sequential(_fuse(block.downsample[0], block.downsample[1]))
+                block.downsample = nn.Sequential(_fuse(block.downsample[0], block.downsample[1], fmt, values))
 
 
-def fold_encoder(encoder: ResnetEncoder, inplace: bool = False) -> ResnetEncoder:
+def fold_encoder(encoder: ResnetEncoder, inplace: bool = False,
+                 memory_format: torch.memory_format = torch.preserve_format) -> ResnetEncoder:
     """``E_flame`` or ``E_detail`` (eval) with the trunk's batch norms folded: a copy, or ``encoder`` itself
-    with ``inplace``. Same input and output."""
+    with ``inplace``. Same input and output. The fused convolution weights are in ``memory_format``."""
     enc = (encoder if inplace else copy.deepcopy(encoder)).eval()
-    _fold_trunk(enc.encoder)
+    _fold_trunk(enc.encoder, memory_format)
     return enc
 
 
-def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder:
+def fold_decoder(decoder: DetailDecoder, inplace: bool = False,
+                 memory_format: torch.memory_format = torch.preserve_format) -> DetailDecoder:
     """``D_detail`` (eval) with every batch norm folded away: a copy, or ``decoder`` itself with
-    ``inplace``. Same input and output. Folding a folded decoder changes nothing."""
-    dec = (decoder if inplace else copy.deepcopy(decoder)).eval()
+    ``inplace``. Same input and output. Folding a folded decoder changes nothing. The fused convolution
+    weights are in ``memory_format``."""
+    return _fold_decoder((decoder if inplace else copy.deepcopy(decoder)).eval(), memory_format)
+
+
+def _fold_decoder(dec: DetailDecoder, memory_format: torch.memory_format, values: bool = True) -> DetailDecoder:
     blocks = list(dec.conv_blocks)
     bn0 = blocks[0]
     if isinstance(bn0, nn.Identity):
         return dec
     if not isinstance(bn0, nn.BatchNorm2d):
         raise TypeError(f"D_detail.conv_blocks must start with its BatchNorm2d, found {type(bn0).__name__}")
-    with torch.no_grad():
-        # l1's output is viewed as (128, 8, 8): row r belongs to channel r // 64.
-        scale = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)
-        shift = bn0.bias - bn0.running_mean * scale
-        per_row = INIT_SIZE * INIT_SIZE
-        lin = dec.l1[0]
-        lin.weight.mul_(scale.repeat_interleave(per_row)[:, None])
-        lin.bias.mul_(scale.repeat_interleave(per_row)).add_(shift.repeat_interleave(per_row))
+    if values:
+        with torch.no_grad():
+            # l1's output is viewed as (128, 8, 8): row r belongs to channel r // 64.
+            scale = bn0.weight / torch.sqrt(bn0.running_var + bn0.eps)
+            shift = bn0.bias - bn0.running_mean * scale
+            per_row = INIT_SIZE * INIT_SIZE
+            lin = dec.l1[0]
+            # new tensors rather than in place: a freshly loaded checkpoint's are views of its memory-mapped
+            # file, which `inference_networks` would otherwise copy once more (same numbers either way)
+            lin.weight = nn.Parameter(lin.weight * scale.repeat_interleave(per_row)[:, None],
+                                      lin.weight.requires_grad)
+            lin.bias = nn.Parameter(lin.bias * scale.repeat_interleave(per_row) + shift.repeat_interleave(per_row),
+                                    lin.bias.requires_grad)
     out: list[nn.Module] = [nn.Identity()]
     i = 1
     while i < len(blocks):
         m = blocks[i]
         if isinstance(m, nn.Conv2d) and i + 1 < len(blocks) and isinstance(blocks[i + 1], nn.BatchNorm2d):
-            out += [_fuse(m, blocks[i + 1]), nn.Identity()]  # keep the state-dict indices
+            out += [_fuse(m, blocks[i + 1], memory_format, values), nn.Identity()]  # keep the state-dict indices
             i += 2
         else:
             out.append(m)
@@ -96,14 +133,28 @@ def fold_decoder(decoder: DetailDecoder, inplace: bool = False) -> DetailDecoder
     return dec
 
 
-def fold_batch_norms(nets: DecaNetworks, inplace: bool = False) -> DecaNetworks:
+def fold_batch_norms(nets: DecaNetworks, inplace: bool = False,
+                     memory_format: torch.memory_format = torch.preserve_format) -> DecaNetworks:
     """``nets`` (eval mode) with every batch norm folded into the layer before it (idempotent): a copy, or
-    ``nets`` itself with ``inplace`` (no copy of the weights: what a freshly loaded checkpoint wants)."""
+    ``nets`` itself with ``inplace`` (no copy of the weights: what a freshly loaded checkpoint wants). The
+    fused convolution weights are in ``memory_format`` (the others keep theirs)."""
     folded = nets if inplace else copy.deepcopy(nets)
     for name in ("E_flame", "E_detail"):
-        fold_encoder(getattr(folded, name), inplace=True)
-    fold_decoder(folded.D_detail, inplace=True)
+        fold_encoder(getattr(folded, name), inplace=True, memory_format=memory_format)
+    fold_decoder(folded.D_detail, inplace=True, memory_format=memory_format)
     return folded.eval()
+
+
+def folded_structure(nets: DecaNetworks) -> DecaNetworks:
+    """``nets`` (built on the meta device, nothing loaded) turned in place into the module structure that
+    `fold_batch_norms` produces, without computing anything: batch norms replaced as the fold replaces them,
+    each fused convolution given its (empty) bias. A folded state dict (`core.networks.cache`) is then
+    loaded into it with ``load_state_dict(strict=True, assign=True)``; arithmetic on meta tensors would go
+    through torch's Python decompositions (seconds on a cold start)."""
+    for name in ("E_flame", "E_detail"):
+        _fold_trunk(getattr(nets, name).encoder, torch.preserve_format, values=False)
+    _fold_decoder(nets.D_detail, torch.preserve_format, values=False)
+    return nets.eval()
 
 
 def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", inplace: bool = False
@@ -114,7 +165,10 @@ def inference_networks(nets: DecaNetworks, device: torch.device | str = "cpu", i
     device = torch.device(device)
     nets = nets.to(device)
     loaded = {t.data_ptr() for t in list(nets.parameters()) + list(nets.buffers())} if inplace else set()
-    out = fold_batch_norms(nets.eval(), inplace=inplace)
+    # the fused weights are written in channels_last directly (one new tensor each); ``.to`` then converts
+    # what the fold did not write (D_detail's last convolution) and leaves the rest as it is
+    fmt = torch.channels_last if device.type == "cpu" else torch.preserve_format
+    out = fold_batch_norms(nets.eval(), inplace=inplace, memory_format=fmt)
     if device.type == "cpu":
         out = out.to(memory_format=torch.channels_last)
     if inplace:
