@@ -31,7 +31,7 @@ PACKAGES = ("core", "deca_blender", "training")
 # Bottom first. A room may import rooms of its own layer or lower ones; rooms of one layer must not form
 # circles (checked separately).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("core", "core.errors", "core.sizes", "core.atomic"),
+    ("core", "core.errors", "core.sizes", "core.atomic", "core.cache"),
     ("core.safe_pickle", "core.obj", "core.render", "core.networks", "core.frontend"),
     ("core.flame",),
     ("core.assets", "core.results", "core.testmodels"),

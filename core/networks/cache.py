@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from core.cache import CACHE_ENV, cache_root
 from core.atomic import atomic_write_bytes
 
 from .checkpoint import DecaNetworks, _torch_load, load_deca_checkpoint
@@ -37,7 +38,6 @@ from .runtime import folded_structure, inference_networks
 __all__ = ["CACHE_ENV", "CACHE_VERSION", "NetworkCacheWarning", "cache_dir", "cache_path",
            "load_inference_networks"]
 
-CACHE_ENV = "DECA_BLENDER_CACHE"
 #: bump when the folded form (`core.networks.runtime`) or this file's layout changes: old files are not found
 CACHE_VERSION = 1
 #: cache files kept (most recently used first): a user switching between two checkpoints keeps both
@@ -50,14 +50,7 @@ class NetworkCacheWarning(UserWarning):
 
 def cache_dir() -> Path:
     """``$DECA_BLENDER_CACHE/networks`` or the user cache folder's ``networks``."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        root = Path(env).expanduser()
-    else:
-        from platformdirs import user_cache_dir
-
-        root = Path(user_cache_dir("deca-blender", appauthor=False))
-    return root / "networks"
+    return cache_root() / "networks"
 
 
 def _definitions_digest() -> bytes:

@@ -21,13 +21,13 @@ from typing import Iterable
 
 import numpy as np
 
+from core.cache import CACHE_ENV, cache_root
 from core.atomic import atomic_write_bytes
 from core.pipeline.wrinkles import N_INPUT, SharedWrinkleBasis
 
 __all__ = ["CACHE_ENV", "CACHE_VERSION", "WrinkleCacheWarning", "cache_dir", "cache_path", "cache_key",
            "tensor_fingerprint", "unwritable_reason", "load_basis", "save_basis", "synthetic_detail_codes"]
 
-CACHE_ENV = "DECA_BLENDER_CACHE"
 #: bump when the shared fit or the file layout changes: old files are then simply not found
 CACHE_VERSION = 1
 #: E_detail is ~100 MB; hashing all of it costs ~0.2 s per process, so its tensors are sampled every
@@ -42,14 +42,7 @@ class WrinkleCacheWarning(UserWarning):
 
 def cache_dir() -> Path:
     """The folder of cached wrinkle bases: ``$DECA_BLENDER_CACHE/wrinkles`` or the user cache folder's."""
-    env = os.environ.get(CACHE_ENV)
-    if env:
-        root = Path(env).expanduser()
-    else:
-        from platformdirs import user_cache_dir
-
-        root = Path(user_cache_dir("deca-blender", appauthor=False))
-    return root / "wrinkles"
+    return cache_root() / "wrinkles"
 
 
 def cache_path(key: str) -> Path:
