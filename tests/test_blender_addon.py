@@ -771,9 +771,20 @@ def test_blender_worker_from_the_addon(run):
     assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
     assert c["seconds"] < 1.0, f"cancel took {c['seconds']:.2f} s"
     assert c["left_in_output"] == [] and c["objects_added"] == 0
+    # Esc once the head's first part is built (its rig came ahead of the folder): that part is removed too.
+    c = w["cancel_after_early"]
+    assert c["objects_begun"] >= 2, c  # armature and mesh (and the photo camera) were in the scene
+    assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
+    assert c["left_in_output"] == [] and c["objects_added"] == 0
+    assert not any(c["datablocks_added"].values()), c["datablocks_added"]
     assert w["import_photo"] == "FINISHED", w["import_photo"]
     assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]
+    # Import Photo builds the head in two parts (scene/head.py), overlapping the worker: the very head Import
+    # Result builds from the folder in one go (mesh, keys, weights, bones, drivers, nodes, image pixels, ...).
+    two = w["two_parts_vs_one"]
+    assert two["differ"] == [] and len(two["compared"]) >= 15 and two["names"][0] != two["names"][1], two
+    assert w["import_stats"]["scene_while_worker"] > 0  # the first part was built before the answer
     assert w["after_import"] == {"same_worker": True, "already": True}  # the warmed-up reconstructor was used
     assert w["startup_hook"] == {"off_sent_nothing": True, "startup_sent_load": True, "startup_loaded": True}
     assert "wrinkle model" in w["import_stats"]["stages"] and w["import_stats"]["sums"]

@@ -289,6 +289,7 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         with pytest.raises(WorkerError) as exc:
             c.call("decode_displacement", timeout=60, result=str(folders[0]), exp=[0.0] * 10, jaw=[0.0] * 3)
         assert "50 expression" in str(exc.value)
+        _check_early_parts(c, photo, tmp_path / "early", folders[0])
         # The same photo in fit mode (FLAME only): a result folder whose details are marked not animatable.
         fit = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(tmp_path / "fit"), mode="fit")
         fitted = ReconstructionResult.load(fit["results"][0])
@@ -308,6 +309,48 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
             c.call("reconstruct", timeout=60, photo=str(photo), out_dir=str(tmp_path / "x"), mode="magic")
     finally:
         c.stop()
+
+
+def _check_early_parts(c, photo, out, plain_folder) -> None:
+    """reconstruct with early=True: one early part per face, before the answer, naming the folder that is
+    then written, whose .npz holds exactly (same dtypes, same bits) the fields result.npz then stores; the
+    folder itself is the one a plain reconstruct writes (result.npz equal array by array: the same code on
+    the same photo, deterministic on the CPU)."""
+    import numpy as np
+
+    # what deca_blender/scene/head.py builds the first part from (its EARLY_FIELDS; bpy is not importable here)
+    fields = {"source_image", "image_size", "face_index", "exp", "pose", "cam", "crop_matrix", "faces", "uv_coords",
+              "uv_faces", "rig_template", "rig_expr_basis", "rig_posedirs", "rig_weights", "rig_joints",
+              "rig_parents", "is_test_model", "rig_shape_basis"}
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out), early=True)
+    first = job.next_part(0)
+    part = first.wait(600)
+    assert "early" in part
+    assert first.error is None and not first.cancelled
+    early = part["early"]
+    data = job.next_part(1).wait(600)  # then the answer
+    assert job.done and len(job.early) == 1 and "results" in data
+    folder = Path(data["results"][0])
+    assert folder.name == early["name"] and folder.parent == out
+    with np.load(early["path"]) as z, np.load(folder / "result.npz") as final:
+        assert set(z.files) == fields and fields <= set(final.files)
+        for k in z.files:
+            assert z[k].dtype == final[k].dtype and z[k].shape == final[k].shape, k
+            assert np.array_equal(z[k], final[k]), k
+    with np.load(folder / "result.npz") as a, np.load(plain_folder / "result.npz") as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), k
+    # The early file is the reader's to delete; the next request removes one left behind.
+    assert Path(early["path"]).is_file()
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out), early=True)
+    nxt = job.next_part(0).wait(600)["early"]
+    job.wait(600)
+    assert not Path(early["path"]).exists() and Path(nxt["path"]).is_file()
+    # Without early=True nothing goes ahead.
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
+    job.wait(600)
+    assert job.early == [] and job.next_part(0).wait(1)["results"]
 
 
 def test_blender_worker_without_torch_says_what_to_do(tmp_path):

@@ -34,6 +34,12 @@ def result_folders(path: str | Path) -> list[Path]:
 last_photo_import: dict = {}
 
 
+def _timed_into(timings: dict, stage: str):
+    from ..scene.head import _timed
+
+    return _timed(timings, stage)
+
+
 def import_folders(context, folders, all_expressions: bool, use_head_pose: bool, arkit_keys: bool = True,
                    identity_sliders: bool = True, timings: dict | None = None) -> list:
     from ..scene.head import ImportOptions, build_head
@@ -193,23 +199,82 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         out = Path(bpy.path.abspath(self.output_dir)) if self.output_dir else output_dir(prefs)
         client = worker_client(context)
         t0 = time.perf_counter()
-        data = yield client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
-                                    device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode)
-        t_worker = time.perf_counter() - t0
-        folders = [Path(p) for p in data.get("results", [])]
-        if not folders:
-            raise ValueError(f"no face found in {photo}")
+        job = client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
+                             device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode, early=True)
+        # Each face's rig arrives ahead of its folder: its head is begun while the worker goes on (detail,
+        # textures, wrinkle model, writing) and finished from the folder (scene/head.py, "in two parts").
+        begun: dict = {}  # planned folder name -> HeadBuild
         scene: dict = {}
-        t = time.perf_counter()
-        heads = import_folders(context, folders, self.all_expressions, self.use_head_pose, self.arkit_keys,
-                                self.identity_sliders, timings=scene)
+        t_early, seen = 0.0, 0
+        try:
+            while True:
+                step = yield job.next_part(seen)
+                if "early" not in (step or {}):
+                    data = step or {}
+                    break
+                seen += 1
+                t = time.perf_counter()
+                if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
+                    context.view_layer.update()
+                build = self._begin(context, step["early"], out, scene)
+                if build is not None:
+                    begun[build.folder.name] = build
+                t_early += time.perf_counter() - t
+            t_worker = time.perf_counter() - t0
+            folders = [Path(p) for p in data.get("results", [])]
+            if not folders:
+                raise ValueError(f"no face found in {photo}")
+            t = time.perf_counter()
+            heads = self._finish_heads(context, folders, begun, scene)
+        finally:
+            from ..scene.head import discard_head
+
+            for build in begun.values():  # begun but never finished (an error, a cancel): removed
+                discard_head(build)
         t_scene = time.perf_counter() - t
         frame_heads(context, heads)
         last_photo_import.clear()
         last_photo_import.update(total=time.perf_counter() - t0, request=t_worker, reconstruct=data.get("seconds"),
-                                 worker=data.get("timings") or {}, scene_total=t_scene, scene=scene)
+                                 worker=data.get("timings") or {}, scene_total=t_early + t_scene, scene=scene,
+                                 scene_while_worker=t_early, scene_after_result=t_scene)
         self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name} in "
-                              f"{time.perf_counter() - t0:.1f} s (reconstruction {t_worker:.1f} s, scene {t_scene:.1f} s)")
+                              f"{time.perf_counter() - t0:.1f} s (reconstruction {t_worker:.1f} s, scene "
+                              f"{t_early + t_scene:.1f} s of which {t_scene:.1f} s after it)")
+
+    def _options(self, context):
+        from ..scene.head import ImportOptions
+
+        return ImportOptions(all_expressions=self.all_expressions, use_head_pose=self.use_head_pose,
+                             arkit_keys=self.arkit_keys, identity_sliders=self.identity_sliders,
+                             location=tuple(context.scene.cursor.location))
+
+    def _begin(self, context, early: dict, out: Path, scene: dict):
+        """A head's first part from an early part of the answer; None (the head is then built from its
+        folder alone) when that cannot be done: the file is gone or unreadable, or the build fails."""
+        from ..scene.head import begin_head, load_early_fields
+
+        try:
+            with _timed_into(scene, "read early rig"):
+                fields = load_early_fields(early["path"])
+            return begin_head(context, fields, out / str(early["name"]), self._options(context), scene)
+        except Exception as exc:  # never fatal: the folder alone builds the same head
+            print(f"DECA: the head is built from its folder only ({type(exc).__name__}: {exc})")
+            return None
+        finally:
+            try:
+                Path(str(early.get("path", ""))).unlink(missing_ok=True)  # read once; the worker's scratch file
+            except OSError:
+                pass
+
+    def _finish_heads(self, context, folders: list[Path], begun: dict, scene: dict) -> list:
+        from ..scene.head import build_head, finish_head
+
+        heads = []
+        for folder in folders:
+            build = begun.pop(folder.name, None)
+            heads.append(finish_head(context, build, folder, scene) if build is not None
+                         else build_head(context, folder, self._options(context), scene))
+        return heads
 
     def discard(self, data) -> None:
         from core.results.result import RESULT_FILE

@@ -91,17 +91,120 @@ def build_head(context, folder: str | Path, options: ImportOptions | None = None
 
     created: list = []  # (collection, datablock) to remove if anything below fails
     try:
-        return _build(context, folder, result, name, options, created, timings)
+        build = _build_rig(context, folder, result, name, options, created, timings)
+        return _build_detail(context, build, folder, result, timings)
     except Exception:
-        for coll_name, block in reversed(created):
-            try:
-                getattr(bpy.data, coll_name).remove(block)
-            except Exception:
-                pass
+        _remove(created)
         raise
 
 
-def _build(context, folder: Path, result, name: str, options: ImportOptions, created: list, timings: dict | None):
+def _remove(created: list) -> None:
+    for coll_name, block in reversed(created):
+        try:
+            getattr(bpy.data, coll_name).remove(block)
+        except Exception:
+            pass
+
+
+# ---------------------------------------------------------------------------------------- in two parts
+#
+# Import Photo builds a head in two parts so that the scene is made while the worker still works: the
+# worker sends each face's rig (`core.worker`, reconstruct with early=True: the result.npz fields below, as
+# result.npz stores them) as soon as its networks ran, `begin_head` builds everything those fields
+# determine (armature, mesh, shape keys, ARKit and identity keys, corrective drivers, photo camera), and
+# `finish_head` adds, from the finished folder, what comes last (wrinkle node group, material, wrinkle
+# drivers). Both parts run the very functions `build_head` runs, on the same values, in the same order
+# (tests/test_blender_addon.py compares the two heads), so the head is the same either way.
+
+EARLY_FIELDS = ("source_image", "image_size", "face_index", "exp", "pose", "cam", "crop_matrix", "faces",
+                "uv_coords", "uv_faces", "rig_template", "rig_expr_basis", "rig_posedirs", "rig_weights",
+                "rig_joints", "rig_parents", "is_test_model")  # and rig_shape_basis when present
+_CHECKED = ("rig_template", "rig_joints", "exp", "pose", "cam", "crop_matrix")  # must equal the folder's
+
+
+@dataclass
+class HeadBuild:
+    """A head whose first part is built (`begin_head`): what `finish_head` needs."""
+    name: str
+    folder: Path  # the result folder the worker is writing (its planned name)
+    options: ImportOptions
+    early: object  # the early fields (attributes as on a ReconstructionResult)
+    created: list
+    coll: object = None
+    arm_obj: object = None
+    obj: object = None
+    me: object = None
+    n_expr: int = 0
+
+
+def load_early_fields(path: str | Path):
+    """The early fields of one face (an .npz the worker wrote) as attributes, as `ReconstructionResult.load`
+    would give them. Raises OSError / KeyError / ValueError when the file is gone or incomplete."""
+    from types import SimpleNamespace
+
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    missing = [k for k in EARLY_FIELDS if k not in data]
+    if missing:
+        raise KeyError(f"{path} lacks {missing}")
+    data["source_image"] = str(data["source_image"])
+    data["is_test_model"] = bool(data["is_test_model"])
+    data["face_index"] = int(data["face_index"])
+    data.setdefault("rig_shape_basis", None)
+    return SimpleNamespace(**data)
+
+
+def begin_head(context, early, folder: str | Path, options: ImportOptions | None = None,
+               timings: dict | None = None) -> HeadBuild:
+    """The first part of a head from a face's early fields (`load_early_fields`), for the result folder
+    `folder` that is being written. On an error nothing is left in the scene and the error is raised.
+    The view layer is not updated here (measured: that did not make the final update any cheaper); a
+    caller that begins another head before finishing this one updates it first, as `build_head` does
+    between heads, so that the next head is placed beside this one."""
+    options = options or ImportOptions()
+    folder = Path(folder)
+    name = unique_head_name(options.name or _default_name(folder))
+    created: list = []
+    try:
+        return _build_rig(context, folder, early, name, options, created, timings)
+    except Exception:
+        _remove(created)
+        raise
+
+
+def finish_head(context, build: HeadBuild, folder: str | Path, timings: dict | None = None):
+    """The rest of a head begun with `begin_head`, from its finished result folder. Returns (mesh_object,
+    armature_object). When the folder is not the one the first part was made for (another name, other
+    values), the first part is removed and the head is built from the folder alone (`build_head`). On an
+    error the whole head is removed and the error raised."""
+    folder = Path(folder)
+    try:
+        with _timed(timings, "read result"):
+            result = load_result(folder)
+        same = folder.name == build.folder.name and all(
+            np.array_equal(np.asarray(getattr(result, k)), np.asarray(getattr(build.early, k))) for k in _CHECKED)
+    except Exception:
+        discard_head(build)
+        raise
+    if not same:
+        discard_head(build)
+        return build_head(context, folder, build.options, timings)
+    try:
+        return _build_detail(context, build, folder, result, timings)
+    except Exception:
+        discard_head(build)
+        raise
+
+
+def discard_head(build: HeadBuild) -> None:
+    """Remove a head's first part (a request that failed or was cancelled)."""
+    _remove(build.created)
+    build.created.clear()
+
+
+def _build_rig(context, folder: Path, result, name: str, options: ImportOptions, created: list,
+               timings: dict | None) -> HeadBuild:
+    """Everything the rig's fields determine (`EARLY_FIELDS`); `result` has them as attributes."""
     T = lambda stage: _timed(timings, stage)  # noqa: E731
     coll = bpy.data.collections.new(f"DECA {name}")
     created.append(("collections", coll))
@@ -163,13 +266,27 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
 
     props = obj.deca
     props.role = "HEAD"
-    props.result_path = str(folder.resolve())
     props.source_image = str(result.source_image)
     props.is_test_model = bool(result.is_test_model)
     props.n_expression = n_expr
     with T("drivers"):
         drv.add_pose_corrective_drivers(obj, arm_obj)
 
+    if options.photo_reference:
+        with T("photo camera"):
+            placement.add_photo_objects(context, coll, name, arm_obj, result, folder, created)
+    if result.is_test_model:
+        obj["deca_note"] = "built from the deca-blender TEST model (synthetic), not FLAME"
+    return HeadBuild(name=name, folder=folder, options=options, early=result, created=created, coll=coll,
+                     arm_obj=arm_obj, obj=obj, me=me, n_expr=n_expr)
+
+
+def _build_detail(context, build: HeadBuild, folder: Path, result, timings: dict | None):
+    """The wrinkle node group, the material and the wrinkle drivers, from the finished result folder."""
+    T = lambda stage: _timed(timings, stage)  # noqa: E731
+    name, obj, arm_obj, me, created = build.name, build.obj, build.arm_obj, build.me, build.created
+    props = obj.deca
+    props.result_path = str(folder.resolve())
     wr = result.wrinkles
     with T("node group (wrinkle images)"):
         group, images = mat_mod.build_wrinkle_group(name, np.asarray(wr.base), np.asarray(wr.maps),
@@ -192,12 +309,6 @@ def _build(context, folder: Path, result, name: str, options: ImportOptions, cre
     obj["_deca_wrinkle_shape"] = list(matrix.shape)
     mat_mod.apply_head_settings(obj)
 
-    if options.photo_reference:
-        with T("photo camera"):
-            placement.add_photo_objects(context, coll, name, arm_obj, result, folder, created)
-
-    if result.is_test_model:
-        obj["deca_note"] = "built from the deca-blender TEST model (synthetic), not FLAME"
     for o in context.view_layer.objects:
         o.select_set(False)
     obj.select_set(True)
