@@ -384,12 +384,13 @@ class Worker:
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
                         device: str = "auto", landmarks: str = "auto", mode: str = "deca", early: bool = False) -> dict:
-        """Photo -> result folders. With ``early``, each face's rig goes ahead as soon as the networks ran (a
-        progress message with "early": {"name": the planned folder name, "path": an .npz of the
-        `ReconstructionResult` fields the rigged mesh is built from, stored as result.npz stores them}),
-        so that Blender builds the mesh, shape keys and rig while the worker goes on with the detail,
-        textures, wrinkle model and the folder (the folder is written exactly as without). The .npz is the
-        reader's to delete; what is left is removed at the next request and when the worker exits."""
+        """Photo -> result folders. With ``early``, each face's result fields go ahead in two parts (progress
+        messages with "early": {"name": the planned folder name, "part": "rig" or "wrinkles", "path": an .npz
+        of those fields, stored as result.npz stores them}): the rig as soon as the networks ran, the wrinkle
+        model and the displacement before the folder is written (`Reconstructor.reconstruct_photo`'s
+        on_fields), so that Blender builds the head while the worker goes on (the folder is written exactly
+        as without). The .npz files are the reader's to delete; what is left is removed at the next request
+        and when the worker exits."""
         from core.commands.modes import MODES
 
         if not Path(photo).is_file():
@@ -406,14 +407,14 @@ class Worker:
         self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
         t = time.perf_counter()
         kwargs = {}
-        if early and "on_geometry" in inspect.signature(rec.reconstruct_photo).parameters:  # the fit modes: no
-            kwargs["on_geometry"] = self._early_sender(rid)
+        if early and "on_fields" in inspect.signature(rec.reconstruct_photo).parameters:  # the fit modes: no
+            kwargs["on_fields"] = self._early_sender(rid)
         folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces,
                                         progress=self._progress_callback(rid, 0.05, 1.0), **kwargs)
         return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t, "timings": dict(rec.timings)}
 
-    def _early_sender(self, rid: Any) -> Callable[[str, dict], None]:
-        """The `on_geometry` callback of an early reconstruct: writes the fields to this worker's early
+    def _early_sender(self, rid: Any) -> Callable[[str, str, dict], None]:
+        """The `on_fields` callback of an early reconstruct: writes the fields to this worker's early
         folder (older requests' files removed first) and sends their path in a progress message."""
         import tempfile
 
@@ -425,7 +426,7 @@ class Worker:
             old.unlink(missing_ok=True)
         count = iter(range(1 << 30))
 
-        def send(name: str, fields: dict) -> None:
+        def send(name: str, part: str, fields: dict) -> None:
             arrays = {k: stored_array(k, v) for k, v in fields.items() if v is not None}
             path = self._early_dir / f"{os.getpid()}-{rid}-{next(count)}.npz"
             # A scratch file read once: no fsync (atomic_write_bytes's costs tens of ms here). It is complete
@@ -433,8 +434,9 @@ class Worker:
             with open(path, "wb") as f:
                 np.savez(f, **arrays)
             self.check_cancel(rid)
-            self.send({"id": rid, "type": "progress", "message": f"building the head {name}",
-                       "early": {"name": name, "path": str(path)}})
+            message = f"building the head {name}" if part == "rig" else f"writing {name}"
+            self.send({"id": rid, "type": "progress", "message": message,
+                       "early": {"name": name, "part": part, "path": str(path)}})
 
         return send
 

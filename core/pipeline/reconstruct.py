@@ -656,14 +656,16 @@ class Reconstructor:
 
     def reconstruct_photo(self, path: str | Path, out_dir: str | Path, all_faces: bool = False,
                           progress: Progress | None = None, overwrite: bool = False,
-                          on_geometry: Callable[[str, dict], None] | None = None) -> list[Path]:
+                          on_fields: Callable[[str, str, dict], None] | None = None) -> list[Path]:
         """Reconstruct one photo: one result folder per face (``<out>/<stem>``, ``<stem>_face1``, ...).
 
         Raises `ImageReadError`, `NoFaceError` (or any other failure) for this photo, `OutputDirError`
         when ``out_dir`` cannot be written. Existing folders are kept (a new name is chosen) unless
-        ``overwrite``. ``on_geometry(folder_name, fields)``, when given, is called for each face as soon as
-        its codes and rig exist, before its detail, textures, wrinkle model and folder (`early_fields`):
-        the Blender worker sends them ahead so that the scene is built meanwhile."""
+        ``overwrite``. ``on_fields(folder_name, part, fields)``, when given, is called for each face with
+        result fields as soon as they are known: part "rig" once its codes and rig exist, before its detail,
+        textures and wrinkle model (`early_fields`), then part "wrinkles" (the wrinkle model and the
+        displacement) before its folder is written. The Blender worker sends them ahead so that the scene is
+        built meanwhile."""
         out = writing.check_output_dir(out_dir)
         if progress:
             progress(0.0, f"reading {Path(path).name}")
@@ -678,20 +680,24 @@ class Reconstructor:
             face = _Face(photo, i, _slice_codes(codes, i), detail[i:i + 1], uv_z[i:i + 1])
             if progress:
                 progress(0.3 + 0.7 * i / n, f"decoding face {i + 1} of {n}")
-            folders.append(self._finish(face, out, overwrite, on_geometry))
+            folders.append(self._finish(face, out, overwrite, on_fields))
         if progress:
             progress(1.0, "done")
         return folders
 
     def _finish(self, face: _Face, out: Path, overwrite: bool,
-                on_geometry: Callable[[str, dict], None] | None = None) -> Path:
+                on_fields: Callable[[str, str, dict], None] | None = None) -> Path:
         name = writing.folder_name(face.photo.stem, face.index)
         rig = None
-        if on_geometry is not None:
+        if on_fields is not None:
             fields, rig = self.early_fields(face)
-            on_geometry(name, fields)
+            on_fields(name, "rig", fields)
         dec = self._decode_face(face)
         result = self._result(face, dec, rig=rig)
+        if on_fields is not None:
+            wr_model = result.wrinkles
+            on_fields(name, "wrinkles", {"wrinkle_base": wr_model.base, "wrinkle_maps": wr_model.maps,
+                                         "wrinkle_matrix": wr_model.matrix, "displacement": result.displacement})
         return self._write(result, dec, out, name, overwrite)
 
     def early_fields(self, face: _Face) -> tuple[dict, object]:

@@ -214,11 +214,15 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
                     break
                 seen += 1
                 t = time.perf_counter()
-                if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
-                    context.view_layer.update()
-                build = self._begin(context, step["early"], out, scene)
-                if build is not None:
-                    begun[build.folder.name] = build
+                part = step["early"]
+                if part.get("part", "rig") == "rig":
+                    if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
+                        context.view_layer.update()
+                    build = self._begin(context, part, out, scene)
+                    if build is not None:
+                        begun[build.folder.name] = build
+                else:
+                    self._add_wrinkles(begun, part, scene)
                 t_early += time.perf_counter() - t
             t_worker = time.perf_counter() - t0
             folders = [Path(p) for p in data.get("results", [])]
@@ -263,6 +267,28 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         finally:
             try:
                 Path(str(early.get("path", ""))).unlink(missing_ok=True)  # read once; the worker's scratch file
+            except OSError:
+                pass
+
+    def _add_wrinkles(self, begun: dict, part: dict, scene: dict) -> None:
+        """A begun head's wrinkle node group and drivers from its second early part. When that cannot be
+        done the head is removed (its folder alone builds it at the end)."""
+        from ..scene.head import add_early_wrinkles, discard_head, load_early_wrinkles
+
+        path = Path(str(part.get("path", "")))
+        build = begun.get(str(part.get("name")))
+        try:
+            if build is not None:
+                with _timed_into(scene, "read early wrinkles"):
+                    fields = load_early_wrinkles(path)
+                add_early_wrinkles(build, fields, scene)
+        except Exception as exc:  # never fatal: the head is removed, its folder alone builds it at the end
+            discard_head(build)
+            begun.pop(build.folder.name, None)
+            print(f"DECA: the head is built from its folder only ({type(exc).__name__}: {exc})")
+        finally:
+            try:
+                path.unlink(missing_ok=True)  # read once; the worker's scratch file
             except OSError:
                 pass
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import bpy
@@ -108,17 +108,20 @@ def _remove(created: list) -> None:
 
 # ---------------------------------------------------------------------------------------- in two parts
 #
-# Import Photo builds a head in two parts so that the scene is made while the worker still works: the
-# worker sends each face's rig (`core.worker`, reconstruct with early=True: the result.npz fields below, as
-# result.npz stores them) as soon as its networks ran, `begin_head` builds everything those fields
-# determine (armature, mesh, shape keys, ARKit and identity keys, corrective drivers, photo camera), and
-# `finish_head` adds, from the finished folder, what comes last (wrinkle node group, material, wrinkle
-# drivers). Both parts run the very functions `build_head` runs, on the same values, in the same order
-# (tests/test_blender_addon.py compares the two heads), so the head is the same either way.
+# Import Photo builds a head in parts so that the scene is made while the worker still works. The worker
+# (`core.worker`, reconstruct with early=True) sends each face's result fields ahead, as result.npz stores
+# them: the rig as soon as its networks ran, from which `begin_head` builds everything the rig determines
+# (armature, mesh, shape keys, ARKit and identity keys, corrective drivers, photo camera); then the wrinkle
+# model and displacement while it writes the folder, from which `add_early_wrinkles` builds the wrinkle
+# node group and drivers; `finish_head` adds the material from the finished folder (and checks that the
+# folder holds the values the parts were built from). The parts run the very functions `build_head` runs,
+# on the same values, in the same order (tests/test_blender_addon.py compares the heads field by field),
+# so the head is the same either way.
 
 EARLY_FIELDS = ("source_image", "image_size", "face_index", "exp", "pose", "cam", "crop_matrix", "faces",
                 "uv_coords", "uv_faces", "rig_template", "rig_expr_basis", "rig_posedirs", "rig_weights",
                 "rig_joints", "rig_parents", "is_test_model")  # and rig_shape_basis when present
+EARLY_WRINKLE_FIELDS = ("wrinkle_base", "wrinkle_maps", "wrinkle_matrix", "displacement")
 _CHECKED = ("rig_template", "rig_joints", "exp", "pose", "cam", "crop_matrix")  # must equal the folder's
 
 
@@ -135,6 +138,8 @@ class HeadBuild:
     obj: object = None
     me: object = None
     n_expr: int = 0
+    wrinkles: object = None  # the second early part, once its node group and drivers are built
+    images: list = field(default_factory=list)  # the wrinkle node group's images
 
 
 def load_early_fields(path: str | Path):
@@ -183,6 +188,11 @@ def finish_head(context, build: HeadBuild, folder: str | Path, timings: dict | N
             result = load_result(folder)
         same = folder.name == build.folder.name and all(
             np.array_equal(np.asarray(getattr(result, k)), np.asarray(getattr(build.early, k))) for k in _CHECKED)
+        if same and build.wrinkles is not None:
+            w, wr = build.wrinkles, result.wrinkles
+            same = all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in (
+                (w.wrinkle_base, wr.base), (w.wrinkle_maps, wr.maps), (w.wrinkle_matrix, wr.matrix),
+                (w.displacement, result.displacement)))
     except Exception:
         discard_head(build)
         raise
@@ -281,17 +291,61 @@ def _build_rig(context, folder: Path, result, name: str, options: ImportOptions,
                      arm_obj=arm_obj, obj=obj, me=me, n_expr=n_expr)
 
 
+def load_early_wrinkles(path: str | Path):
+    """A face's second early part (an .npz the worker wrote): the wrinkle model and the displacement, as
+    attributes named as in result.npz. Raises OSError / KeyError / ValueError when gone or incomplete."""
+    from types import SimpleNamespace
+
+    with np.load(path, allow_pickle=False) as z:
+        data = {k: z[k] for k in z.files}
+    missing = [k for k in EARLY_WRINKLE_FIELDS if k not in data]
+    if missing:
+        raise KeyError(f"{path} lacks {missing}")
+    return SimpleNamespace(**data)
+
+
+def add_early_wrinkles(build: HeadBuild, early, timings: dict | None = None) -> None:
+    """The wrinkle node group and drivers of a begun head from its second early part (`load_early_wrinkles`),
+    built while the worker writes the folder. On an error the whole head is removed and the error raised."""
+    try:
+        _build_wrinkles(build, early.wrinkle_base, early.wrinkle_maps, early.displacement, early.wrinkle_matrix,
+                        timings)
+        build.wrinkles = early
+    except Exception:
+        discard_head(build)
+        raise
+
+
+def _build_wrinkles(build: HeadBuild, base, maps, displacement, matrix, timings: dict | None) -> None:
+    """The wrinkle node group (maps as images) and the drivers from the sliders to its factors."""
+    T = lambda stage: _timed(timings, stage)  # noqa: E731
+    obj, arm_obj = build.obj, build.arm_obj
+    with T("node group (wrinkle images)"):
+        group, images = mat_mod.build_wrinkle_group(build.name, np.asarray(base), np.asarray(maps),
+                                                    np.asarray(displacement))
+    build.created += [("node_groups", group)] + [("images", im) for im in images]
+    build.images = images
+    props = obj.deca
+    props.wrinkle_group = group
+    props.exact_image = images[-1]
+    matrix = np.asarray(matrix, np.float64)
+    with T("drivers"):
+        drv.add_wrinkle_drivers(obj, arm_obj, group, matrix, n_exp_inputs=50)
+    # Kept on the object so exports can write the wrinkle JSON without the result folder.
+    obj["_deca_wrinkle_matrix"] = matrix.astype(np.float64).ravel().tolist()
+    obj["_deca_wrinkle_shape"] = list(matrix.shape)
+
+
 def _build_detail(context, build: HeadBuild, folder: Path, result, timings: dict | None):
-    """The wrinkle node group, the material and the wrinkle drivers, from the finished result folder."""
+    """The wrinkle node group and drivers (unless built early) and the material, from the finished folder."""
     T = lambda stage: _timed(timings, stage)  # noqa: E731
     name, obj, arm_obj, me, created = build.name, build.obj, build.arm_obj, build.me, build.created
     props = obj.deca
     props.result_path = str(folder.resolve())
     wr = result.wrinkles
-    with T("node group (wrinkle images)"):
-        group, images = mat_mod.build_wrinkle_group(name, np.asarray(wr.base), np.asarray(wr.maps),
-                                                    np.asarray(result.displacement))
-    created += [("node_groups", group)] + [("images", im) for im in images]
+    if build.wrinkles is None:
+        _build_wrinkles(build, wr.base, wr.maps, result.displacement, wr.matrix, timings)
+    group, images = props.wrinkle_group, build.images
     with T("material (textures)"):
         mat = mat_mod.build_material(name, folder, group)
     created.append(("materials", mat))
@@ -299,14 +353,6 @@ def _build_detail(context, build: HeadBuild, folder: Path, result, timings: dict
         if node.type == "TEX_IMAGE" and node.image is not None and node.image not in images:
             created.append(("images", node.image))
     me.materials.append(mat)
-    props.wrinkle_group = group
-    props.exact_image = images[-1]
-    matrix = np.asarray(wr.matrix, np.float64)
-    with T("drivers"):
-        drv.add_wrinkle_drivers(obj, arm_obj, group, matrix, n_exp_inputs=50)
-    # Kept on the object so exports can write the wrinkle JSON without the result folder.
-    obj["_deca_wrinkle_matrix"] = matrix.astype(np.float64).ravel().tolist()
-    obj["_deca_wrinkle_shape"] = list(matrix.shape)
     mat_mod.apply_head_settings(obj)
 
     for o in context.view_layer.objects:

@@ -954,6 +954,7 @@ def cancel_running_import(after_early: bool = False) -> dict:
         _options = import_ops.DECA_OT_import_photo._options
         _begin = import_ops.DECA_OT_import_photo._begin
         _finish_heads = import_ops.DECA_OT_import_photo._finish_heads
+        _add_wrinkles = import_ops.DECA_OT_import_photo._add_wrinkles
 
         def __init__(self):
             self.reports = []
