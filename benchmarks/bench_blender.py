@@ -15,7 +15,8 @@ files, or, without DECA's checkpoint, the TEST model and randomly initialised ne
   * after the add-on's warm-up (deca_blender/warmup.py: with Blender, or when the file browser opens),
     how long that warm-up takes, and the import started together with the warm-up (zero gap);
   * stage times: worker start, imports, model and detector load, the worker's reconstruction stages,
-    and the scene's (mesh, shape keys, ARKit-52, identity keys, node groups, material, ...).
+    and the scene's (mesh, shape keys, ARKit-52, identity keys, node groups, material, ...), with the
+    scene's seconds built while the worker still worked (its early parts) and after its answer.
 
 The baseline is the tree issue 11 was filed against (BASELINE_COMMIT, extracted with `git archive`), run
 with its own bench_blender.py in the same session, interleaved with this tree's runs (--rounds each);
@@ -281,6 +282,13 @@ def summarise(now_runs: list[dict], base_runs: list[dict], baseline_label: str) 
             for part in ("worker", "scene"):
                 for k, v in w.get(part, {}).items():
                     stages.setdefault(f"{part}: {k}", []).append(v)
+    # Import Photo builds each head's first parts while the worker still works (the rig, then the wrinkle
+    # model, sent ahead): the scene's seconds before the worker's answer and after it (the latter adds to the
+    # request; the former overlaps it).
+    for key in ("scene_while_worker", "scene_after_result"):
+        vals = [w[key] for r in now_runs for w in r["warm"] if key in w]
+        if vals:
+            now[f"warm_{key}_s"] = med(vals)
     warm_total = now["warm_s"]
     now["warm_stages_s"] = {k: med(v) for k, v in stages.items()}
     now["warm_stage_share"] = {k: med(v) / warm_total for k, v in stages.items()}

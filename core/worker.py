@@ -8,6 +8,7 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
     request   {"id": 7, "cmd": "reconstruct", "args": {"photo": "...", "out_dir": "..."}}
     progress  {"id": 7, "type": "progress", "fraction": 0.4, "message": "detecting landmarks"}
+              (reconstruct with "early": true adds "early": {"name", "part", "path"}: result fields sent ahead)
     result    {"id": 7, "type": "result", "data": {"results": ["/out/photo_face0"]}}
     error     {"id": 7, "type": "error", "error_type": "ResultError", "message": "..."}
 

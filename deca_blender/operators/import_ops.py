@@ -8,6 +8,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
+from .. import blas
 from .common import USER_ERRORS, WorkerTaskOperator, report_exception
 
 IMAGE_FILTER = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
@@ -215,21 +216,23 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
                 seen += 1
                 t = time.perf_counter()
                 part = step["early"]
-                if part.get("part", "rig") == "rig":
-                    if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
-                        context.view_layer.update()
-                    build = self._begin(context, part, out, scene)
-                    if build is not None:
-                        begun[build.folder.name] = build
-                else:
-                    self._add_wrinkles(begun, part, scene)
+                with blas.single_threaded():  # the worker's torch threads are running: no spinning BLAS threads
+                    if part.get("part", "rig") == "rig":
+                        if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
+                            context.view_layer.update()
+                        build = self._begin(context, part, out, scene)
+                        if build is not None:
+                            begun[build.folder.name] = build
+                    else:
+                        self._add_wrinkles(begun, part, scene)
                 t_early += time.perf_counter() - t
             t_worker = time.perf_counter() - t0
             folders = [Path(p) for p in data.get("results", [])]
             if not folders:
                 raise ValueError(f"no face found in {photo}")
             t = time.perf_counter()
-            heads = self._finish_heads(context, folders, begun, scene)
+            with blas.single_threaded():
+                heads = self._finish_heads(context, folders, begun, scene)
         finally:
             from ..scene.head import discard_head
 
