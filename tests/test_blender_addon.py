@@ -75,6 +75,25 @@ def test_blender_extension_core_is_private(tmp_path):
         c.stop()
 
 
+def test_blender_one_blas_thread_while_building():
+    """deca_blender.blas.single_threaded: every loaded OpenBLAS runs one thread inside the block and its
+    earlier count again after it (read back through OpenBLAS's own getter)."""
+    import numpy as np
+
+    from deca_blender import blas
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # OpenBLAS is loaded (and running) now
+    libs = blas._loaded_openblas()
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process (not Linux, or numpy without OpenBLAS)")
+    before = [get() for get, _ in libs]
+    with blas.single_threaded():
+        assert [get() for get, _ in libs] == [1] * len(libs)
+        a = np.random.default_rng(0).standard_normal((200, 200))
+        np.testing.assert_allclose(a @ np.linalg.inv(a), np.eye(200), atol=1e-8)
+    assert [get() for get, _ in libs] == before
+
+
 def test_blender_package_imports_without_bpy():
     code = ("import sys; import deca_blender, deca_blender.packaging, deca_blender.commands, deca_blender.worker_client;"
             "assert 'bpy' not in sys.modules and 'torch' not in sys.modules; print('ok')")
