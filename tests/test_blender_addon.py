@@ -796,6 +796,12 @@ def test_blender_worker_from_the_addon(run):
     assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
     assert c["left_in_output"] == [] and c["objects_added"] == 0
     assert not any(c["datablocks_added"].values()), c["datablocks_added"]
+    assert c["worker_cancelled"]  # the request itself was cancelled in the worker
+    # Esc while a part has arrived that the operator has not taken yet: the worker's request is cancelled
+    # (not run to its end and then discarded).
+    c = w["cancel_part_arrived"]
+    assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
+    assert c["worker_cancelled"] and c["left_in_output"] == [] and c["objects_added"] == 0, c
     assert w["import_photo"] == "FINISHED", w["import_photo"]
     assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]

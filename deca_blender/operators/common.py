@@ -100,7 +100,7 @@ class WorkerTaskOperator:
                 self._cancel_requested = True
                 from ..preferences import worker_client
 
-                worker_client(context).cancel(job)
+                worker_client(context).cancel(getattr(job, "job", job))  # a part (JobPart): its whole job
                 self._status(context, "DECA: cancelling...")
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":

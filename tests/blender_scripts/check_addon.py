@@ -917,7 +917,7 @@ def head_signature(obj) -> dict:
     return sig
 
 
-def cancel_running_import(after_early: bool = False) -> dict:
+def cancel_running_import(when: str = "networks") -> dict:
     """Esc on a running Import Photo, through the operator's modal handler with the real worker: time from
     the Esc to the operator's end, and what is left (result folders, objects)."""
     import importlib
@@ -972,11 +972,15 @@ def cancel_running_import(after_early: bool = False) -> dict:
         time.sleep(0.005)
     messages = list(op._job.messages)
     begun = 0
-    if after_early:  # Esc once the head's first part is in the scene (the worker still working)
-        while len(bpy.data.objects) == objects_before and not op._job.job.done and time.monotonic() < deadline:
+    whole = op._job.job  # the request (op._job is its next part, worker_client.JobPart)
+    if when == "begun":  # Esc once the head's first part is in the scene (the worker still working)
+        while len(bpy.data.objects) == objects_before and not whole.done and time.monotonic() < deadline:
             time.sleep(0.005)
             op.modal(ctx, Ev("TIMER"))
         begun = len(bpy.data.objects) - objects_before
+    elif when == "arrived":  # Esc when the rig part has arrived but the operator has not taken it yet
+        while not op._job.done and time.monotonic() < deadline:
+            time.sleep(0.002)
     else:
         time.sleep(0.2)  # inside the forward pass
     t = time.perf_counter()
@@ -986,7 +990,8 @@ def cancel_running_import(after_early: bool = False) -> dict:
         returns.append(sorted(op.modal(ctx, Ev("TIMER"))))
     return {"seconds": time.perf_counter() - t, "last_return": returns[-1], "reports": op.reports,
             "messages_before": messages, "left_in_output": sorted(p.name for p in out_dir.iterdir()),
-            "objects_added": len(bpy.data.objects) - objects_before, "objects_begun": begun}
+            "objects_added": len(bpy.data.objects) - objects_before, "objects_begun": begun,
+            "worker_cancelled": whole.cancelled}
 
 
 @section
@@ -1048,8 +1053,9 @@ def worker_from_blender():
                       "text_after": warmup.status_text(), "same_worker": client.call("hello", timeout=60)["pid"] == pid}
     res["cancel"] = cancel_running_import()
     snapshot = objects_snapshot()
-    res["cancel_after_early"] = cancel_running_import(after_early=True)
+    res["cancel_after_early"] = cancel_running_import("begun")
     res["cancel_after_early"]["datablocks_added"] = {k: v - snapshot[k] for k, v in objects_snapshot().items()}
+    res["cancel_part_arrived"] = cancel_running_import("arrived")
     try:
         bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
         res["missing_photo"] = "FINISHED"
