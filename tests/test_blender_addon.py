@@ -811,6 +811,8 @@ def test_blender_worker_from_the_addon(run):
     assert two["differ"] == [] and len(two["compared"]) >= 15 and two["names"][0] != two["names"][1], two
     assert w["import_stats"]["scene_while_worker"] > 0  # the first part was built before the answer
     assert {"read early rig", "read early wrinkles"} <= set(w["import_stats"]["scene"])  # both parts were used
+    two = w["two_faces"]
+    assert two["heads"] == 2 and two["differ"] == [] and two["apart_m"] > 0.1, two
     assert w["after_import"] == {"same_worker": True, "already": True}  # the warmed-up reconstructor was used
     assert w["startup_hook"] == {"off_sent_nothing": True, "startup_sent_load": True, "startup_loaded": True}
     assert "wrinkle model" in w["import_stats"]["stages"] and w["import_stats"]["sums"]

@@ -355,6 +355,19 @@ def _check_early_parts(c, photo, out, plain_folder) -> None:
     job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
     job.wait(600)
     assert job.early == [] and job.next_part(0).wait(1)["results"]
+    # Two faces: each face's two parts in turn, named as its folder.
+    from PIL import Image
+
+    a = Image.open(photo).convert("RGB")
+    canvas = Image.new("RGB", (2 * a.width + 40, a.height), (128, 128, 128))
+    canvas.paste(a, (0, 0))
+    canvas.paste(a.resize((int(a.width * 0.8), int(a.height * 0.8))), (a.width + 40, 20))
+    canvas.save(out / "two faces.png")
+    job = c.request("reconstruct", photo=str(out / "two faces.png"), out_dir=str(out / "two"), early=True,
+                    all_faces=True)
+    folders = [Path(p) for p in job.wait(600)["results"]]
+    assert [(p["name"], p["part"]) for p in job.early] == [
+        (f.name, part) for f in folders for part in ("rig", "wrinkles")] and len(folders) == 2
 
 
 def test_blender_worker_without_torch_says_what_to_do(tmp_path):

@@ -1095,6 +1095,33 @@ def worker_from_blender():
                                    "first_differences": {k: first_difference(a[k], b.get(k)) for k in differ}}
         for o in list(again.parent.children) + [again.parent]:
             bpy.data.objects.remove(o)
+        # Two faces in one photo: both heads built in parts (the second placed beside the first), each the
+        # head Import Result builds from its folder.
+        from PIL import Image
+
+        a = Image.open(PHOTO).convert("RGB")
+        canvas = Image.new("RGB", (2 * a.width + 40, a.height), (128, 128, 128))
+        canvas.paste(a, (0, 0))
+        canvas.paste(a.resize((int(a.width * 0.8), int(a.height * 0.8))), (a.width + 40, 20))
+        canvas.save(OUT / "two faces.png")
+        before = {o.name for o in bpy.data.objects}
+        bpy.ops.deca.import_photo(filepath=str(OUT / "two faces.png"), all_faces=True)
+        pair = [o for o in bpy.data.objects if o.name not in before and o.deca.role == "HEAD"]
+        two_faces = {"heads": len(pair), "differ": [], "parts": sorted(stats["scene"])}
+        for h in pair:
+            bpy.ops.deca.import_result(filepath=h.deca.result_path)
+            ref = bpy.context.active_object
+            x, y = head_signature(h), head_signature(ref)
+            two_faces["differ"] += [k for k in x if x[k] != y.get(k)]
+            for o in list(ref.parent.children) + [ref.parent]:
+                bpy.data.objects.remove(o)
+        update()
+        two_faces["apart_m"] = float(np.linalg.norm(np.subtract(pair[0].parent.matrix_world.translation,
+                                                                pair[1].parent.matrix_world.translation)))
+        res["two_faces"] = two_faces
+        for h in pair:
+            for o in list(h.parent.children) + [h.parent]:
+                bpy.data.objects.remove(o)
         res["photo_head"] = {"bones": len(head.parent.data.bones), "keys": len(head.data.shape_keys.key_blocks),
                              "result_path": head.deca.result_path,
                              "has_result": (Path(head.deca.result_path) / "result.npz").is_file()}
