@@ -181,6 +181,9 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
     all_faces: BoolProperty(name="All Faces", default=False, description="One head per face found (else the largest)")
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="",
                                description="Where the result folders go (empty: the preferences' output folder)")
+    early_parts: BoolProperty(name="Build While Reconstructing", default=True, options={"HIDDEN", "SKIP_SAVE"},
+                              description="Build each head from the parts the worker sends ahead while it still "
+                                          "works (off: wait for the result folder, then build; the same head)")
 
     def invoke(self, context, event):
         from .. import warmup
@@ -201,7 +204,7 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         client = worker_client(context)
         t0 = time.perf_counter()
         job = client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
-                             device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode, early=True)
+                             device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode, early=self.early_parts)
         # Each face's rig arrives ahead of its folder: its head is begun while the worker goes on (detail,
         # textures, wrinkle model, writing) and finished from the folder (scene/head.py, "in two parts").
         begun: dict = {}  # planned folder name -> HeadBuild

@@ -948,7 +948,7 @@ def cancel_running_import(when: str = "networks") -> dict:
         bl_label = "Import Photo"
         filepath, output_dir, all_faces = str(PHOTO), str(out_dir), False
         all_expressions = use_head_pose = False
-        arkit_keys = identity_sliders = True
+        arkit_keys = identity_sliders = early_parts = True
         task = import_ops.DECA_OT_import_photo.task
         discard = import_ops.DECA_OT_import_photo.discard
         _options = import_ops.DECA_OT_import_photo._options
