@@ -11,11 +11,14 @@ files, or, without DECA's checkpoint, the TEST model and randomly initialised ne
 
   * cold: a fresh worker, nothing warmed up, the photo imported at once (also: the very first import
     after installing the extension, which compiles the bundled core's bytecode as well);
-  * warm: the worker up and the models loaded (median of --repeats);
+  * warm: the worker up and the models loaded (median of --repeats); alternating with each, the same
+    import with its early parts off (`early_parts=False`: the scene built only after the worker's answer,
+    as before the overlap), so that the overlap's gain is measured in the same session;
   * after the add-on's warm-up (deca_blender/warmup.py: with Blender, or when the file browser opens),
     how long that warm-up takes, and the import started together with the warm-up (zero gap);
   * stage times: worker start, imports, model and detector load, the worker's reconstruction stages,
-    and the scene's (mesh, shape keys, ARKit-52, identity keys, node groups, material, ...).
+    and the scene's (mesh, shape keys, ARKit-52, identity keys, node groups, material, ...), with the
+    scene's seconds built while the worker still worked (its early parts) and after its answer.
 
 The baseline is the tree issue 11 was filed against (BASELINE_COMMIT, extracted with `git archive`), run
 with its own bench_blender.py in the same session, interleaved with this tree's runs (--rounds each);
@@ -90,18 +93,31 @@ def _photo_timings(photo: str, repeats: int, finished_head) -> dict:
     warmup = importlib.import_module(addon + ".warmup") if importlib.util.find_spec(addon + ".warmup") else None
     out: dict = {}
 
-    def photo_import(label: str) -> dict:
-        seconds = finished_head(bpy.ops.deca.import_photo, filepath=photo)
+    def photo_import(label: str, **kw) -> dict:
+        seconds = finished_head(bpy.ops.deca.import_photo, filepath=photo, **kw)
         return {"label": label, "seconds": seconds, **dict(getattr(ops_mod, "last_photo_import", {}))}
+
+    sequential_switch = "early_parts" in bpy.ops.deca.import_photo.get_rna_type().properties.keys()
 
     client = prefs_mod.worker_client()
     try:
         # 1. The very first import after installing the extension: also compiles the bundled core's bytecode.
         out["cold_first_after_install"] = photo_import("fresh worker, first run after install")
         # 2. Warm: the worker is up, the models loaded.
-        warm = [photo_import("warm") for _ in range(max(1, repeats))]
+        warm, sequential = [], []
+        for i in range(max(1, repeats)):
+            if sequential_switch:  # the same import without its early parts, alternating which goes first
+                pair = [lambda: warm.append(photo_import("warm")),
+                        lambda: sequential.append(photo_import("warm, sequential", early_parts=False))]
+                for run in (pair if i % 2 == 0 else pair[::-1]):
+                    run()
+            else:
+                warm.append(photo_import("warm"))
         out["warm"] = warm
         out["warm_median_s"] = statistics.median(w["seconds"] for w in warm)
+        if sequential:  # scene built after the worker's answer, as before the early parts: same session, interleaved
+            out["warm_sequential"] = sequential
+            out["warm_sequential_median_s"] = statistics.median(w["seconds"] for w in sequential)
         # 3. Cold on first use: a fresh worker, nothing warmed up, the photo imported at once.
         client.stop()
         out["cold_first_use"] = photo_import("fresh worker, no warm-up")
@@ -281,6 +297,17 @@ def summarise(now_runs: list[dict], base_runs: list[dict], baseline_label: str) 
             for part in ("worker", "scene"):
                 for k, v in w.get(part, {}).items():
                     stages.setdefault(f"{part}: {k}", []).append(v)
+    seq = [r["warm_sequential_median_s"] for r in now_runs if "warm_sequential_median_s" in r]
+    if seq:  # the same add-on with the early parts off (Import Photo's early_parts=False), interleaved per import
+        now["warm_sequential_s"] = med(seq)
+        now["warm_over_sequential"] = now["warm_s"] / now["warm_sequential_s"]
+    # Import Photo builds each head's first parts while the worker still works (the rig, then the wrinkle
+    # model, sent ahead): the scene's seconds before the worker's answer and after it (the latter adds to the
+    # request; the former overlaps it).
+    for key in ("scene_while_worker", "scene_after_result"):
+        vals = [w[key] for r in now_runs for w in r["warm"] if key in w]
+        if vals:
+            now[f"warm_{key}_s"] = med(vals)
     warm_total = now["warm_s"]
     now["warm_stages_s"] = {k: med(v) for k, v in stages.items()}
     now["warm_stage_share"] = {k: med(v) / warm_total for k, v in stages.items()}

@@ -8,6 +8,7 @@ talks to it over pipes. One request per line on stdin, one message per line on s
 
     request   {"id": 7, "cmd": "reconstruct", "args": {"photo": "...", "out_dir": "..."}}
     progress  {"id": 7, "type": "progress", "fraction": 0.4, "message": "detecting landmarks"}
+              (reconstruct with "early": true adds "early": {"name", "part", "path"}: result fields sent ahead)
     result    {"id": 7, "type": "result", "data": {"results": ["/out/photo_face0"]}}
     error     {"id": 7, "type": "error", "error_type": "ResultError", "message": "..."}
 
@@ -93,6 +94,7 @@ class Worker:
         self._main_thread = threading.main_thread().ident
         self._answered: set[Any] = set()  # requests whose answer is sent (at most one answer each)
         self._queued: set[Any] = set()  # ids read but not started yet
+        self._early_dir: Path | None = None  # where early reconstructs put their rigs (`cmd_reconstruct`)
 
     # ------------------------------------------------------------------ messages
 
@@ -382,7 +384,14 @@ class Worker:
         return {"loaded": True, "already": False, "timings": timings}
 
     def cmd_reconstruct(self, rid: Any, photo: str, out_dir: str, all_faces: bool = False, home: str | None = None,
-                        device: str = "auto", landmarks: str = "auto", mode: str = "deca") -> dict:
+                        device: str = "auto", landmarks: str = "auto", mode: str = "deca", early: bool = False) -> dict:
+        """Photo -> result folders. With ``early``, each face's result fields go ahead in two parts (progress
+        messages with "early": {"name": the planned folder name, "part": "rig" or "wrinkles", "path": an .npz
+        of those fields, stored as result.npz stores them}): the rig as soon as the networks ran, the wrinkle
+        model and the displacement before the folder is written (`Reconstructor.reconstruct_photo`'s
+        on_fields), so that Blender builds the head while the worker goes on (the folder is written exactly
+        as without). The .npz files are the reader's to delete; what is left is removed at the next request
+        and when the worker exits."""
         from core.commands.modes import MODES
 
         if not Path(photo).is_file():
@@ -398,9 +407,44 @@ class Worker:
         rec.reset_timings()
         self.progress(rid, 0.05, "reconstructing" if mode == "deca" else "fitting")
         t = time.perf_counter()
+        kwargs = {}
+        if early and "on_fields" in inspect.signature(rec.reconstruct_photo).parameters:  # the fit modes: no
+            kwargs["on_fields"] = self._early_sender(rid)
         folders = rec.reconstruct_photo(photo, out_dir, all_faces=all_faces,
-                                        progress=self._progress_callback(rid, 0.05, 1.0))
+                                        progress=self._progress_callback(rid, 0.05, 1.0), **kwargs)
         return {"results": [str(f) for f in folders], "seconds": time.perf_counter() - t, "timings": dict(rec.timings)}
+
+    def _early_sender(self, rid: Any) -> Callable[[str, str, dict], None]:
+        """The `on_fields` callback of an early reconstruct: writes the fields to this worker's early
+        folder (older requests' files removed first) and sends their path in a progress message."""
+        import tempfile
+
+        import numpy as np
+
+        if self._early_dir is None:
+            self._early_dir = Path(tempfile.mkdtemp(prefix="deca-early-"))
+        for old in self._early_dir.glob("*.npz"):
+            old.unlink(missing_ok=True)
+        count = iter(range(1 << 30))
+
+        def send(name: str, part: str, fields: dict) -> None:
+            arrays = {k: stored_array(k, v) for k, v in fields.items() if v is not None}
+            path = self._early_dir / f"{os.getpid()}-{rid}-{next(count)}.npz"
+            # A scratch file read once: no fsync (atomic_write_bytes's costs tens of ms here). It is complete
+            # before its path is sent, so no reader sees half of it.
+            with open(path, "wb") as f:
+                np.savez(f, **arrays)
+            self.check_cancel(rid)
+            message = f"building the head {name}" if part == "rig" else f"writing {name}"
+            self.send({"id": rid, "type": "progress", "message": message,
+                       "early": {"name": name, "part": part, "path": str(path)}})
+
+        return send
+
+    def remove_early_dir(self) -> None:
+        if self._early_dir is not None:
+            shutil.rmtree(self._early_dir, ignore_errors=True)
+            self._early_dir = None
 
     def cmd_video_expressions(self, rid: Any, video: str, every: int = 1, max_frames: int | None = None,
                               home: str | None = None, device: str = "auto", landmarks: str = "auto") -> dict:
@@ -517,6 +561,22 @@ def _status_with_licences(manager) -> dict:
     return status
 
 
+def stored_array(name: str, value: Any):
+    """A `ReconstructionResult` field as result.npz stores it (`ReconstructionResult.to_arrays`: float64 as
+    float32 except the crop matrix, str/bool/int as numpy scalars), so that an early rig equals the folder's
+    bit for bit (tests/test_worker.py checks it against the written result.npz)."""
+    import numpy as np
+
+    if isinstance(value, str):
+        return np.str_(value)
+    if isinstance(value, (bool, np.bool_)):
+        return np.bool_(value)
+    if isinstance(value, (int, np.integer)):
+        return np.int64(value)
+    arr = np.asarray(value)
+    return arr.astype(np.float32) if arr.dtype == np.float64 and name != "crop_matrix" else arr
+
+
 def _remove_new_results(out_dir: Path) -> Callable[[], None]:
     """A cleanup that removes the result folders (and unfinished temporary folders) that appear in
     `out_dir` after this call: what a cancelled reconstruction had written. Folders present now are kept."""
@@ -575,6 +635,7 @@ def main() -> int:
     try:
         return worker.serve(sys.stdin)
     finally:
+        worker.remove_early_dir()
         proto.flush()
 
 

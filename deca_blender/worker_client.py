@@ -56,7 +56,9 @@ class Job:
     error: str | None = None
     error_type: str | None = None
     messages: list = field(default_factory=list)
+    early: list = field(default_factory=list)  # the request's early parts, in order ("early" in its progress)
     _event: threading.Event = field(default_factory=threading.Event, repr=False)
+    _changed: threading.Condition = field(default_factory=threading.Condition, repr=False)  # an early part or the end
 
     @property
     def cancelled(self) -> bool:
@@ -69,6 +71,53 @@ class Job:
         if self.error is not None:
             raise WorkerError(self.error, self.error_type or "WorkerError")
         return self.data
+
+    def next_part(self, seen: int) -> "JobPart":
+        """What comes after the first `seen` early parts: the next early part, or the end (`JobPart`)."""
+        return JobPart(self, seen)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+
+class JobPart:
+    """The next step of a job that answers in parts (a request with early parts, e.g. reconstruct with
+    early=True): done when early part number `seen` (0-based) arrived or the job ended; `wait()` answers
+    {"early": that part}, else the job's result data (or raises its error). It stands in for the job where
+    operators poll or wait (operators/common.py): every other attribute is the job's."""
+
+    def __init__(self, job: Job, seen: int) -> None:
+        self.job = job
+        self.seen = seen
+
+    def _has_part(self) -> bool:
+        return len(self.job.early) > self.seen
+
+    @property
+    def done(self) -> bool:
+        return self._has_part() or self.job.done
+
+    @property
+    def error(self) -> str | None:
+        return None if self._has_part() else self.job.error
+
+    @property
+    def cancelled(self) -> bool:
+        return not self._has_part() and self.job.cancelled
+
+    @property
+    def data(self) -> Any:
+        return {"early": self.job.early[self.seen]} if self._has_part() else self.job.data
+
+    def wait(self, timeout: float | None = None) -> Any:
+        with self.job._changed:
+            if not self.job._changed.wait_for(lambda: self.done, timeout):
+                raise WorkerError(f"the worker did not answer {self.job.cmd!r} within {timeout} s", "Timeout")
+        return self.data if self._has_part() else self.job.wait(0)
+
+    def __getattr__(self, name: str) -> Any:  # id, cmd, fraction, message, ...
+        return getattr(self.job, name)
 
 
 @dataclass(frozen=True)
@@ -154,6 +203,9 @@ class WorkerClient:
                     job.fraction = float(msg["fraction"])
                 job.message = msg.get("message", job.message)
                 job.messages.append(job.message)
+                if isinstance(msg.get("early"), dict):
+                    job.early.append(msg["early"])
+                    job._notify()
             elif kind in ("result", "error"):
                 if kind == "result":
                     job.data = msg.get("data")
@@ -163,6 +215,7 @@ class WorkerClient:
                     job.error_type = msg.get("error_type", "WorkerError")
                 job.done = True
                 job._event.set()
+                job._notify()
                 with self._lock:
                     self._jobs.pop(job.id, None)
         # stdout closed: the worker exited. Fail whatever is still waiting.
@@ -176,6 +229,7 @@ class WorkerClient:
             job.error_type = "WorkerDied"
             job.done = True
             job._event.set()
+            job._notify()
         self._ready.set()
 
     def log_tail(self, n: int = 12) -> str:

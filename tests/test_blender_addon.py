@@ -75,6 +75,25 @@ def test_blender_extension_core_is_private(tmp_path):
         c.stop()
 
 
+def test_blender_one_blas_thread_while_building():
+    """deca_blender.blas.single_threaded: every loaded OpenBLAS runs one thread inside the block and its
+    earlier count again after it (read back through OpenBLAS's own getter)."""
+    import numpy as np
+
+    from deca_blender import blas
+
+    np.ones((64, 64)) @ np.ones((64, 64))  # OpenBLAS is loaded (and running) now
+    libs = blas._loaded_openblas()
+    if not libs:
+        pytest.skip("no OpenBLAS loaded in this process (not Linux, or numpy without OpenBLAS)")
+    before = [get() for get, _ in libs]
+    with blas.single_threaded():
+        assert [get() for get, _ in libs] == [1] * len(libs)
+        a = np.random.default_rng(0).standard_normal((200, 200))
+        np.testing.assert_allclose(a @ np.linalg.inv(a), np.eye(200), atol=1e-8)
+    assert [get() for get, _ in libs] == before
+
+
 def test_blender_package_imports_without_bpy():
     code = ("import sys; import deca_blender, deca_blender.packaging, deca_blender.commands, deca_blender.worker_client;"
             "assert 'bpy' not in sys.modules and 'torch' not in sys.modules; print('ok')")
@@ -771,9 +790,29 @@ def test_blender_worker_from_the_addon(run):
     assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
     assert c["seconds"] < 1.0, f"cancel took {c['seconds']:.2f} s"
     assert c["left_in_output"] == [] and c["objects_added"] == 0
+    # Esc once the head's first part is built (its rig came ahead of the folder): that part is removed too.
+    c = w["cancel_after_early"]
+    assert c["objects_begun"] >= 2, c  # armature and mesh (and the photo camera) were in the scene
+    assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
+    assert c["left_in_output"] == [] and c["objects_added"] == 0
+    assert not any(c["datablocks_added"].values()), c["datablocks_added"]
+    assert c["worker_cancelled"]  # the request itself was cancelled in the worker
+    # Esc while a part has arrived that the operator has not taken yet: the worker's request is cancelled
+    # (not run to its end and then discarded).
+    c = w["cancel_part_arrived"]
+    assert c["last_return"] == ["CANCELLED"] and c["reports"] == [[["WARNING"], "Import Photo: cancelled"]]
+    assert c["worker_cancelled"] and c["left_in_output"] == [] and c["objects_added"] == 0, c
     assert w["import_photo"] == "FINISHED", w["import_photo"]
     assert w["photo_head"]["bones"] == 5 and w["photo_head"]["keys"] == 1 + 50 + 36 + 52 + 20  # + ARKit, identity
     assert w["photo_head"]["has_result"]
+    # Import Photo builds the head in two parts (scene/head.py), overlapping the worker: the very head Import
+    # Result builds from the folder in one go (mesh, keys, weights, bones, drivers, nodes, image pixels, ...).
+    two = w["two_parts_vs_one"]
+    assert two["differ"] == [] and len(two["compared"]) >= 15 and two["names"][0] != two["names"][1], two
+    assert w["import_stats"]["scene_while_worker"] > 0  # the first part was built before the answer
+    assert {"read early rig", "read early wrinkles"} <= set(w["import_stats"]["scene"])  # both parts were used
+    two = w["two_faces"]
+    assert two["heads"] == 2 and two["differ"] == [] and two["apart_m"] > 0.1, two
     assert w["after_import"] == {"same_worker": True, "already": True}  # the warmed-up reconstructor was used
     assert w["startup_hook"] == {"off_sent_nothing": True, "startup_sent_load": True, "startup_loaded": True}
     assert "wrinkle model" in w["import_stats"]["stages"] and w["import_stats"]["sums"]

@@ -289,6 +289,7 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
         with pytest.raises(WorkerError) as exc:
             c.call("decode_displacement", timeout=60, result=str(folders[0]), exp=[0.0] * 10, jaw=[0.0] * 3)
         assert "50 expression" in str(exc.value)
+        _check_early_parts(c, photo, tmp_path / "early", folders[0])
         # The same photo in fit mode (FLAME only): a result folder whose details are marked not animatable.
         fit = c.call("reconstruct", timeout=600, photo=str(photo), out_dir=str(tmp_path / "fit"), mode="fit")
         fitted = ReconstructionResult.load(fit["results"][0])
@@ -308,6 +309,65 @@ def test_blender_worker_reconstruct_and_decode(tmp_path, photos_dir, test_flame_
             c.call("reconstruct", timeout=60, photo=str(photo), out_dir=str(tmp_path / "x"), mode="magic")
     finally:
         c.stop()
+
+
+def _check_early_parts(c, photo, out, plain_folder) -> None:
+    """reconstruct with early=True: two early parts per face before the answer (the rig, then the wrinkle
+    model and displacement), naming the folder that is then written, whose .npz files hold exactly (same
+    dtypes, same bits) the fields result.npz then stores; the folder itself is the one a plain reconstruct
+    writes (result.npz equal array by array: the same code on the same photo, deterministic on the CPU)."""
+    import numpy as np
+
+    # what deca_blender/scene/head.py builds from (EARLY_FIELDS, EARLY_WRINKLE_FIELDS; no bpy here)
+    fields = {"rig": {"source_image", "image_size", "face_index", "exp", "pose", "cam", "crop_matrix", "faces",
+                      "uv_coords", "uv_faces", "rig_template", "rig_expr_basis", "rig_posedirs", "rig_weights",
+                      "rig_joints", "rig_parents", "is_test_model", "rig_shape_basis"},
+              "wrinkles": {"wrinkle_base", "wrinkle_maps", "wrinkle_matrix", "displacement"}}
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out), early=True)
+    parts = []
+    for i in range(2):
+        step = job.next_part(i)
+        part = step.wait(600)
+        assert "early" in part and step.error is None and not step.cancelled
+        parts.append(part["early"])
+    assert [p["part"] for p in parts] == ["rig", "wrinkles"] and parts[0]["name"] == parts[1]["name"]
+    data = job.next_part(2).wait(600)  # then the answer
+    assert job.done and len(job.early) == 2 and "results" in data
+    folder = Path(data["results"][0])
+    assert folder.name == parts[0]["name"] and folder.parent == out
+    for p in parts:
+        with np.load(p["path"]) as z, np.load(folder / "result.npz") as final:
+            assert set(z.files) == fields[p["part"]] and fields[p["part"]] <= set(final.files)
+            for k in z.files:
+                assert z[k].dtype == final[k].dtype and z[k].shape == final[k].shape, k
+                assert np.array_equal(z[k], final[k]), k
+    with np.load(folder / "result.npz") as a, np.load(plain_folder / "result.npz") as b:
+        assert set(a.files) == set(b.files)
+        for k in a.files:
+            assert np.array_equal(a[k], b[k]), k
+    # The early files are the reader's to delete; the next request removes those left behind.
+    assert all(Path(p["path"]).is_file() for p in parts)
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out), early=True)
+    nxt = job.next_part(0).wait(600)["early"]
+    job.wait(600)
+    assert not any(Path(p["path"]).exists() for p in parts) and Path(nxt["path"]).is_file()
+    # Without early=True nothing goes ahead.
+    job = c.request("reconstruct", photo=str(photo), out_dir=str(out))
+    job.wait(600)
+    assert job.early == [] and job.next_part(0).wait(1)["results"]
+    # Two faces: each face's two parts in turn, named as its folder.
+    from PIL import Image
+
+    a = Image.open(photo).convert("RGB")
+    canvas = Image.new("RGB", (2 * a.width + 40, a.height), (128, 128, 128))
+    canvas.paste(a, (0, 0))
+    canvas.paste(a.resize((int(a.width * 0.8), int(a.height * 0.8))), (a.width + 40, 20))
+    canvas.save(out / "two faces.png")
+    job = c.request("reconstruct", photo=str(out / "two faces.png"), out_dir=str(out / "two"), early=True,
+                    all_faces=True)
+    folders = [Path(p) for p in job.wait(600)["results"]]
+    assert [(p["name"], p["part"]) for p in job.early] == [
+        (f.name, part) for f in folders for part in ("rig", "wrinkles")] and len(folders) == 2
 
 
 def test_blender_worker_without_torch_says_what_to_do(tmp_path):

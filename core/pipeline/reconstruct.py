@@ -589,7 +589,7 @@ class Reconstructor:
                            albedo_source=albedo_source, images=images, texture_crop_size=tcrop.size,
                            wrinkles=wrinkles)
 
-    def _result(self, face: _Face, dec: DecodedFace, extra: dict | None = None) -> ReconstructionResult:
+    def _result(self, face: _Face, dec: DecodedFace, extra: dict | None = None, rig=None) -> ReconstructionResult:
         c = face.codes
 
         def np1(t: torch.Tensor) -> np.ndarray:
@@ -597,7 +597,7 @@ class Reconstructor:
 
         geom = dec.geom
         shape = np1(c.shape)
-        rig = build_rig(self.face_assets.flame, shape, n_expression=N_EXP)
+        rig = build_rig(self.face_assets.flame, shape, n_expression=N_EXP) if rig is None else rig
         model, info = dec.wrinkles
         disp = dec.displacement
         tex_code = np1(c.tex) if self.face_model.has_texture_space else np.zeros(N_TEX, np.float32)
@@ -644,12 +644,17 @@ class Reconstructor:
     # ------------------------------------------------------------------ public API
 
     def reconstruct_photo(self, path: str | Path, out_dir: str | Path, all_faces: bool = False,
-                          progress: Progress | None = None, overwrite: bool = False) -> list[Path]:
+                          progress: Progress | None = None, overwrite: bool = False,
+                          on_fields: Callable[[str, str, dict], None] | None = None) -> list[Path]:
         """Reconstruct one photo: one result folder per face (``<out>/<stem>``, ``<stem>_face1``, ...).
 
         Raises `ImageReadError`, `NoFaceError` (or any other failure) for this photo, `OutputDirError`
         when ``out_dir`` cannot be written. Existing folders are kept (a new name is chosen) unless
-        ``overwrite``."""
+        ``overwrite``. ``on_fields(folder_name, part, fields)``, when given, is called for each face with
+        result fields as soon as they are known: part "rig" once its codes and rig exist, before its detail,
+        textures and wrinkle model (`early_fields`), then part "wrinkles" (the wrinkle model and the
+        displacement) before its folder is written. The Blender worker sends them ahead so that the scene is
+        built meanwhile."""
         out = writing.check_output_dir(out_dir)
         if progress:
             progress(0.0, f"reading {Path(path).name}")
@@ -664,15 +669,46 @@ class Reconstructor:
             face = _Face(photo, i, _slice_codes(codes, i), detail[i:i + 1], uv_z[i:i + 1])
             if progress:
                 progress(0.3 + 0.7 * i / n, f"decoding face {i + 1} of {n}")
-            folders.append(self._finish(face, out, overwrite))
+            folders.append(self._finish(face, out, overwrite, on_fields))
         if progress:
             progress(1.0, "done")
         return folders
 
-    def _finish(self, face: _Face, out: Path, overwrite: bool) -> Path:
+    def _finish(self, face: _Face, out: Path, overwrite: bool,
+                on_fields: Callable[[str, str, dict], None] | None = None) -> Path:
+        name = writing.folder_name(face.photo.stem, face.index)
+        rig = None
+        if on_fields is not None:
+            fields, rig = self.early_fields(face)
+            on_fields(name, "rig", fields)
         dec = self._decode_face(face)
-        result = self._result(face, dec)
-        return self._write(result, dec, out, writing.folder_name(face.photo.stem, face.index), overwrite)
+        result = self._result(face, dec, rig=rig)
+        if on_fields is not None:
+            wr_model = result.wrinkles
+            on_fields(name, "wrinkles", {"wrinkle_base": wr_model.base, "wrinkle_maps": wr_model.maps,
+                                         "wrinkle_matrix": wr_model.matrix, "displacement": result.displacement})
+        return self._write(result, dec, out, name, overwrite)
+
+    def early_fields(self, face: _Face) -> tuple[dict, object]:
+        """The `ReconstructionResult` fields a face's rigged mesh is built from, known once the networks
+        ran (the very values `_result` stores: same codes, the same `build_rig`), and that rig."""
+        c = face.codes
+
+        def np1(t: torch.Tensor) -> np.ndarray:
+            return t[0].detach().float().cpu().numpy()
+
+        rig = build_rig(self.face_assets.flame, np1(c.shape), n_expression=N_EXP)
+        h, w = face.photo.image.shape[:2]
+        fields = {
+            "source_image": str(face.photo.path), "image_size": np.array([h, w], np.int64),
+            "face_index": int(face.index), "exp": np1(c.exp), "pose": np1(c.pose), "cam": np1(c.cam),
+            "crop_matrix": face.crop.matrix.copy(), "faces": self._faces, "uv_coords": self._uv_coords,
+            "uv_faces": self._uv_faces, "rig_template": rig.template, "rig_expr_basis": rig.expr_basis,
+            "rig_posedirs": rig.posedirs, "rig_weights": rig.weights, "rig_joints": rig.joints,
+            "rig_parents": rig.parents, "rig_shape_basis": rig.shape_basis,
+            "is_test_model": bool(self.face_assets.flame.is_test_model),
+        }
+        return fields, rig
 
     def reconstruct_many(self, paths: Iterable[str | Path], out_dir: str | Path, batch_size: int = 8,
                          all_faces: bool = False, progress: Progress | None = None,

@@ -56,8 +56,12 @@ class WorkerTaskOperator:
         except StopIteration:
             return {"FINISHED"}
         except USER_ERRORS as exc:
+            gen.close()  # a job failed: the task's cleanups run (e.g. remove a head it had begun)
             report_exception(self, exc)
             return {"CANCELLED"}
+        except BaseException:
+            gen.close()
+            raise
 
     def execute(self, context):
         if self.blocking or bpy.app.background or context.window is None:
@@ -96,7 +100,7 @@ class WorkerTaskOperator:
                 self._cancel_requested = True
                 from ..preferences import worker_client
 
-                worker_client(context).cancel(job)
+                worker_client(context).cancel(getattr(job, "job", job))  # a part (JobPart): its whole job
                 self._status(context, "DECA: cancelling...")
             return {"RUNNING_MODAL"}
         if event.type != "TIMER":
@@ -111,13 +115,19 @@ class WorkerTaskOperator:
             self._status(context, f"DECA {self.bl_label}: {doing} ({int(100 * job.fraction)}%)  Esc to cancel")
             return {"RUNNING_MODAL"}
         if self._cancel_requested and job.error is None:
+            whole = getattr(job, "job", job)  # an early part (worker_client.JobPart): wait for the job's end
+            if not whole.done:
+                self._job = whole
+                return {"RUNNING_MODAL"}
             # The answer crossed the cancel request: honour the cancel, build nothing, undo what it wrote.
             self._end(context)
-            self.discard(job.data)
+            self._gen.close()
+            self.discard(whole.data)
             self.report({"WARNING"}, f"{self.bl_label}: cancelled")
             return {"CANCELLED"}
         if job.error is not None:
             self._end(context)
+            self._gen.close()  # the task's cleanups run (e.g. remove a head it had begun)
             if job.cancelled:
                 self.report({"WARNING"}, f"{self.bl_label}: cancelled")
             else:

@@ -8,6 +8,7 @@ from pathlib import Path
 import bpy
 from bpy.props import BoolProperty, StringProperty
 
+from .. import blas
 from .common import USER_ERRORS, WorkerTaskOperator, report_exception
 
 IMAGE_FILTER = "*.jpg;*.jpeg;*.png;*.bmp;*.tif;*.tiff;*.webp"
@@ -32,6 +33,12 @@ def result_folders(path: str | Path) -> list[Path]:
 #: the last Import Photo's seconds: "worker" (the reconstruction, stage by stage), "scene" (building the heads,
 #: stage by stage), "total" (from the request to the finished heads). Read by benchmarks/bench_blender.py.
 last_photo_import: dict = {}
+
+
+def _timed_into(timings: dict, stage: str):
+    from ..scene.head import _timed
+
+    return _timed(timings, stage)
 
 
 def import_folders(context, folders, all_expressions: bool, use_head_pose: bool, arkit_keys: bool = True,
@@ -174,6 +181,9 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
     all_faces: BoolProperty(name="All Faces", default=False, description="One head per face found (else the largest)")
     output_dir: StringProperty(name="Output Folder", subtype="DIR_PATH", default="",
                                description="Where the result folders go (empty: the preferences' output folder)")
+    early_parts: BoolProperty(name="Build While Reconstructing", default=True, options={"HIDDEN", "SKIP_SAVE"},
+                              description="Build each head from the parts the worker sends ahead while it still "
+                                          "works (off: wait for the result folder, then build; the same head)")
 
     def invoke(self, context, event):
         from .. import warmup
@@ -193,23 +203,110 @@ class DECA_OT_import_photo(_ImportOptionsMixin, WorkerTaskOperator, bpy.types.Op
         out = Path(bpy.path.abspath(self.output_dir)) if self.output_dir else output_dir(prefs)
         client = worker_client(context)
         t0 = time.perf_counter()
-        data = yield client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
-                                    device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode)
-        t_worker = time.perf_counter() - t0
-        folders = [Path(p) for p in data.get("results", [])]
-        if not folders:
-            raise ValueError(f"no face found in {photo}")
+        job = client.request("reconstruct", photo=str(photo), out_dir=str(out), all_faces=self.all_faces,
+                             device=prefs.device, landmarks=prefs.landmarks, mode=prefs.mode, early=self.early_parts)
+        # Each face's rig arrives ahead of its folder: its head is begun while the worker goes on (detail,
+        # textures, wrinkle model, writing) and finished from the folder (scene/head.py, "in two parts").
+        begun: dict = {}  # planned folder name -> HeadBuild
         scene: dict = {}
-        t = time.perf_counter()
-        heads = import_folders(context, folders, self.all_expressions, self.use_head_pose, self.arkit_keys,
-                                self.identity_sliders, timings=scene)
+        t_early, seen = 0.0, 0
+        try:
+            while True:
+                step = yield job.next_part(seen)
+                if "early" not in (step or {}):
+                    data = step or {}
+                    break
+                seen += 1
+                t = time.perf_counter()
+                part = step["early"]
+                with blas.single_threaded():  # the worker's torch threads are running: no spinning BLAS threads
+                    if part.get("part", "rig") == "rig":
+                        if begun:  # world matrices of the heads begun so far, for this head's placement (as build_head)
+                            context.view_layer.update()
+                        build = self._begin(context, part, out, scene)
+                        if build is not None:
+                            begun[build.folder.name] = build
+                    else:
+                        self._add_wrinkles(begun, part, scene)
+                t_early += time.perf_counter() - t
+            t_worker = time.perf_counter() - t0
+            folders = [Path(p) for p in data.get("results", [])]
+            if not folders:
+                raise ValueError(f"no face found in {photo}")
+            t = time.perf_counter()
+            with blas.single_threaded():
+                heads = self._finish_heads(context, folders, begun, scene)
+        finally:
+            from ..scene.head import discard_head
+
+            for build in begun.values():  # begun but never finished (an error, a cancel): removed
+                discard_head(build)
         t_scene = time.perf_counter() - t
         frame_heads(context, heads)
         last_photo_import.clear()
         last_photo_import.update(total=time.perf_counter() - t0, request=t_worker, reconstruct=data.get("seconds"),
-                                 worker=data.get("timings") or {}, scene_total=t_scene, scene=scene)
+                                 worker=data.get("timings") or {}, scene_total=t_early + t_scene, scene=scene,
+                                 scene_while_worker=t_early, scene_after_result=t_scene)
         self.report({"INFO"}, f"imported {', '.join(h[0].name for h in heads)} from {photo.name} in "
-                              f"{time.perf_counter() - t0:.1f} s (reconstruction {t_worker:.1f} s, scene {t_scene:.1f} s)")
+                              f"{time.perf_counter() - t0:.1f} s (reconstruction {t_worker:.1f} s, scene "
+                              f"{t_early + t_scene:.1f} s of which {t_scene:.1f} s after it)")
+
+    def _options(self, context):
+        from ..scene.head import ImportOptions
+
+        return ImportOptions(all_expressions=self.all_expressions, use_head_pose=self.use_head_pose,
+                             arkit_keys=self.arkit_keys, identity_sliders=self.identity_sliders,
+                             location=tuple(context.scene.cursor.location))
+
+    def _begin(self, context, early: dict, out: Path, scene: dict):
+        """A head's first part from an early part of the answer; None (the head is then built from its
+        folder alone) when that cannot be done: the file is gone or unreadable, or the build fails."""
+        from ..scene.head import begin_head, load_early_fields
+
+        try:
+            with _timed_into(scene, "read early rig"):
+                fields = load_early_fields(early["path"])
+            return begin_head(context, fields, out / str(early["name"]), self._options(context), scene)
+        except Exception as exc:  # never fatal: the folder alone builds the same head
+            print(f"DECA: the head is built from its folder only ({type(exc).__name__}: {exc})")
+            return None
+        finally:
+            try:
+                Path(str(early.get("path", ""))).unlink(missing_ok=True)  # read once; the worker's scratch file
+            except OSError:
+                pass
+
+    def _add_wrinkles(self, begun: dict, part: dict, scene: dict) -> None:
+        """A begun head's wrinkle node group and drivers from its second early part. When that cannot be
+        done the head is removed (its folder alone builds it at the end)."""
+        from ..scene.head import add_early_wrinkles, discard_head, load_early_wrinkles
+
+        path = Path(str(part.get("path", "")))
+        build = begun.get(str(part.get("name")))
+        try:
+            if build is not None:
+                with _timed_into(scene, "read early wrinkles"):
+                    fields = load_early_wrinkles(path)
+                add_early_wrinkles(build, fields, scene)
+        except Exception as exc:  # never fatal: the head is removed, its folder alone builds it at the end
+            discard_head(build)
+            begun.pop(build.folder.name, None)
+            print(f"DECA: the head is built from its folder only ({type(exc).__name__}: {exc})")
+        finally:
+            try:
+                path.unlink(missing_ok=True)  # read once; the worker's scratch file
+            except OSError:
+                pass
+
+    def _finish_heads(self, context, folders: list[Path], begun: dict, scene: dict) -> list:
+        from ..scene.head import build_head, finish_head
+
+        heads = []
+        for folder in folders:
+            build = begun.pop(folder.name, None)
+            heads.append(finish_head(context, build, folder, scene) if build is not None
+                         else build_head(context, folder, self._options(context), scene))
+        return heads
 
     def discard(self, data) -> None:
         from core.results.result import RESULT_FILE

@@ -836,7 +836,88 @@ def placement():
     report["placement"] = out
 
 
-def cancel_running_import() -> dict:
+def head_signature(obj) -> dict:
+    """Everything an imported head is made of, with its own name replaced by "<head>" (so two imports of
+    one result folder compare equal) and the armature's location left out (heads are placed side by side):
+    mesh, shape keys, vertex groups, modifiers, bones, drivers, custom and DECA properties, material and
+    node group nodes with their values, and every image's pixels."""
+    arm = obj.parent
+    name = obj.name
+    own = {obj.data.shape_keys: "<key>", obj.data: "<mesh>", obj: "<object>", arm: "<armature>",
+           arm.data: "<armature data>"}
+
+    def norm(v):
+        if isinstance(v, str):
+            return v.replace(name, "<head>")
+        if isinstance(v, bpy.types.ID):
+            return own.get(v) or norm(v.name)
+        if hasattr(v, "to_dict"):
+            return norm(v.to_dict())
+        if isinstance(v, dict):
+            return {norm(k): norm(x) for k, x in v.items()}
+        if isinstance(v, (int, float, bool)) or v is None:
+            return v
+        try:
+            return [norm(x) for x in v]  # lists, tuples, bpy arrays, vectors
+        except TypeError:
+            return repr(v)
+
+    def arr(coll, attr, n):
+        a = np.empty(len(coll) * n, np.float32)
+        coll.foreach_get(attr, a)
+        return a
+
+    def pixels(img):
+        a = np.empty(len(img.pixels), np.float32)
+        img.pixels.foreach_get(a)
+        return a
+
+    def digest(a) -> str:
+        import hashlib
+
+        return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+    me = obj.data
+    sig = {"vertices": digest(arr(me.vertices, "co", 3)), "faces": len(me.polygons),
+           "uv": digest(arr(me.uv_layers.active.data, "uv", 2)),
+           "keys": [[kb.name, kb.value, kb.slider_min, kb.slider_max, kb.relative_key.name, digest(arr(kb.data, "co", 3))]
+                    for kb in me.shape_keys.key_blocks],
+           "groups": [g.name for g in obj.vertex_groups],
+           "weights": digest(np.array([[g.group, g.weight] for v in me.vertices for g in v.groups], np.float64)),
+           "modifiers": [[m.type, norm(getattr(m, "object", None))] for m in obj.modifiers],
+           "bones": [[b.name, list(b.head_local), list(b.tail_local), norm(b.parent.name if b.parent else "")]
+                     for b in arm.data.bones],
+           "pose": [[b.name, list(b.rotation_quaternion), b.rotation_mode] for b in arm.pose.bones],
+           "props": {k: norm(obj[k]) for k in obj.keys() if k != "deca"},
+           "deca": {k: norm(getattr(obj.deca, k)) for k in obj.deca.bl_rna.properties.keys() if k != "rna_type"},
+           "children": sorted([c.type, norm(c.name), [list(r) for r in c.matrix_basis]] for c in arm.children),
+           "collection": norm(obj.users_collection[0].name)}
+    drivers = []
+    for idb in (me.shape_keys, obj, arm, obj.deca.wrinkle_group):
+        ad = getattr(idb, "animation_data", None)
+        for fc in (ad.drivers if ad else ()):
+            d = fc.driver
+            drivers.append([norm(fc.data_path), fc.array_index, d.type, norm(d.expression),
+                            [[v.name, v.type, [[norm(t.id), norm(t.data_path), norm(t.bone_target), t.transform_type]
+                                               for t in v.targets]] for v in d.variables]])
+    sig["drivers"] = sorted(drivers, key=repr)
+    mat = me.materials[0]
+    for label, tree in (("material", mat.node_tree), ("group", obj.deca.wrinkle_group)):
+        nodes = []
+        for n in tree.nodes:
+            values = [[i.name, norm(getattr(i, "default_value", None))] for i in n.inputs]
+            img = getattr(n, "image", None)
+            nodes.append([norm(n.name), n.bl_idname, values, norm(getattr(n, "node_tree", None)),
+                          [norm(img.name), img.colorspace_settings.name, norm(img.filepath),
+                           digest(pixels(img)) if img.packed_file or img.source == "GENERATED" else None]
+                          if img else None])
+        sig[label] = sorted(nodes, key=repr)
+        sig[label + "_links"] = sorted([norm(l.from_node.name), l.from_socket.identifier, norm(l.to_node.name),
+                                        l.to_socket.identifier] for l in tree.links)
+    return sig
+
+
+def cancel_running_import(when: str = "networks") -> dict:
     """Esc on a running Import Photo, through the operator's modal handler with the real worker: time from
     the Esc to the operator's end, and what is left (result folders, objects)."""
     import importlib
@@ -867,8 +948,13 @@ def cancel_running_import() -> dict:
         bl_label = "Import Photo"
         filepath, output_dir, all_faces = str(PHOTO), str(out_dir), False
         all_expressions = use_head_pose = False
+        arkit_keys = identity_sliders = early_parts = True
         task = import_ops.DECA_OT_import_photo.task
         discard = import_ops.DECA_OT_import_photo.discard
+        _options = import_ops.DECA_OT_import_photo._options
+        _begin = import_ops.DECA_OT_import_photo._begin
+        _finish_heads = import_ops.DECA_OT_import_photo._finish_heads
+        _add_wrinkles = import_ops.DECA_OT_import_photo._add_wrinkles
 
         def __init__(self):
             self.reports = []
@@ -885,7 +971,18 @@ def cancel_running_import() -> dict:
             and time.monotonic() < deadline:
         time.sleep(0.005)
     messages = list(op._job.messages)
-    time.sleep(0.2)  # inside the forward pass
+    begun = 0
+    whole = op._job.job  # the request (op._job is its next part, worker_client.JobPart)
+    if when == "begun":  # Esc once the head's first part is in the scene (the worker still working)
+        while len(bpy.data.objects) == objects_before and not whole.done and time.monotonic() < deadline:
+            time.sleep(0.005)
+            op.modal(ctx, Ev("TIMER"))
+        begun = len(bpy.data.objects) - objects_before
+    elif when == "arrived":  # Esc when the rig part has arrived but the operator has not taken it yet
+        while not op._job.done and time.monotonic() < deadline:
+            time.sleep(0.002)
+    else:
+        time.sleep(0.2)  # inside the forward pass
     t = time.perf_counter()
     returns = [sorted(op.modal(ctx, Ev("ESC")))]
     while returns[-1] == ["RUNNING_MODAL"] and time.perf_counter() - t < 60:
@@ -893,7 +990,8 @@ def cancel_running_import() -> dict:
         returns.append(sorted(op.modal(ctx, Ev("TIMER"))))
     return {"seconds": time.perf_counter() - t, "last_return": returns[-1], "reports": op.reports,
             "messages_before": messages, "left_in_output": sorted(p.name for p in out_dir.iterdir()),
-            "objects_added": len(bpy.data.objects) - objects_before}
+            "objects_added": len(bpy.data.objects) - objects_before, "objects_begun": begun,
+            "worker_cancelled": whole.cancelled}
 
 
 @section
@@ -954,6 +1052,10 @@ def worker_from_blender():
     res["warm_up"] = {"already": loaded["already"], "stages": sorted(loaded["timings"]),
                       "text_after": warmup.status_text(), "same_worker": client.call("hello", timeout=60)["pid"] == pid}
     res["cancel"] = cancel_running_import()
+    snapshot = objects_snapshot()
+    res["cancel_after_early"] = cancel_running_import("begun")
+    res["cancel_after_early"]["datablocks_added"] = {k: v - snapshot[k] for k, v in objects_snapshot().items()}
+    res["cancel_part_arrived"] = cancel_running_import("arrived")
     try:
         bpy.ops.deca.import_photo(filepath=str(OUT / "no_such_photo.jpg"))
         res["missing_photo"] = "FINISHED"
@@ -969,10 +1071,57 @@ def worker_from_blender():
                                "already": client.call("load", timeout=60, **warmup.load_settings(prefs))["already"]}
         stats = importlib.import_module(report["addons"][0] + ".operators.import_ops").last_photo_import
         res["import_stats"] = {"stages": sorted(stats["worker"]), "scene": sorted(stats["scene"]),
-                               "sums": stats["request"] + stats["scene_total"] <= stats["total"]}
+                               "sums": stats["request"] + stats["scene_after_result"] <= stats["total"]
+                               and stats["scene_while_worker"] + stats["scene_after_result"] == stats["scene_total"]}
         heads = [o for o in bpy.data.objects if o.deca.role == "HEAD"]
         res["heads"] = [o.name for o in heads]
         head = heads[0]
+        res["import_stats"]["scene_while_worker"] = stats.get("scene_while_worker", 0.0)
+        # Built in two parts (the rig while the worker worked, the rest from the folder): the same head as
+        # Import Result makes from that folder in one go.
+        bpy.ops.deca.import_result(filepath=head.deca.result_path)
+        again = bpy.context.active_object
+        a, b = head_signature(head), head_signature(again)
+        differ = sorted(k for k in a if a[k] != b.get(k))
+
+        def first_difference(x, y, path=""):
+            if isinstance(x, list) and isinstance(y, list) and len(x) == len(y):
+                return next((first_difference(p, q, f"{path}[{i}]") for i, (p, q) in enumerate(zip(x, y)) if p != q), None)
+            if isinstance(x, dict) and isinstance(y, dict) and set(x) == set(y):
+                return next((first_difference(x[k], y[k], f"{path}.{k}") for k in x if x[k] != y[k]), None)
+            return [path, repr(x)[:300], repr(y)[:300]]
+
+        res["two_parts_vs_one"] = {"compared": sorted(a), "differ": differ, "names": [head.name, again.name],
+                                   "first_differences": {k: first_difference(a[k], b.get(k)) for k in differ}}
+        for o in list(again.parent.children) + [again.parent]:
+            bpy.data.objects.remove(o)
+        # Two faces in one photo: both heads built in parts (the second placed beside the first), each the
+        # head Import Result builds from its folder.
+        from PIL import Image
+
+        a = Image.open(PHOTO).convert("RGB")
+        canvas = Image.new("RGB", (2 * a.width + 40, a.height), (128, 128, 128))
+        canvas.paste(a, (0, 0))
+        canvas.paste(a.resize((int(a.width * 0.8), int(a.height * 0.8))), (a.width + 40, 20))
+        canvas.save(OUT / "two faces.png")
+        before = {o.name for o in bpy.data.objects}
+        bpy.ops.deca.import_photo(filepath=str(OUT / "two faces.png"), all_faces=True)
+        pair = [o for o in bpy.data.objects if o.name not in before and o.deca.role == "HEAD"]
+        two_faces = {"heads": len(pair), "differ": [], "parts": sorted(stats["scene"])}
+        for h in pair:
+            bpy.ops.deca.import_result(filepath=h.deca.result_path)
+            ref = bpy.context.active_object
+            x, y = head_signature(h), head_signature(ref)
+            two_faces["differ"] += [k for k in x if x[k] != y.get(k)]
+            for o in list(ref.parent.children) + [ref.parent]:
+                bpy.data.objects.remove(o)
+        update()
+        two_faces["apart_m"] = float(np.linalg.norm(np.subtract(pair[0].parent.matrix_world.translation,
+                                                                pair[1].parent.matrix_world.translation)))
+        res["two_faces"] = two_faces
+        for h in pair:
+            for o in list(h.parent.children) + [h.parent]:
+                bpy.data.objects.remove(o)
         res["photo_head"] = {"bones": len(head.parent.data.bones), "keys": len(head.data.shape_keys.key_blocks),
                              "result_path": head.deca.result_path,
                              "has_result": (Path(head.deca.result_path) / "result.npz").is_file()}
