@@ -554,8 +554,8 @@ def _status_with_licences(manager) -> dict:
 
     status = status_as_json(manager)
     try:
-        rows = component_licences(manager)  # finding the installed detectors imports core.frontend (torch)
-    except ModuleNotFoundError:  # no torch yet (before Install Dependencies): the model files' rows only
+        rows = component_licences(manager)  # the installed detectors too (core.frontend: numpy, no torch)
+    except ModuleNotFoundError:  # no numpy yet (before Install Dependencies): the model files' rows only
         rows = component_licences(manager, detectors=())
     status["licences"] = [c.to_dict() for c in rows]
     return status
