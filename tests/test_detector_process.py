@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -207,3 +208,39 @@ def test_animate_fast_through_the_child_gives_the_same_codes(tmp_path_factory, t
     for key, value in codes["1"].items():
         if value.dtype.kind in "fiub":
             assert np.array_equal(value, codes["0"][key]), key
+
+
+def test_the_child_ends_with_its_pipe_when_the_parent_closes_it_or_dies(tmp_path):
+    """`close` ends the child by closing the pipe (exit code 0: it ended itself, it was not killed); a parent
+    killed outright leaves no child behind either (the child reads EOF and exits)."""
+    if not MediaPipeDetector.is_available():
+        pytest.skip("mediapipe is not installed")
+    code = r"""
+import os, signal, sys
+from core.frontend.detector_process import DetectorProcess
+closed = DetectorProcess("mediapipe", [])
+closed.warm_up()
+closed.close()
+print("closed exit code", closed._process.exitcode, flush=True)
+orphan = DetectorProcess("mediapipe", [])
+orphan.warm_up()
+print("orphan pid", orphan._process.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    out = _python(code)
+    assert out.returncode == -9, out.stderr[-3000:]
+    lines = dict(line.rsplit(" ", 1) for line in out.stdout.splitlines() if line.startswith(("closed", "orphan")))
+    assert lines["closed exit code"] == "0"
+    pid = int(lines["orphan pid"])
+
+    def alive() -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return False
+        return state not in ("Z", "X")  # a zombie has ended; only its parent's reaping is left
+
+    deadline = time.monotonic() + 20
+    while alive() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(), f"the detector child {pid} outlived its killed parent"

@@ -48,7 +48,10 @@ def image_key(image: np.ndarray) -> tuple:
     return tuple(a.shape), a.dtype.str, hashlib.blake2b(a.data, digest_size=16).digest()
 
 
-def _child(conn, method: str, kwargs: dict, paths: list[str]) -> None:  # pragma: no cover - runs in the child
+def _child(conn, parent_end, method: str, kwargs: dict, paths: list[str]) -> None:  # pragma: no cover - child
+    # The fork copied the parent's end of the pipe too: closed here, or the child would never see EOF when
+    # the parent closes its end or dies (it would wait for ever, and `close` would have to kill it).
+    parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's; the child ends with its pipe
     try:
         detector = get_detector(method, **kwargs)
@@ -97,7 +100,7 @@ class DetectorProcess(LandmarkDetector):
         self.answered_by_child = 0  # detections the child gave (tests and benchmarks read these)
         ctx = multiprocessing.get_context("fork")
         self._conn, child_conn = ctx.Pipe(duplex=True)
-        self._process = ctx.Process(target=_child, args=(child_conn, method, self._kwargs, [str(p) for p in paths]),
+        self._process = ctx.Process(target=_child, args=(child_conn, self._conn, method, self._kwargs, [str(p) for p in paths]),
                                     name="deca-detector", daemon=True)
         self._process.start()
         child_conn.close()  # the child holds its end: a dead child now reads as EOF here
