@@ -6,10 +6,22 @@ from pathlib import Path
 
 
 def cpu_name() -> str:
+    """The CPU's model name with its family/model and widest vector unit, e.g. ``AMD EPYC (family 25, model
+    17; AVX-512)``. Virtual machines often report only "AMD EPYC": machines of one name differed by 2x here
+    (an AVX2-only EPYC and a Zen 4 one with AVX-512), so the name alone does not say which numbers compare."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if not key and fields:
+                break  # the first processor's block is enough
+            fields.setdefault(key, value.strip())
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    name = fields.get("model name") or platform.processor()
+    flags = set(fields.get("flags", "").split())
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    detail = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields).replace("cpu family", "family")
+    extra = "; ".join(x for x in (detail, isa) if x)
+    return f"{name} ({extra})" if extra else name
