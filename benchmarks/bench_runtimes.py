@@ -1,9 +1,9 @@
-"""Other inference runtimes for DECA's batched forward: OpenVINO and ONNX Runtime against eager PyTorch.
+"""Other inference runtimes for DECA's batched forward: torch.compile, OpenVINO and ONNX Runtime against eager.
 
 The forward of `bench_targets`' "batched forward" row (E_flame + E_detail + one D_detail, input-dependent
 random weights `responsive_networks(0)`, batch ``--batch``, ``--threads`` threads everywhere), as photos/s:
 eager fp32 (the reference and the baseline), the project's fast path (`inference_networks`: batch norms
-folded, channels_last), OpenVINO (CPU, PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32, checked on
+folded, channels_last), the fast path compiled by ``torch.compile`` (CPU inductor, freezing), OpenVINO (CPU, PERFORMANCE_HINT=LATENCY, INFERENCE_PRECISION_HINT=f32, checked on
 the compiled model) and ONNX Runtime (CPU, ORT_ENABLE_ALL, intra-op threads ``--threads``, inter-op 1).
 Both runtimes run one ONNX file (torch.onnx.export, TorchScript exporter, opset 17) of a flat wrapper
 (images -> codes vector, detail code, displacement) traced at ``--batch``: the exported graph has that
@@ -18,12 +18,15 @@ Timing: two warm-ups per variant, then ``--repeats`` rounds; each round times ev
 order rotated round to round (load changes and cache effects hit all of them), and measures the fp32
 GEMM rate (the ceiling a convolution runtime can approach). Medians, min-max, ratios to eager and fast.
 
-Measured here (2026-12-03, quiet 2-core AMD EPYC family 25 model 17, Zen 4 with AVX-512, load 0.70 -> 1.34,
-7 repeats): eager 6.89, fast 8.79 (1.27x), OpenVINO 10.45 (1.52x), ONNX Runtime 10.61 photos/s (1.54x eager,
-1.19-1.21x the fast path), relative differences <= 2.5e-6; in an earlier run where eager was slower (5.70)
-both runtimes reached 1.83x eager. 2x eager is not reached. Not adopted: a one-time conversion per
-checkpoint (ONNX export 4.7 s + conversion 2.3 s + compile 0.5 s) and ~200 MB of files, a fixed batch, for
-~1.2x on a forward that is ~0.15-0.25 s of a 0.6-1 s photo.
+Measured here (2026-12-03, quiet 2-core AMD EPYC family 25 model 17, Zen 4 with AVX-512, load 1.19 -> 1.49,
+7 repeats, photos/s): eager 8.11, fast 9.98 (1.23x), torch.compile 11.05 (1.36x; 14-40 s to compile),
+OpenVINO 11.42 (1.41x), ONNX Runtime 11.54 (1.42x eager, 1.16x the fast path); relative differences <= 2.5e-6.
+Eager itself moved between runs (5.7, 6.9, 8.1 photos/s; the runtimes 10.3-11.5), so the ratios to eager
+ranged 1.4-1.8x. At 11.5 photos/s x 18.1 GFLOP the runtimes already exceed the measured fp32 GEMM rate
+(190-196 GFLOP/s): 2x eager (16 photos/s, ~290 GFLOP/s) is beyond what fp32 arithmetic gives on these two
+cores. Not adopted: a one-time conversion per checkpoint (ONNX export 3.5-4.7 s + conversion 1.7-2.3 s +
+compile 0.3-0.5 s) and ~200 MB of files, a fixed batch, for ~1.15-1.2x on a forward that is ~0.15-0.25 s
+of a 0.6-1 s photo.
 
 openvino and onnxruntime are optional and not installed by setup.sh; a missing one is reported as a row
 and skipped. To run them, a side venv that sees the project's packages through a .pth file
@@ -178,6 +181,24 @@ def setup_runtimes(nets, x, folder: Path, threads: int, costs: dict, notes: dict
     return variants, skips
 
 
+def setup_inductor(fast, xc, costs: dict):
+    """``torch.compile`` of the fast path with the CPU inductor and freezing (weights folded into the graph as
+    constants and prepacked for oneDNN's blocked layouts); compiled on the first call (C++ codegen, gcc)."""
+    name = "torch.compile (inductor)"
+    try:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.freezing = True
+        t0 = time.perf_counter()
+        compiled = torch.compile(Flat(fast).eval())
+        with torch.inference_mode():  # freezing applies to inference graphs only
+            compiled(xc)
+        costs["torch.compile, first call (s)"] = time.perf_counter() - t0
+    except Exception as e:  # no C++ compiler, an unsupported op: a row that says so, the others go on
+        return {}, [skipped(name, f"failed: {e!r}"[:200])]
+    return {name: lambda: list(compiled(xc))}, []
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=8)
@@ -185,6 +206,7 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--keep", type=Path, default=None, help="keep the ONNX file and OpenVINO IR in DIR")
     ap.add_argument("--json", type=Path, default=RESULTS)
+    ap.add_argument("--no-inductor", action="store_true", help="skip torch.compile (about 40 s to compile)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()
@@ -203,7 +225,9 @@ def main(argv=None) -> int:
         folder = Path(tmp) if args.keep is None else args.keep
         folder.mkdir(parents=True, exist_ok=True)
         runtimes, skips = setup_runtimes(nets, x, folder, args.threads, costs, notes, save_ir=args.keep is not None)
-        variants = {"eager fp32": lambda: vec(nets(x)), "fast (folded, CL)": lambda: vec(fast(xc)),
+        compiled, more = ({}, []) if args.no_inductor else setup_inductor(fast, xc, costs)
+        skips += more
+        variants = {"eager fp32": lambda: vec(nets(x)), "fast (folded, CL)": lambda: vec(fast(xc)), **compiled,
                     **{k: (lambda f=f: f(xn)) for k, f in runtimes.items()}}
         times = {k: [] for k in variants}
         diffs, peaks = {}, []
