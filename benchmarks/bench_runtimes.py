@@ -59,7 +59,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, gemm_peak_gflops  # noqa: E402
 from core.networks.responsive import responsive_networks  # noqa: E402
 from core.networks.runtime import inference_networks  # noqa: E402
 
@@ -67,15 +67,6 @@ RESULTS = Path(__file__).resolve().parent / "results" / "runtimes.json"
 TARGET = ">= 2x eager fp32, within 1e-4 relative"
 OUTPUTS = ("codes", "detail", "displacement")
 SKIP = "not installed (pip install {} into a side venv, see docstring)"
-
-
-def gemm_peak_gflops(repeats: int = 3, n: int = 2048) -> float:
-    """fp32 GEMM rate with this process's threads (best of ``repeats``), GFLOP/s. A copy of bench_targets':
-    importing that module pulls in the whole reconstruction pipeline and sets OMP_WAIT_POLICY."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    a @ b
-    best = min(_time(lambda: a @ b) for _ in range(repeats))
-    return 2 * n ** 3 / best / 1e9
 
 
 def _time(fn) -> float:

@@ -63,7 +63,7 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.machine import cpu_name  # noqa: E402
+from benchmarks.machine import cpu_name, gemm_peak_gflops  # noqa: E402
 from core.networks import build_deca_networks, save_deca_checkpoint  # noqa: E402
 from core.networks.responsive import responsive_networks  # noqa: E402
 from core.networks.runtime import inference_networks  # noqa: E402
@@ -330,14 +330,6 @@ def bench_photo(rows, photos, repeats, tmp: Path, flame: Path, threads: int, bas
     finally:
         for srv in servers.values():
             srv.close()
-
-
-def gemm_peak_gflops(repeats: int = 10, n: int = 2048) -> float:
-    """The machine's fp32 matrix-multiply rate with this process's threads (best of ``repeats``), GFLOP/s:
-    the ceiling a convolution runtime can approach."""
-    a, b = torch.rand(n, n), torch.rand(n, n)
-    a @ b
-    return 2 * n ** 3 / min(_timed(lambda: a @ b, 1)[0] for _ in range(repeats)) / 1e9
 
 
 def bench_forward(rows, repeats, batch=8):

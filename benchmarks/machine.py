@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import platform
+import time
 from pathlib import Path
 
 
@@ -25,3 +26,18 @@ def cpu_name() -> str:
     detail = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields).replace("cpu family", "family")
     extra = "; ".join(x for x in (detail, isa) if x)
     return f"{name} ({extra})" if extra else name
+
+
+def gemm_peak_gflops(repeats: int = 3, n: int = 2048) -> float:
+    """The machine's fp32 matrix-multiply rate with this process's torch threads (best of ``repeats``),
+    GFLOP/s: the ceiling a convolution runtime can approach (Winograd-style algorithms aside)."""
+    import torch  # here, not at the top: the benchmarks without torch import this module too
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b  # warm-up: thread pool and packing buffers
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
