@@ -60,6 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name, gemm_peak_gflops  # noqa: E402
+from benchmarks.report import row  # noqa: E402
 from core.networks.responsive import responsive_networks  # noqa: E402
 from core.networks.runtime import inference_networks  # noqa: E402
 
@@ -95,14 +96,6 @@ class Flat(nn.Module):
 def rel_diffs(ref, out) -> dict:
     return {k: float((torch.as_tensor(a) - torch.as_tensor(b)).abs().max() / torch.as_tensor(a).abs().max())
             for k, a, b in zip(OUTPUTS, ref, out)}
-
-
-def row(name: str, baseline: float, now: float, unit: str, target: str, extra: str = "", **fields) -> dict:
-    ratio = now / baseline if baseline else float("nan")
-    print(f"{name:26s} baseline {baseline:7.2f} {unit:7s} now {now:7.2f} {unit:7s} ratio {ratio:5.2f}   "
-          f"target {target}{'  ' + extra if extra else ''}", flush=True)
-    return {"row": name, "baseline": baseline, "now": now, "unit": unit, "ratio_now_over_baseline": ratio,
-            "target": target, "extra": extra, **fields}
 
 
 def skipped(name: str, why: str) -> dict:

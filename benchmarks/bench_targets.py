@@ -64,6 +64,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import cpu_name, gemm_peak_gflops  # noqa: E402
+from benchmarks.report import row  # noqa: E402
 from core.networks import build_deca_networks, save_deca_checkpoint  # noqa: E402
 from core.networks.responsive import responsive_networks  # noqa: E402
 from core.networks.runtime import inference_networks  # noqa: E402
@@ -126,14 +127,6 @@ def fresh_ev(rec: Reconstructor, model, detail: torch.Tensor, n: int = 32) -> fl
     m = rec._detail_mask
     pred = np.stack([model.evaluate(xi[:50], xi[50:]) for xi in x])
     return wr.explained_variance(d[:, m].astype(np.float64), pred[:, m].astype(np.float64))
-
-
-def row(name: str, baseline: float, now: float, unit: str, target: str, extra: str = "") -> dict:
-    ratio = now / baseline if baseline else float("nan")
-    print(f"{name:44s} baseline {baseline:8.3f} {unit:8s} now {now:8.3f} {unit:8s} ratio {ratio:6.3f}   "
-          f"target {target}{'  ' + extra if extra else ''}", flush=True)
-    return {"row": name, "baseline": baseline, "now": now, "unit": unit, "ratio_now_over_baseline": ratio,
-            "target": target, "extra": extra}
 
 
 @contextlib.contextmanager

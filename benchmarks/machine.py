@@ -23,7 +23,8 @@ def cpu_name() -> str:
     name = fields.get("model name") or platform.processor()
     flags = set(fields.get("flags", "").split())
     isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
-    detail = ", ".join(f"{k} {fields[k]}" for k in ("cpu family", "model") if k in fields).replace("cpu family", "family")
+    detail = ", ".join(f"{label} {fields[key]}" for key, label in (("cpu family", "family"), ("model", "model"))
+                       if key in fields)
     extra = "; ".join(x for x in (detail, isa) if x)
     return f"{name} ({extra})" if extra else name
 
